@@ -1,0 +1,42 @@
+"""The ``vramgate`` command. Each subcommand is a small module in this package, imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from vramgate._version import __version__
+
+#: subcommand name -> (module in ``vramgate.cli``, one-line help). The module defines ``command``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "replay": ("replay", "Replay a message log and check that it reproduces the same decisions."),
+    "validate": ("validate", "Decode a JSON or JSON Lines file of messages and report every error."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module = importlib.import_module(f"vramgate.cli.{entry[0]}")
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vramgate")
+def main() -> None:
+    """vramgate: keep GPU video generation servers from running out of memory, and keep their GPUs busy."""
