@@ -79,7 +79,7 @@ def cleanup_memory(
         collected += gc.collect()
     actions.append(f"gc.collect x{passes} ({collected} objects)")
 
-    if devices:
+    if devices and torch is not None:
         for d in devices:
             with torch.cuda.device(d):
                 torch.cuda.empty_cache()
