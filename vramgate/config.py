@@ -1,0 +1,207 @@
+"""The gate's configuration: one msgspec struct, loadable from a TOML file and ``VRAMGATE_*`` environment variables.
+
+Memory sizes are written with a unit (``"24GiB"``, ``"512MiB"``, ``"1.5GB"``) or as a bare number of MiB; durations
+are seconds. Unknown keys and bad units are errors that name the key::
+
+    [devices]
+    simulate = ["RTX4090-24GB", "H100-80GB"]   # simulated devices, used besides (or instead of) real GPUs
+    use_real_gpus = true
+
+    [admission]
+    queue_limit = 1000
+    margin = "1GiB"
+
+Environment variables override the file: ``VRAMGATE_ADMISSION__QUEUE_LIMIT=500`` sets ``admission.queue_limit``
+(sections and keys joined by a double underscore; values are parsed as TOML values, falling back to strings).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from vramgate.errors import ConfigError, DecodeError
+from vramgate.messages.codec import Codec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+_SIZE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[a-zA-Z]*)\s*$")
+_UNITS = {
+    "": 1.0,
+    "mib": 1.0,
+    "mb": 1.0,
+    "m": 1.0,
+    "gib": 1024.0,
+    "gb": 1024.0,
+    "g": 1024.0,
+    "tib": 1048576.0,
+    "tb": 1048576.0,
+    "kib": 1 / 1024,
+    "kb": 1 / 1024,
+}
+
+#: A memory size: a number of MiB, or a string with a unit.
+Size = int | str
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0.0)]
+
+
+def parse_size_mb(value: Size, *, field: str = "size") -> int:
+    """MiB for ``value`` (``512``, ``"512MiB"``, ``"24GiB"``, ``"1.5GB"``). GB and GiB are both read as GiB."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{field}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{field}: a size cannot be negative ({value})")
+        return value
+    match = _SIZE.match(value)
+    if match is None:
+        raise ConfigError(f"{field}: {value!r} is not a size (examples: 512, '512MiB', '24GiB')")
+    unit = match.group("unit").lower()
+    if unit not in _UNITS:
+        raise ConfigError(f"{field}: unknown unit {match.group('unit')!r} in {value!r} (use MiB, GiB or TiB)")
+    return int(float(match.group("number")) * _UNITS[unit])
+
+
+def _check_size(value: Size | None, field: str) -> None:
+    if value is not None:
+        try:
+            parse_size_mb(value, field=field)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class DevicesConfig(_Section, frozen=True):
+    """Which devices the gate manages."""
+
+    use_real_gpus: bool = True
+    simulate: tuple[str, ...] = ()
+    context_overhead: Size = "500MiB"
+    #: Declared devices when no GPU is found and nothing is simulated: ``"none"`` runs with no device at all.
+    fallback: Literal["none", "demo"] = "none"
+
+    def __post_init__(self) -> None:
+        _check_size(self.context_overhead, "devices.context_overhead")
+
+
+class MonitorConfig(_Section, frozen=True):
+    interval_s: PositiveSeconds = 0.5
+    history_s: PositiveSeconds = 600.0
+    probe_timeout_s: PositiveSeconds = 2.0
+    disk_path: str = "."
+
+
+class AdmissionSettings(_Section, frozen=True):
+    queue_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 1000
+    #: Safety margin per device; default the larger of 1 GiB and ``margin_fraction`` of capacity.
+    margin: Size | None = None
+    margin_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.05
+    stale_after_s: PositiveSeconds = 10.0
+    aging_per_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
+    placement: Literal["best_fit", "spread"] = "best_fit"
+    backfill: bool = True
+    #: Host RAM the runs may use in total (offloaded weights live there); default what the host has.
+    ram_budget: Size | None = None
+
+    def __post_init__(self) -> None:
+        _check_size(self.margin, "admission.margin")
+        _check_size(self.ram_budget, "admission.ram_budget")
+
+
+class CleanupConfig(_Section, frozen=True):
+    after_run: bool = True
+    aggressive: bool = False
+    #: Clean up proactively when a device's free memory stays below this fraction of capacity ...
+    proactive_below_fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.05
+    #: ... for this long, while torch holds at least ``proactive_min_unused`` reserved but unused.
+    proactive_after_s: PositiveSeconds = 10.0
+    proactive_min_unused: Size = "512MiB"
+
+    def __post_init__(self) -> None:
+        _check_size(self.proactive_min_unused, "cleanup.proactive_min_unused")
+
+
+class RunConfig(_Section, frozen=True):
+    retry_on_oom: bool = False
+    max_oom_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
+
+
+class GateConfig(_Section, frozen=True):
+    """Everything a gate needs. Every field has a default, so ``GateConfig()`` works on any machine."""
+
+    devices: DevicesConfig = DevicesConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    admission: AdmissionSettings = AdmissionSettings()
+    cleanup: CleanupConfig = CleanupConfig()
+    run: RunConfig = RunConfig()
+    #: Write every message to this JSON Lines log (``None``: no log).
+    log_path: str | None = None
+    #: Persist what the estimator learns from runs here (``None``: keep it in memory).
+    learned_path: str | None = None
+
+
+_CODEC: Codec[GateConfig] = Codec(GateConfig)
+ENV_PREFIX = "VRAMGATE_"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, raw in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            raise ConfigError(f"{key}: empty section or key name")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = tree
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> GateConfig:
+    """Load the configuration from a TOML file (optional) and ``VRAMGATE_*`` environment variables.
+
+    Raises :class:`~vramgate.errors.DecodeError` naming the key (``$.admission.queue_limit``) on a bad value, an
+    unknown key or a bad unit, and :class:`~vramgate.errors.ConfigError` when the file cannot be read.
+    """
+    raw: dict[str, Any] = {}
+    source = str(path) if path is not None else "environment"
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise DecodeError(f"not valid TOML: {exc}", source=str(path)) from None
+    raw = _merge(raw, _env_overrides(os.environ if environ is None else environ))
+    return _CODEC.convert(raw, source=source)
