@@ -56,7 +56,10 @@ class RequestAdmitted(Message, frozen=True):
 
 
 class RequestRejected(Message, frozen=True):
-    """The request cannot run. ``needed_mb`` and ``smallest_gpu`` say what it would take."""
+    """The request cannot run. ``needed_mb`` and ``smallest_gpu`` say what it would take.
+
+    ``retry_after_s`` (for ``queue_full``) estimates when the queue will have room again.
+    """
 
     request_id: Ident
     code: RejectCode
@@ -64,6 +67,7 @@ class RequestRejected(Message, frozen=True):
     needed_mb: MB | None = None
     smallest_gpu: str | None = None
     best_plan: Plan | None = None
+    retry_after_s: Seconds | None = None
 
 
 class RunProgress(Message, frozen=True):
