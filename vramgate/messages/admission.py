@@ -1,0 +1,104 @@
+"""Admission's inputs and its statistics: submit, release, cancel, tick, device loss.
+
+The admission core answers these with the lifecycle events of :mod:`vramgate.messages.lifecycle`
+(``RequestQueued``, ``RequestAdmitted``, ``RequestRejected``, ``LeaseReleased``, ``RequestEnded``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from vramgate.messages._base import MB, Ident, Message, Seconds
+from vramgate.messages.lifecycle import Outcome
+from vramgate.messages.plans import Plan
+
+#: The key of a plan that any device may use.
+ANY_DEVICE = "*"
+
+
+class SubmitRequest(Message, frozen=True):
+    """Ask for a lease for one request.
+
+    ``plans`` maps where a plan may run to the plan made for it: a device index written as a string (``"0"``), a
+    GPU name as the devices are configured (``"H100-80GB"``; catalog aliases match too) or ``"*"`` for any device.
+    A device uses its index's plan, else its GPU's, else ``"*"``'s. With ``fallback``, a device that has none of
+    these may run a plan made for another GPU (re-optimized for it when the core has a re-optimizer, else only
+    when it fits as it is). ``arrival`` defaults to the time the core handles the message; ``max_wait_s`` bounds
+    the time in the queue (``None``: no bound).
+    """
+
+    request_id: Ident
+    plans: dict[str, Plan]
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    arrival: Seconds | None = None
+    max_wait_s: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
+    fallback: bool = True
+
+
+class ReleaseLease(Message, frozen=True):
+    """Return a lease's reservation: the run ended with ``outcome`` (``ok`` completes the request)."""
+
+    lease_id: Ident
+    outcome: Outcome = "ok"
+    reason: str = ""
+
+
+class CancelRequest(Message, frozen=True):
+    """Cancel a request. A queued request leaves the queue; a running one ends when its lease is released."""
+
+    request_id: Ident
+    reason: str = ""
+
+
+class AdmissionTick(Message, frozen=True):
+    """Time passes: expire waits, notice stale samples, re-examine the queue."""
+
+
+class DeviceLost(Message, frozen=True):
+    """A device is gone: nothing more is admitted on it until a sample reports it present again."""
+
+    index: int
+    reason: str = ""
+
+
+class DeviceLedgerStatistics(Message, frozen=True):
+    """One device's ledger: ``free_mb = capacity - margin - others - reserved`` (never negative).
+
+    ``others_mb`` is the smoothed use by everything but this system's leases; ``others_raw_mb`` the latest
+    measured figure; ``sample_age_s`` is ``None`` before the first sample. ``blocked`` says why nothing is
+    admitted on the device now (empty when it admits).
+    """
+
+    index: int
+    gpu: str
+    capacity_mb: MB
+    margin_mb: MB
+    reserved_mb: MB
+    others_mb: MB
+    others_raw_mb: MB
+    free_mb: MB
+    leases: int
+    sample_age_s: float | None
+    lost: bool
+    blocked: str = ""
+
+
+class AdmissionStatistics(Message, frozen=True):
+    """A snapshot of the admission core: its ledgers, its queue and its counters since it started."""
+
+    devices: tuple[DeviceLedgerStatistics, ...]
+    queue_length: int
+    queue_limit: int
+    running: int
+    submitted: int
+    admitted: int
+    backfilled: int
+    rejected: int
+    timed_out: int
+    cancelled: int
+    completed: int
+    failed: int
+    mean_wait_s: float
+    max_wait_s: float
