@@ -58,6 +58,7 @@ from vramgate.messages.resources import (
     TorchMemory,
     VRAMInfo,
 )
+from vramgate.messages import trace as trace  # the simulator's trace records (Arrival, Outside)
 
 __all__ = [
     "LEVELS",
