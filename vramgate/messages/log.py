@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import msgspec
 
 from vramgate.messages._base import Message, Seconds
 
@@ -10,12 +12,35 @@ from vramgate.messages._base import Message, Seconds
 SCHEMA_VERSION = 1
 
 
+class CoreSpec(Message, frozen=True):
+    """A sans-io core that ran inside an actor of the recorded system, so that a replay can rebuild it.
+
+    ``name`` is the actor's name (the ``recipient``/``sender`` of its records), ``kind`` the key under which a
+    factory is registered (:func:`vramgate.replay.register_core_kind`), ``config`` whatever that factory needs
+    to build the same core again, and ``module`` the module that registers the kind (imported on demand).
+    """
+
+    name: str
+    kind: str
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    module: str = ""
+
+
 class LogHeader(Message, frozen=True):
-    """The first line of every message log."""
+    """The first line of every message log: the format version, the cores it can replay, and a config blob."""
 
     schema_version: int = SCHEMA_VERSION
     vramgate_version: str = ""
     note: str = ""
+    cores: tuple[CoreSpec, ...] = ()
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def core(self, name: str) -> CoreSpec | None:
+        """The core recorded for actor ``name``, or ``None``."""
+        for spec in self.cores:
+            if spec.name == name:
+                return spec
+        return None
 
 
 M = TypeVar("M", bound=Message)

@@ -1,0 +1,204 @@
+"""The runtime side of one actor: its mailbox, its task, and its supervisor."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from vramgate.actors.actor import Actor, ActorContext, Timer
+from vramgate.actors.envelope import ActorStatistics, DeadLetter, Envelope, RestartPolicy
+from vramgate.actors.ref import ActorRef
+from vramgate.errors import ActorCrashed, ActorStopped
+from vramgate.messages import Message
+
+if TYPE_CHECKING:
+    from vramgate.actors.system import ActorSystem
+
+log = logging.getLogger("vramgate.actors")
+
+ActorFactory = Callable[[], Actor[Any]]
+
+
+class Cell:
+    """Holds an actor, its mailbox streams and its counters; runs its receive loop under supervision."""
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        name: str,
+        actor: Actor[Any] | ActorFactory,
+        capacity: int,
+        policy: RestartPolicy,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("mailbox_size must be >= 1")
+        self.system = system
+        self.name = name
+        self.capacity = capacity
+        self.policy = policy
+        self.factory: ActorFactory | None = None
+        if isinstance(actor, Actor):
+            self.actor: Actor[Any] = actor
+        else:
+            self.factory = actor
+            self.actor = actor()
+        if not isinstance(self.actor, Actor):
+            raise TypeError(f"actor {name!r}: expected an Actor, got {type(self.actor).__name__}")
+        self.actor._context = ActorContext(self)
+        self.ref: ActorRef[Any] = ActorRef(self)
+        self.send_stream: MemoryObjectSendStream[Envelope] | None = None
+        self.receive_stream: MemoryObjectReceiveStream[Envelope] | None = None
+        self.state = "new"
+        self.handled = 0
+        self.restarts = 0
+        self.dead_letters = 0
+        self.crash_times: collections.deque[float] = collections.deque()
+        self.timers: set[Timer] = set()
+        self.finished = anyio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Create the mailbox. Called when the system starts (or at spawn, if it already runs)."""
+        self.send_stream, self.receive_stream = anyio.create_memory_object_stream[Envelope](self.capacity)
+        self.state = "running"
+
+    def stopped_error(self) -> ActorStopped:
+        if self.state == "new":
+            return ActorStopped(f"actor {self.name!r} is not running (its system has not started)")
+        return ActorStopped(f"actor {self.name!r} has stopped")
+
+    def close_mailbox(self) -> None:
+        """Refuse new messages; the receive loop drains what is queued, then stops the actor."""
+        if self.state == "running":
+            self.state = "stopping"
+        self.cancel_timers()
+        if self.send_stream is not None:
+            self.send_stream.close()
+
+    def cancel_timers(self) -> None:
+        for timer in list(self.timers):
+            timer.cancel()
+
+    def start_timer(self, delay_s: float, period_s: float | None, message: Message) -> Timer:
+        if delay_s < 0:
+            raise ValueError("delay must be >= 0")
+        if self.state != "running":
+            raise self.stopped_error()
+        timer = Timer(self, delay_s, period_s, message)
+        self.timers.add(timer)
+        self.system._start_task(timer._run)
+        return timer
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The actor's task: start it, serve its mailbox until it is closed and drained, then stop it."""
+        receive = self.receive_stream
+        assert receive is not None, "mailbox not opened"
+        graceful = False
+        try:
+            with receive:
+                try:
+                    await self.actor.on_start()
+                except Exception as exc:
+                    raise ActorCrashed(f"actor {self.name!r} failed to start: {exc!r}") from exc
+                task_status.started()
+                await self._serve(receive)
+                graceful = True
+                self.state = "stopping"
+                await self.actor.on_stop()
+        finally:
+            self.state = "stopped"
+            self.cancel_timers()
+            if self.send_stream is not None:
+                self.send_stream.close()
+            self.system._actor_stopped(self, graceful=graceful)
+            self.finished.set()
+
+    # ------------------------------------------------------------------ the receive loop
+
+    async def _serve(self, receive: MemoryObjectReceiveStream[Envelope]) -> None:
+        system = self.system
+        retry: Envelope | None = None
+        while True:
+            if retry is not None:
+                env = retry
+            else:
+                try:
+                    env = await receive.receive()
+                except anyio.EndOfStream:
+                    return
+            try:
+                await self.actor.receive(env.message, env)
+            except Exception as exc:
+                retry = await self._crashed(env, exc, poisoned=retry is not None)
+                if retry is None:
+                    system._message_done()
+                continue
+            retry = None
+            self.handled += 1
+            system._message_done()
+
+    async def _crashed(self, env: Envelope, exc: Exception, *, poisoned: bool) -> Envelope | None:
+        """Supervise a crash: restart within limits; return the envelope to offer again, if any."""
+        now = self.system.clock.now()
+        times = self.crash_times
+        times.append(now)
+        while times and now - times[0] > self.policy.within_s:
+            times.popleft()
+        if len(times) > self.policy.max_restarts:
+            self.system._fail_asks(
+                lambda slot: slot.correlation_id == env.correlation_id,
+                ActorCrashed(f"actor {self.name!r} crashed handling message #{env.seq}: {exc!r}"),
+            )
+            raise ActorCrashed(
+                f"actor {self.name!r} crashed {len(times)} times within {self.policy.within_s:g} s "
+                f"(limit {self.policy.max_restarts}); last error: {exc!r}"
+            ) from exc
+        self.restarts += 1
+        log.warning("actor %r crashed on message #%d (%s); restarting", self.name, env.seq, exc)
+        if poisoned:
+            self.dead_letters += 1
+            self.system._dead_letter(DeadLetter(env, "crashed its actor twice", repr(exc)))
+            if env.correlation_id is not None:
+                corr = env.correlation_id
+                self.system._fail_asks(
+                    lambda slot: slot.correlation_id == corr,
+                    ActorCrashed(f"actor {self.name!r} crashed twice on message #{env.seq}: {exc!r}"),
+                )
+        await self._restart(exc)
+        return None if poisoned else env
+
+    async def _restart(self, exc: Exception) -> None:
+        if self.factory is None:
+            await self.actor.on_restart(exc)
+            return
+        actor = self.factory()
+        actor._context = self.actor._context
+        self.actor = actor
+        await actor.on_start()
+
+    # ------------------------------------------------------------------ statistics
+
+    def statistics(self) -> ActorStatistics:
+        size = waiting = 0
+        if self.receive_stream is not None:
+            stats = self.receive_stream.statistics()
+            size = stats.current_buffer_used
+            waiting = stats.tasks_waiting_send
+        return ActorStatistics(
+            name=self.name,
+            state=self.state,
+            mailbox_size=size,
+            mailbox_capacity=self.capacity,
+            waiting_senders=waiting,
+            handled=self.handled,
+            restarts=self.restarts,
+            dead_letters=self.dead_letters,
+            timers=len(self.timers),
+        )

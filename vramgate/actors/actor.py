@@ -1,0 +1,163 @@
+"""Actors: subclass :class:`Actor` and override :meth:`Actor.receive`; use ``self.context`` to talk to others."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+from vramgate.actors.envelope import TIMER, Envelope
+from vramgate.actors.ref import ActorRef
+from vramgate.clock import Clock
+from vramgate.errors import ActorStopped
+from vramgate.messages import Message
+
+if TYPE_CHECKING:
+    from vramgate.actors._cell import Cell
+    from vramgate.actors.system import ActorSystem
+
+M = TypeVar("M", bound=Message)
+
+
+class Timer:
+    """A pending ``send_later`` or periodic ``send_every`` delivery. :meth:`cancel` stops it."""
+
+    __slots__ = ("_cell", "_scope", "cancelled", "delay_s", "message", "period_s")
+
+    def __init__(self, cell: Cell, delay_s: float, period_s: float | None, message: Message) -> None:
+        self._cell = cell
+        self._scope: anyio.CancelScope | None = None
+        self.delay_s = delay_s
+        self.period_s = period_s
+        self.message = message
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the timer. A message it already put in the mailbox is still delivered."""
+        self.cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+        self._cell.timers.discard(self)
+
+    async def _run(self) -> None:
+        cell = self._cell
+        clock = cell.system.clock
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self.cancelled:
+                return
+            try:
+                await clock.sleep(self.delay_s)
+                while not self.cancelled:
+                    await cell.ref.tell(self.message, sender=TIMER)
+                    if self.period_s is None:
+                        break
+                    await clock.sleep(self.period_s)
+            except ActorStopped:
+                pass
+            finally:
+                cell.timers.discard(self)
+
+
+class ActorContext(Generic[M]):
+    """What an actor sees of the system: its name, the clock, its own ref, and ways to send and reply.
+
+    Available as ``self.context`` from :meth:`Actor.on_start` on.
+    """
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def name(self) -> str:
+        """This actor's name."""
+        return self._cell.name
+
+    @property
+    def clock(self) -> Clock:
+        """The system's injected clock."""
+        return self._cell.system.clock
+
+    @property
+    def system(self) -> ActorSystem:
+        """The actor system this actor runs in."""
+        return self._cell.system
+
+    @property
+    def self_ref(self) -> ActorRef[M]:
+        """A ref to this actor."""
+        ref: ActorRef[M] = self._cell.ref
+        return ref
+
+    def _resolve(self, target: ActorRef[Any] | str) -> ActorRef[Any]:
+        return self._cell.system.ref(target) if isinstance(target, str) else target
+
+    async def send(self, target: ActorRef[Any] | str, message: Message) -> None:
+        """Tell ``target`` (a ref or an actor name) ``message``, as this actor; waits while its mailbox is full."""
+        await self._resolve(target)._send(message, self._cell.name, None)
+
+    def send_nowait(self, target: ActorRef[Any] | str, message: Message) -> None:
+        """Tell ``target`` ``message`` now, or raise :class:`~vramgate.errors.MailboxFull`."""
+        self._resolve(target).tell_nowait(message, sender=self._cell.name)
+
+    async def ask(self, target: ActorRef[Any] | str, message: Message, *, timeout: float) -> Message:  # noqa: ASYNC109
+        """Ask ``target`` and wait for its reply (see :meth:`ActorRef.ask`)."""
+        return await self._resolve(target).ask(message, timeout=timeout, sender=self._cell.name)
+
+    async def reply(self, envelope: Envelope, message: Message) -> None:
+        """Answer the message in ``envelope``.
+
+        For an ask, the reply goes to the waiting asker (a reply after the ask timed out is dropped). For a
+        plain tell from another actor, the reply is told to that actor. Either way it is recorded with the
+        envelope's sender as recipient and its correlation id, so that a replay sees it.
+        """
+        await self._cell.system._reply(self._cell.name, envelope, message)
+
+    def send_later(self, delay_s: float, message: Message) -> Timer:
+        """Deliver ``message`` to this actor's own mailbox after ``delay_s`` seconds of the injected clock."""
+        return self._cell.start_timer(delay_s, None, message)
+
+    def send_every(self, period_s: float, message: Message, *, first_after_s: float | None = None) -> Timer:
+        """Deliver ``message`` to this actor every ``period_s`` seconds (first after ``first_after_s``)."""
+        if period_s <= 0:
+            raise ValueError("period_s must be > 0")
+        first = period_s if first_after_s is None else first_after_s
+        return self._cell.start_timer(first, period_s, message)
+
+
+class Actor(Generic[M]):
+    """Base class of actors. Override :meth:`receive`, and :meth:`on_start` / :meth:`on_stop` if needed.
+
+    An actor handles one message at a time, in mailbox order. An exception from :meth:`receive` is a crash:
+    the supervisor restarts the actor (see :class:`~vramgate.actors.RestartPolicy`) and offers the same message
+    once more; a message that crashes it twice becomes a dead letter.
+    """
+
+    _context: ActorContext[M] | None = None
+
+    @property
+    def context(self) -> ActorContext[M]:
+        """The actor's context; raises :class:`~vramgate.errors.ActorStopped` before the actor was spawned."""
+        context = self._context
+        if context is None:
+            raise ActorStopped(f"{type(self).__name__} is not spawned in an actor system")
+        return context
+
+    async def receive(self, message: M, envelope: Envelope) -> None:
+        """Handle one message. ``envelope`` has its sequence number, time, sender and correlation id."""
+        raise NotImplementedError
+
+    async def on_start(self) -> None:
+        """Called once before the first message (and again after a restart with a fresh instance)."""
+
+    async def on_stop(self) -> None:
+        """Called after the mailbox was drained on a graceful stop. Not called on cancellation."""
+
+    async def on_restart(self, error: Exception) -> None:
+        """Called on the same instance after ``receive`` crashed with ``error``, before the next message.
+
+        The default keeps the actor's state (what it owns is not lost). Spawn with a factory instead of an
+        instance to start from a fresh instance on every restart.
+        """
