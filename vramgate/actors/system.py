@@ -185,10 +185,7 @@ class ActorSystem:
                 await tg.start(cell.run)
         except BaseException as exc:
             tg.cancel_scope.cancel()
-            try:
-                await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            finally:
-                self._closed()
+            await self._exit_task_group(type(exc), exc, exc.__traceback__)
             raise
         return self
 
@@ -208,18 +205,29 @@ class ActorSystem:
                 tg.cancel_scope.cancel()
         else:
             tg.cancel_scope.cancel()
-        try:
-            suppressed = await tg.__aexit__(exc_type, exc, tb)
-        except BaseException as group:
-            single = _single_error(group)
-            if single is not None and single is not group:
-                raise single from None
-            raise
-        finally:
-            self._closed()
+        suppressed = await self._exit_task_group(exc_type, exc, tb)
         if exc is not None and not suppressed:
             raise exc
         return suppressed
+
+    async def _exit_task_group(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Leave the task group; an exception group holding one real error is raised as that error."""
+        tg = self._tg
+        assert tg is not None
+        try:
+            return await tg.__aexit__(exc_type, exc, tb)
+        except BaseException as group:
+            single = _single_error(group)
+            if single is not None and single is not group:
+                raise single from single.__cause__
+            raise
+        finally:
+            self._closed()
 
     async def stop(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Stop gracefully: cancel timers, let every mailbox drain, then stop actors in reverse start order.
