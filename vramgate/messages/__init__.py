@@ -2,6 +2,7 @@
 
 from vramgate.messages import admission as admission
 from vramgate.messages import monitor as monitor  # the monitor's messages (Subscribe, GetTrend, ...)
+from vramgate.messages import optimization as optimization  # the optimizer's messages (OptimizePlan, ...)
 from vramgate.messages._base import MB, Message, message_types
 from vramgate.messages.codec import (
     Codec,
