@@ -1,0 +1,125 @@
+"""Which plan each device would run for a request, and why a request that fits nowhere is rejected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from vramgate.messages.admission import ANY_DEVICE, SubmitRequest
+from vramgate.messages.lifecycle import RejectCode, RequestRejected
+from vramgate.messages.plans import Plan
+from vramgate.policy.gpus import GpuCatalog
+from vramgate.policy.ledger import DeviceConfig, DeviceLedger, default_margin_mb
+
+#: Re-optimizes a plan made for another GPU for ``device`` within ``budget_mb``; ``None`` when nothing fits.
+Reoptimizer = Callable[[Plan, DeviceConfig, int], "Plan | None"]
+
+
+class PlanResolver:
+    """Resolves a request's plans onto the devices (by position) and judges whether they can ever fit."""
+
+    def __init__(
+        self,
+        devices: Sequence[DeviceConfig],
+        ledgers: Sequence[DeviceLedger],
+        catalog: GpuCatalog,
+        reoptimize: Reoptimizer | None,
+    ) -> None:
+        self._devices = tuple(devices)
+        self._ledgers = tuple(ledgers)
+        self._catalog = catalog
+        self._reoptimize = reoptimize
+        self._gpu_keys = [self._gpu_key(d.gpu) for d in self._devices]
+
+    def resolve(self, message: SubmitRequest) -> tuple[Plan | None, ...]:
+        """The plan each device would run, by index, GPU name, ``*``, then (with ``fallback``) another GPU's."""
+        by_index: dict[int, Plan] = {}
+        by_gpu: dict[str, Plan] = {}
+        anywhere: Plan | None = None
+        for name, given in message.plans.items():
+            if name == ANY_DEVICE:
+                anywhere = given
+            elif name.isdigit():
+                by_index[int(name)] = given
+            else:
+                by_gpu[self._gpu_key(name)] = given
+        fallbacks: dict[str, Plan | None] = {}
+        resolved: list[Plan | None] = []
+        for pos, device in enumerate(self._devices):
+            gpu = self._gpu_keys[pos]
+            plan: Plan | None = by_index.get(device.index) or by_gpu.get(gpu) or anywhere
+            if plan is None and message.fallback:
+                if gpu not in fallbacks:
+                    fallbacks[gpu] = self._fallback(tuple(message.plans.values()), pos)
+                plan = fallbacks[gpu]
+            resolved.append(plan)
+        return tuple(resolved)
+
+    def _fallback(self, plans: tuple[Plan, ...], pos: int) -> Plan | None:
+        device = self._devices[pos]
+        budget = self._ledgers[pos].budget_mb
+        if self._reoptimize is not None:
+            made_for = sorted(plans, key=lambda p: (self._made_for_mb(p), p.requirement.vram_mb))
+            bigger = [p for p in made_for if self._made_for_mb(p) >= device.capacity_mb]
+            source = bigger[0] if bigger else made_for[-1]
+            return self._reoptimize(source, device, budget)
+        fitting = [p for p in plans if p.requirement.vram_mb <= budget]
+        if not fitting:
+            return None
+        return min(fitting, key=lambda p: (-p.requirement.vram_mb, p.requirement.estimated_time_seconds))
+
+    def _made_for_mb(self, plan: Plan) -> int:
+        """The memory of the GPU a plan was made for: its budget, else its GPU's size, else what it needs."""
+        if plan.budget_mb is not None:
+            return plan.budget_mb
+        name = plan.gpu or plan.requirement.gpu
+        gpu = self._catalog.find(name) if name else None
+        return gpu.memory_mib if gpu is not None else plan.requirement.vram_mb
+
+    def _gpu_key(self, name: str) -> str:
+        found = self._catalog.find(name)
+        return found.name if found is not None else "".join(ch for ch in name.lower() if ch.isalnum())
+
+    def fits_ever(self, plans: Sequence[Plan | None], *, with_lost: bool) -> bool:
+        groups: dict[int, int] = {}
+        for pos, plan in enumerate(plans):
+            ledger = self._ledgers[pos]
+            if plan is None or (ledger.lost and not with_lost) or plan.requirement.vram_mb > ledger.budget_mb:
+                continue
+            groups[id(plan)] = groups.get(id(plan), 0) + 1
+            if groups[id(plan)] >= plan.requirement.world_size:
+                return True
+        return False
+
+    def never_fits(self, plans: tuple[Plan | None, ...], message: SubmitRequest) -> RequestRejected | None:
+        if self.fits_ever(plans, with_lost=False):
+            return None
+        code: RejectCode = "device_lost" if self.fits_ever(plans, with_lost=True) else "does_not_fit"
+        candidates = [p for p in plans if p is not None] or list(message.plans.values())
+        return self.rejection(message.request_id, code, candidates)
+
+    def rejection(self, request_id: str, code: RejectCode, plans: Sequence[Plan]) -> RequestRejected:
+        best = min(plans, key=lambda p: (p.requirement.vram_mb, p.requirement.world_size))
+        need = best.requirement.vram_mb
+        world = best.requirement.world_size
+        live = sum(1 for ledger in self._ledgers if not ledger.lost)
+        if code == "device_lost":
+            reason = f"the devices this request fits on are lost ({need} MiB on {world} GPU(s))"
+        elif world > live:
+            reason = f"the smallest plan needs {world} GPUs; {live} are available"
+        else:
+            largest = max((ledger.budget_mb for ledger in self._ledgers if not ledger.lost), default=0)
+            reason = f"the smallest plan needs {need} MiB per GPU; the largest device budget is {largest} MiB"
+        return RequestRejected(
+            request_id=request_id,
+            code=code,
+            reason=reason,
+            needed_mb=need,
+            smallest_gpu=self._smallest_gpu(need),
+            best_plan=best,
+        )
+
+    def _smallest_gpu(self, need_mb: int) -> str | None:
+        for gpu in sorted(self._catalog.all(), key=lambda g: (g.memory_mib, g.name)):
+            if gpu.memory_mib - default_margin_mb(gpu.memory_mib) >= need_mb:
+                return gpu.name
+        return None

@@ -1,0 +1,557 @@
+"""The admission core: per-device ledgers, placement, a bounded priority queue with aging and backfilling.
+
+Sans-io: :meth:`AdmissionCore.handle` takes one message and the time, and returns the lifecycle events it
+caused. It reads no clock and does no I/O, and its lease ids come from a counter, so a recorded message log
+replays to the same decisions.
+
+Ordering. A waiting request's effective priority is ``priority + aging * (now - arrival)``. Since every waiting
+request ages at the same rate, the order among them never changes; it is the order of the fixed key
+``aging * arrival - priority`` (then arrival, then submission order), so the queue is kept sorted once, on
+entry. Aging bounds starvation: after waiting ``W`` seconds a request outranks every newcomer of priority below
+``priority + aging * W``.
+
+Backfilling (EASY, as HPC schedulers do). The first request in order, the head, is admitted as soon as it fits.
+While it does not, the core computes its shadow: the earliest time it would fit as running leases end at their
+expected ends, and the memory its placement leaves over then. A later request may start first only if it fits
+now and either is expected to end before that time or takes, on the head's devices, no more than what is left
+over. When the head's start is unknown (others' use blocks it), nothing may take memory on a device it could
+use. Only the first ``backfill_depth`` waiting requests are examined per pass, so each decision is bounded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import islice
+from typing import Annotated, Literal
+
+import msgspec
+
+from vramgate.errors import ConfigError, InvalidParameter
+from vramgate.messages._base import Message
+from vramgate.messages.admission import (
+    AdmissionStatistics,
+    AdmissionTick,
+    CancelRequest,
+    DeviceLedgerStatistics,
+    DeviceLost,
+    ReleaseLease,
+    SubmitRequest,
+)
+from vramgate.messages.lifecycle import (
+    LeaseReleased,
+    RejectCode,
+    RequestAdmitted,
+    RequestEnded,
+    RequestQueued,
+    RequestRejected,
+    TerminalState,
+)
+from vramgate.messages.plans import Plan
+from vramgate.messages.resources import ResourceSample
+from vramgate.policy._placement import Placement, Shadow, place, shadow
+from vramgate.policy._plans import PlanResolver, Reoptimizer
+from vramgate.policy._queue import DeadlineHeap, Key, SortedKeys
+from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
+from vramgate.policy.ledger import DeviceConfig, DeviceLedger
+
+
+class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How admission queues and places requests.
+
+    ``stale_after_s``: a device whose latest sample is older admits nothing (``None``: samples are not required,
+    and a device never sampled counts as empty). ``aging``: priority points a waiting request gains per second.
+    ``others_decay_s``: the half-life with which a drop in others' measured use is believed (a rise is at once).
+    """
+
+    queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    stale_after_s: Annotated[float, msgspec.Meta(gt=0.0)] | None = 10.0
+    aging: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    placement: Literal["best_fit", "spread"] = "best_fit"
+    backfill: bool = True
+    backfill_depth: Annotated[int, msgspec.Meta(ge=0)] = 256
+    others_decay_s: Annotated[float, msgspec.Meta(ge=0.0)] = 10.0
+    retry_after_default_s: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    min_retry_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("queue_limit", self.queue_limit >= 1),
+            ("stale_after_s", self.stale_after_s is None or self.stale_after_s > 0),
+            ("aging", self.aging >= 0 and math.isfinite(self.aging)),
+            ("placement", self.placement in ("best_fit", "spread")),
+            ("backfill_depth", self.backfill_depth >= 0),
+            ("others_decay_s", self.others_decay_s >= 0),
+            ("retry_after_default_s", self.retry_after_default_s > 0),
+            ("min_retry_after_s", self.min_retry_after_s >= 0),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"admission.{name}={getattr(self, name)!r} is out of range")
+
+
+class _Waiting:
+    """A queued request."""
+
+    __slots__ = ("arrival", "deadline", "key", "plans", "priority", "request_id", "seq")
+
+    def __init__(
+        self, request_id: str, priority: int, arrival: float, deadline: float, key: Key, plans: tuple[Plan | None, ...]
+    ) -> None:
+        self.request_id = request_id
+        self.priority = priority
+        self.arrival = arrival
+        self.deadline = deadline
+        self.key = key
+        self.seq = key[2]
+        self.plans = plans
+
+
+class _Lease:
+    """A granted lease."""
+
+    __slots__ = ("admitted_at", "cancel_requested", "expected_end", "lease_id", "placement", "request_id", "seq")
+
+    def __init__(self, lease_id: str, request_id: str, placement: Placement, admitted_at: float, seq: int) -> None:
+        self.lease_id = lease_id
+        self.request_id = request_id
+        self.placement = placement
+        self.admitted_at = admitted_at
+        self.expected_end = admitted_at + placement.plan.requirement.estimated_time_seconds
+        self.cancel_requested = False
+        self.seq = seq
+
+
+class AdmissionCore:
+    """Admits plans against per-device VRAM ledgers; see the module docstring for the policy."""
+
+    def __init__(
+        self,
+        devices: Sequence[DeviceConfig],
+        config: AdmissionConfig | None = None,
+        *,
+        reoptimize: Reoptimizer | None = None,
+        catalog: GpuCatalog = DEFAULT_GPU_CATALOG,
+    ) -> None:
+        if not devices:
+            raise ConfigError("admission needs at least one device")
+        indices = [d.index for d in devices]
+        if len(set(indices)) != len(indices):
+            raise ConfigError(f"device indices must be distinct, got {indices}")
+        self.config = config if config is not None else AdmissionConfig()
+        self._devices = tuple(sorted(devices, key=lambda d: d.index))
+        self._position = {d.index: pos for pos, d in enumerate(self._devices)}
+        self._ledgers = [
+            DeviceLedger(d, stale_after_s=self.config.stale_after_s, others_decay_s=self.config.others_decay_s)
+            for d in self._devices
+        ]
+        self._plans = PlanResolver(self._devices, self._ledgers, catalog, reoptimize)
+        self._spread = self.config.placement == "spread"
+        self._queue: SortedKeys = SortedKeys()
+        self._waiting: dict[str, _Waiting] = {}
+        self._by_seq: dict[int, _Waiting] = {}
+        self._deadlines = DeadlineHeap()
+        self._leases: dict[str, _Lease] = {}
+        self._lease_of_request: dict[str, str] = {}
+        self._seq = 0
+        self._lease_counter = 0
+        self._now = -math.inf
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("submitted", "admitted", "backfilled", "rejected", "timed_out", "cancelled", "completed", "failed"), 0
+        )
+        self._wait_total = 0.0
+        self._wait_max = 0.0
+
+    # ================================================================== queries
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._leases)
+
+    def room(self) -> int:
+        """How many more requests the queue takes now."""
+        return self.config.queue_limit - len(self._queue)
+
+    def queue_position(self, request_id: str) -> int | None:
+        """The 1-based position of a waiting request, or ``None`` when it is not waiting."""
+        waiting = self._waiting.get(request_id)
+        return None if waiting is None else self._queue.rank(waiting.key) + 1
+
+    def lease_of(self, request_id: str) -> str | None:
+        """The lease id of a running request, or ``None``."""
+        return self._lease_of_request.get(request_id)
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until the queue is expected to have room: 0 when it has room now, else the sooner of the
+        head's expected start (a running lease ends and the head is admitted) and the next wait to expire."""
+        if self.room() > 0:
+            return 0.0
+        now = max(now, self._now)
+        soonest = math.inf
+        if self._queue:
+            head = self._by_seq[self._queue.first()[2]]
+            soonest = self._shadow(head, self._free(now), now).time - now
+        if self._deadlines:
+            self._drop_dead_deadlines()
+            entry = self._deadlines.peek()
+            if entry is not None:
+                soonest = min(soonest, entry[0] - now)
+        if not math.isfinite(soonest):
+            ends = [lease.expected_end - now for lease in self._leases.values()]
+            soonest = min(ends) if ends else self.config.retry_after_default_s
+        return max(self.config.min_retry_after_s, soonest)
+
+    def statistics(self) -> AdmissionStatistics:
+        """A snapshot, with sample ages as of the latest message handled."""
+        now = self._now if math.isfinite(self._now) else 0.0
+        devices = tuple(
+            DeviceLedgerStatistics(
+                index=ledger.index,
+                gpu=ledger.config.gpu,
+                capacity_mb=ledger.capacity_mb,
+                margin_mb=ledger.margin_mb,
+                reserved_mb=ledger.reserved_mb,
+                others_mb=ledger.others_mb,
+                others_raw_mb=ledger.others_raw_mb,
+                free_mb=ledger.free_mb(now),
+                leases=ledger.leases,
+                sample_age_s=ledger.sample_age_s(now),
+                lost=ledger.lost,
+                blocked=ledger.blocked(now),
+            )
+            for ledger in self._ledgers
+        )
+        admitted = self._counts["admitted"]
+        return AdmissionStatistics(
+            devices=devices,
+            queue_length=len(self._queue),
+            queue_limit=self.config.queue_limit,
+            running=len(self._leases),
+            mean_wait_s=self._wait_total / admitted if admitted else 0.0,
+            max_wait_s=self._wait_max,
+            **self._counts,
+        )
+
+    def check_invariants(self) -> None:
+        """Raise :class:`AssertionError` when the bookkeeping disagrees with itself (for tests)."""
+        per_device = [0] * len(self._ledgers)
+        for lease in self._leases.values():
+            for pos in lease.placement.positions:
+                per_device[pos] += lease.placement.need_mb
+            assert self._lease_of_request[lease.request_id] == lease.lease_id
+        for ledger, total in zip(self._ledgers, per_device, strict=True):
+            assert ledger.reserved_mb == total, (ledger.index, ledger.reserved_mb, total)
+            holders = sum(1 for lease in self._leases.values() if ledger.index in self._lease_devices(lease))
+            assert ledger.leases == holders, (ledger.index, ledger.leases, holders)
+        assert len(self._lease_of_request) == len(self._leases)
+        assert len(self._queue) == len(self._waiting) == len(self._by_seq)
+        assert not (self._waiting.keys() & self._lease_of_request.keys())
+        assert len(self._queue) <= self.config.queue_limit
+
+    # ================================================================== input
+
+    def handle(self, message: Message, now: float) -> list[Message]:
+        """Handle one message at time ``now``; return the events it caused, in order."""
+        now = max(now, self._now)
+        self._now = now
+        out: list[Message] = []
+        dirty = self._expire(now, out)
+        if isinstance(message, SubmitRequest):
+            self._submit(message, now, out)
+        elif isinstance(message, ReleaseLease):
+            dirty = self._release(message, now, out) or dirty
+        elif isinstance(message, CancelRequest):
+            dirty = self._cancel(message, out) or dirty
+        elif isinstance(message, ResourceSample):
+            self._sample(message, now, out)
+            dirty = True
+        elif isinstance(message, DeviceLost):
+            self._device_lost(message, now, out)
+            dirty = True
+        elif not isinstance(message, AdmissionTick):
+            raise InvalidParameter("message", type(message).__name__, "admission does not handle this message")
+        if dirty and self._queue:
+            self._schedule(now, out)
+        return out
+
+    # ------------------------------------------------------------------ submit
+
+    def _submit(self, message: SubmitRequest, now: float, out: list[Message]) -> None:
+        request_id = message.request_id
+        if request_id in self._waiting or request_id in self._lease_of_request:
+            raise InvalidParameter("request_id", request_id, "a request with this id is already waiting or running")
+        self._counts["submitted"] += 1
+        if not message.plans:
+            self._reject(out, request_id, "bad_request", "the request has no plan")
+            return
+        plans = self._plans.resolve(message)
+        problem = self._plans.never_fits(plans, message)
+        if problem is not None:
+            out.append(problem)
+            self._counts["rejected"] += 1
+            self._end(out, request_id, "rejected", problem.reason)
+            return
+        arrival = message.arrival if message.arrival is not None else now
+        if not self._queue:
+            found = place(plans, self._free(now), spread=self._spread)
+            if found is not None:
+                self._admit(out, request_id, found, now, arrival, backfilled=False)
+                return
+        elif len(self._queue) >= self.config.queue_limit:
+            retry = self.retry_after(now)
+            out.append(
+                RequestRejected(
+                    request_id=request_id,
+                    code="queue_full",
+                    reason=f"the admission queue is full ({len(self._queue)} waiting); retry after {retry:.1f} s",
+                    retry_after_s=retry,
+                )
+            )
+            self._counts["rejected"] += 1
+            self._end(out, request_id, "rejected", "queue_full")
+            return
+        self._seq += 1
+        key = (self.config.aging * arrival - message.priority, arrival, self._seq)
+        deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
+        waiting = _Waiting(request_id, message.priority, arrival, deadline, key, plans)
+        self._enqueue(waiting)
+        head_key = self._queue.first()
+        if head_key == key:
+            self._schedule(now, out)
+        elif self.config.backfill:
+            self._schedule(now, out, only=waiting)
+        if request_id in self._waiting:
+            out.append(
+                RequestQueued(
+                    request_id=request_id, position=self._queue.rank(key) + 1, reason=self._why_waiting(waiting, now)
+                )
+            )
+
+    def _release(self, message: ReleaseLease, now: float, out: list[Message]) -> bool:
+        lease = self._leases.pop(message.lease_id, None)
+        if lease is None:
+            return False
+        del self._lease_of_request[lease.request_id]
+        for pos in lease.placement.positions:
+            self._ledgers[pos].release(lease.lease_id, now)
+        out.append(
+            LeaseReleased(
+                request_id=lease.request_id,
+                lease_id=lease.lease_id,
+                devices=self._lease_devices(lease),
+                reservation_mb=lease.placement.need_mb,
+            )
+        )
+        state: TerminalState
+        if message.outcome == "ok":
+            state = "completed"
+        elif message.outcome == "cancelled" or lease.cancel_requested:
+            state = "cancelled"
+        else:
+            state = "failed"
+        self._counts[state] += 1
+        reason = message.reason or (f"the run ended with {message.outcome}" if message.outcome != "ok" else "")
+        self._end(out, lease.request_id, state, reason)
+        return True
+
+    def _cancel(self, message: CancelRequest, out: list[Message]) -> bool:
+        waiting = self._waiting.get(message.request_id)
+        if waiting is not None:
+            self._dequeue(waiting)
+            self._counts["cancelled"] += 1
+            self._end(out, waiting.request_id, "cancelled", message.reason or "cancelled while waiting")
+            return True
+        lease_id = self._lease_of_request.get(message.request_id)
+        if lease_id is not None:
+            self._leases[lease_id].cancel_requested = True
+        return False
+
+    def _expire(self, now: float, out: list[Message]) -> bool:
+        expired = False
+        while True:
+            entry = self._deadlines.peek()
+            if entry is None or entry[0] > now:
+                break
+            self._deadlines.pop()
+            waiting = self._by_seq.get(entry[1])
+            if waiting is None:
+                continue
+            self._dequeue(waiting)
+            self._counts["timed_out"] += 1
+            waited = max(0.0, now - waiting.arrival)
+            self._end(out, waiting.request_id, "timed_out", f"waited {waited:.1f} s without being admitted")
+            expired = True
+        return expired
+
+    def _drop_dead_deadlines(self) -> None:
+        if len(self._deadlines) > 2 * len(self._by_seq) + 1024:
+            self._deadlines.keep_only(set(self._by_seq))
+        while (entry := self._deadlines.peek()) is not None and entry[1] not in self._by_seq:
+            self._deadlines.pop()
+
+    # ------------------------------------------------------------------ samples, devices
+
+    def _sample(self, message: ResourceSample, now: float, out: list[Message]) -> None:
+        at = min(message.at, now)
+        newly_lost = False
+        for device in message.devices:
+            pos = self._position.get(device.index)
+            if pos is None:
+                continue
+            ledger = self._ledgers[pos]
+            was_lost = ledger.lost
+            ledger.observe(device, at)
+            newly_lost = newly_lost or (ledger.lost and not was_lost)
+        if newly_lost:
+            self._reject_unplaceable(out)
+
+    def _device_lost(self, message: DeviceLost, now: float, out: list[Message]) -> None:
+        pos = self._position.get(message.index)
+        if pos is None:
+            raise InvalidParameter("index", message.index, "no such device", valid=str(sorted(self._position)))
+        self._ledgers[pos].mark_lost(message.reason)
+        self._reject_unplaceable(out)
+
+    def _reject_unplaceable(self, out: list[Message]) -> None:
+        """Reject the waiting requests that no remaining device can ever take."""
+        for waiting in [w for w in self._waiting.values() if not self._plans.fits_ever(w.plans, with_lost=False)]:
+            self._dequeue(waiting)
+            rejection = self._plans.rejection(
+                waiting.request_id, "device_lost", [p for p in waiting.plans if p is not None]
+            )
+            out.append(rejection)
+            self._counts["rejected"] += 1
+            self._end(out, waiting.request_id, "rejected", rejection.reason)
+
+    # ================================================================== scheduling
+
+    def _free(self, now: float) -> list[int]:
+        return [ledger.free_mb(now) for ledger in self._ledgers]
+
+    def _shadow(self, head: _Waiting, free: list[int], now: float) -> Shadow:
+        usable = [not ledger.blocked(now) for ledger in self._ledgers]
+        ends = [
+            (max(lease.expected_end, now), lease.placement.positions, lease.placement.need_mb)
+            for lease in self._leases.values()
+        ]
+        budgets = [ledger.budget_mb for ledger in self._ledgers]
+        return shadow(head.plans, free, usable, budgets, ends, now=now, spread=self._spread)
+
+    def _schedule(self, now: float, out: list[Message], only: _Waiting | None = None) -> None:
+        """Admit the head while it fits; then backfill behind it (only ``only``, when given)."""
+        free = self._free(now)
+        if only is None:
+            while self._queue:
+                head = self._by_seq[self._queue.first()[2]]
+                found = place(head.plans, free, spread=self._spread)
+                if found is None:
+                    break
+                self._dequeue(head)
+                self._admit(out, head.request_id, found, now, head.arrival, backfilled=False)
+                for pos in found.positions:
+                    free[pos] -= found.need_mb
+        if not self._queue or not self.config.backfill or max(free) <= 0:
+            return
+        head = self._by_seq[self._queue.first()[2]]
+        if only is not None:
+            candidates = [only]
+        else:
+            keys = list(islice(self._queue, 1, 1 + self.config.backfill_depth))
+            candidates = [self._by_seq[key[2]] for key in keys]
+        if not candidates:
+            return
+        protected = self._shadow(head, free, now)
+        for waiting in candidates:
+            need_min = min((p.requirement.vram_mb for p in waiting.plans if p is not None), default=0)
+            if max(free) < need_min:
+                continue
+            ends_before = now + self._expected_s(waiting) <= protected.time < math.inf
+            if ends_before:
+                allowed = free
+            else:
+                allowed = [min(f, protected.extra[pos]) if pos in protected.extra else f for pos, f in enumerate(free)]
+            found = place(waiting.plans, allowed, spread=self._spread)
+            if found is None:
+                continue
+            self._dequeue(waiting)
+            self._admit(out, waiting.request_id, found, now, waiting.arrival, backfilled=True)
+            for pos in found.positions:
+                free[pos] -= found.need_mb
+                if not ends_before and pos in protected.extra:
+                    protected.extra[pos] -= found.need_mb
+            if max(free) <= 0:
+                break
+
+    @staticmethod
+    def _expected_s(waiting: _Waiting) -> float:
+        """The longest expected run time among the request's plans (any of them may be chosen)."""
+        return max((p.requirement.estimated_time_seconds for p in waiting.plans if p is not None), default=0.0)
+
+    def _why_waiting(self, waiting: _Waiting, now: float) -> str:
+        blocked = [ledger.blocked(now) for ledger in self._ledgers]
+        reasons = [b for b, p in zip(blocked, waiting.plans, strict=True) if b and p is not None]
+        if reasons:
+            return "; ".join(reasons)
+        position = self._queue.rank(waiting.key)
+        if position > 0:
+            return f"{position} request(s) ahead"
+        need = min(p.requirement.vram_mb for p in waiting.plans if p is not None)
+        return f"needs {need} MiB per GPU; the most free on a device is {max(self._free(now))} MiB"
+
+    # ================================================================== bookkeeping
+
+    def _enqueue(self, waiting: _Waiting) -> None:
+        self._queue.add(waiting.key)
+        self._waiting[waiting.request_id] = waiting
+        self._by_seq[waiting.seq] = waiting
+        if math.isfinite(waiting.deadline):
+            self._deadlines.push(waiting.deadline, waiting.seq, waiting.request_id)
+            if len(self._deadlines) > 2 * len(self._by_seq) + 1024:
+                self._deadlines.keep_only(set(self._by_seq))
+
+    def _dequeue(self, waiting: _Waiting) -> None:
+        self._queue.remove(waiting.key)
+        del self._waiting[waiting.request_id]
+        del self._by_seq[waiting.seq]
+
+    def _admit(
+        self, out: list[Message], request_id: str, found: Placement, now: float, arrival: float, *, backfilled: bool
+    ) -> None:
+        self._lease_counter += 1
+        lease_id = f"lease-{self._lease_counter}"
+        for pos in found.positions:
+            self._ledgers[pos].reserve(lease_id, found.need_mb, now)
+        lease = _Lease(lease_id, request_id, found, now, self._lease_counter)
+        self._leases[lease_id] = lease
+        self._lease_of_request[request_id] = lease_id
+        waited = float(max(0.0, now - arrival))
+        self._counts["admitted"] += 1
+        if backfilled:
+            self._counts["backfilled"] += 1
+        self._wait_total += waited
+        self._wait_max = max(self._wait_max, waited)
+        out.append(
+            RequestAdmitted(
+                request_id=request_id,
+                lease_id=lease_id,
+                devices=self._lease_devices(lease),
+                reservation_mb=found.need_mb,
+                plan=found.plan,
+                waited_s=waited,
+            )
+        )
+
+    def _lease_devices(self, lease: _Lease) -> tuple[int, ...]:
+        return tuple(self._devices[pos].index for pos in lease.placement.positions)
+
+    def _reject(self, out: list[Message], request_id: str, code: RejectCode, reason: str) -> None:
+        out.append(RequestRejected(request_id=request_id, code=code, reason=reason))
+        self._counts["rejected"] += 1
+        self._end(out, request_id, "rejected", reason)
+
+    def _end(self, out: list[Message], request_id: str, state: TerminalState, reason: str) -> None:
+        out.append(RequestEnded(request_id=request_id, state=state, reason=reason))

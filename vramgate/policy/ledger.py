@@ -1,0 +1,201 @@
+"""The VRAM ledger of one device: capacity, safety margin, others' use and the reservations granted on it.
+
+``free = capacity - margin - others - reserved``, never negative, and :meth:`DeviceLedger.reserve` refuses
+anything larger: the ledger cannot over-commit, whatever the caller does.
+
+**Others' use** is what the device's memory holds that this system's leases do not account for. A sample
+measures ``used`` (everything on the device) and, when vramgate runs in the process that runs the leases,
+``torch.reserved`` (this process's allocations). Others are then ``used - min(torch.reserved, R)``, where ``R``
+is the sum of the reservations that were held when the sample was taken:
+
+* a lease admitted after the sample is in neither figure, so it is not subtracted (no under-count);
+* a lease admitted but not yet allocated adds nothing to ``torch.reserved``, so subtracting ``min(...)`` takes
+  away only what is really allocated (no double count, no under-count);
+* memory this process holds outside any lease (a cache not yet emptied) stays counted as others.
+
+Since ``min(torch.reserved, R) <= torch.reserved``, others are never below what everything but this process
+uses: the estimate errs only on the safe side. Without ``torch`` figures the ledger cannot tell its own runs'
+memory from others', and counts all measured use as others (safe, but it double counts running leases).
+
+Others' use is smoothed: it rises at once and decays towards a lower reading with a half-life, so that a
+spike is not forgotten at the next quiet sample. A device whose latest sample is older than ``stale_after_s``
+admits nothing until a fresh one arrives; nor does a lost device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import msgspec
+
+from vramgate.errors import ConfigError, DoesNotFit
+from vramgate.messages.resources import DeviceSample
+
+_MIN_MARGIN_MB = 1024
+_MARGIN_FRACTION = 0.05
+
+
+def default_margin_mb(capacity_mb: int) -> int:
+    """The default safety margin: the larger of 1 GiB and 5 % of the capacity."""
+    return max(_MIN_MARGIN_MB, math.ceil(capacity_mb * _MARGIN_FRACTION))
+
+
+class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One device admission may place work on. ``margin_mb`` defaults to :func:`default_margin_mb`."""
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    gpu: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    capacity_mb: Annotated[int, msgspec.Meta(gt=0)]
+    margin_mb: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ConfigError(f"device index {self.index}: must be >= 0")
+        if self.capacity_mb <= 0:
+            raise ConfigError(f"device {self.index}: capacity_mb={self.capacity_mb} must be > 0")
+        if self.margin_mb is not None and self.margin_mb < 0:
+            raise ConfigError(f"device {self.index}: margin_mb={self.margin_mb} must be >= 0")
+        if self.effective_margin_mb >= self.capacity_mb:
+            raise ConfigError(
+                f"device {self.index}: margin {self.effective_margin_mb} MiB leaves nothing of "
+                f"capacity_mb={self.capacity_mb}"
+            )
+
+    @property
+    def effective_margin_mb(self) -> int:
+        """The margin in use: ``margin_mb``, or the default for this capacity."""
+        return self.margin_mb if self.margin_mb is not None else default_margin_mb(self.capacity_mb)
+
+
+class _Held:
+    """A reservation on this device: ``mb`` held from ``since`` until ``until`` (``inf`` while held)."""
+
+    __slots__ = ("mb", "since", "until")
+
+    def __init__(self, mb: int, since: float) -> None:
+        self.mb = mb
+        self.since = since
+        self.until = math.inf
+
+
+class DeviceLedger:
+    """The ledger of one device. Plain state: time comes in as arguments, samples as messages."""
+
+    def __init__(self, config: DeviceConfig, *, stale_after_s: float | None, others_decay_s: float) -> None:
+        self.config = config
+        self.index = config.index
+        self.margin_mb = config.effective_margin_mb
+        self.capacity_mb = config.capacity_mb
+        self.reserved_mb = 0
+        self.others_mb = 0
+        self.others_raw_mb = 0
+        self.sample_at: float | None = None
+        self.lost = False
+        self.lost_reason = ""
+        self._stale_after_s = stale_after_s
+        self._decay_s = others_decay_s
+        self._held: dict[str, _Held] = {}
+        self._released: list[_Held] = []
+
+    # ------------------------------------------------------------------ figures
+
+    @property
+    def budget_mb(self) -> int:
+        """What the device can ever give to reservations: capacity less the margin."""
+        return max(0, self.capacity_mb - self.margin_mb)
+
+    @property
+    def leases(self) -> int:
+        return len(self._held)
+
+    def headroom_mb(self) -> int:
+        """``capacity - margin - others - reserved``, whether or not the device admits now (may be negative)."""
+        return self.capacity_mb - self.margin_mb - self.others_mb - self.reserved_mb
+
+    def blocked(self, now: float) -> str:
+        """Why nothing can be admitted on this device now, or ``""`` when it admits."""
+        if self.lost:
+            return f"device {self.index} is lost" + (f" ({self.lost_reason})" if self.lost_reason else "")
+        if self._stale_after_s is None:
+            return ""
+        if self.sample_at is None:
+            return f"no memory sample from device {self.index} yet"
+        age = now - self.sample_at
+        if age > self._stale_after_s:
+            return f"memory samples of device {self.index} are stale ({age:.1f} s old, limit {self._stale_after_s:g} s)"
+        return ""
+
+    def free_mb(self, now: float) -> int:
+        """What can be reserved now: the headroom, or 0 when the device is blocked."""
+        if self.blocked(now):
+            return 0
+        return max(0, self.headroom_mb())
+
+    def sample_age_s(self, now: float) -> float | None:
+        return None if self.sample_at is None else max(0.0, now - self.sample_at)
+
+    # ------------------------------------------------------------------ reservations
+
+    def reserve(self, lease_id: str, mb: int, now: float) -> None:
+        """Hold ``mb`` for ``lease_id``. Raises :class:`DoesNotFit` when that would over-commit the device."""
+        if lease_id in self._held:
+            raise ValueError(f"lease {lease_id} already holds memory on device {self.index}")
+        free = self.free_mb(now)
+        if mb > free:
+            why = self.blocked(now)
+            raise DoesNotFit(
+                f"device {self.index}: {mb} MiB does not fit in {free} MiB free" + (f" ({why})" if why else ""),
+                needed_mb=mb,
+                available_mb=free,
+            )
+        self._held[lease_id] = _Held(mb, now)
+        self.reserved_mb += mb
+
+    def release(self, lease_id: str, now: float) -> int:
+        """Return what ``lease_id`` held (0 when it held nothing here)."""
+        held = self._held.pop(lease_id, None)
+        if held is None:
+            return 0
+        self.reserved_mb -= held.mb
+        held.until = now
+        if self.sample_at is None or self.sample_at < now:
+            self._released.append(held)
+        return held.mb
+
+    def _reserved_at(self, at: float) -> int:
+        """The reservations that were held at time ``at``."""
+        total = sum(h.mb for h in self._held.values() if h.since <= at)
+        total += sum(h.mb for h in self._released if h.since <= at < h.until)
+        return total
+
+    # ------------------------------------------------------------------ samples
+
+    def mark_lost(self, reason: str) -> None:
+        self.lost = True
+        self.lost_reason = reason
+
+    def observe(self, sample: DeviceSample, at: float) -> None:
+        """Take a sample measured at ``at``. A sample older than the latest one is ignored."""
+        if self.sample_at is not None and at < self.sample_at:
+            return
+        previous_at = self.sample_at
+        self.sample_at = at
+        self._released = [h for h in self._released if h.until > at]
+        if sample.lost:
+            self.mark_lost("the monitor reports it lost")
+            return
+        self.lost = False
+        self.lost_reason = ""
+        if sample.total_mb > 0:
+            self.capacity_mb = min(self.config.capacity_mb, sample.total_mb)
+        ours = 0
+        if sample.torch is not None:
+            ours = min(sample.torch.reserved_mb, self._reserved_at(at), sample.used_mb)
+        raw = max(0, sample.used_mb - ours)
+        self.others_raw_mb = raw
+        if previous_at is None or raw >= self.others_mb or self._decay_s <= 0:
+            self.others_mb = raw
+            return
+        excess = (self.others_mb - raw) * 0.5 ** ((at - previous_at) / self._decay_s)
+        self.others_mb = raw + (math.ceil(excess) if excess >= 1.0 else 0)
