@@ -1,0 +1,239 @@
+"""The memory and time model of one Wan-style generation run (see ``estimate.py`` for the public API).
+
+It follows what Wan2.2's ``generate.py`` does (``wan/text2video.py``, ``image2video.py``,
+``textimage2video.py``):
+
+* one GPU: the DiT experts start on the CPU; the expert a step needs is moved to the GPU and the other one back
+  (one expert resident at a time); with ``offload_model`` the T5 encoder returns to the CPU after encoding and
+  the DiT goes to the CPU before the VAE decode;
+* several GPUs: every expert is resident (sharded with ``dit_fsdp``, in its loaded dtype: FSDP keeps fp32 shards
+  and gathers bf16 blocks), ``offload_model`` swaps the inactive expert out; the VAE decode runs on rank 0;
+* sequence parallelism (``ulysses``) splits the tokens, except the per-token time modulation, which every rank
+  computes for the whole sequence before splitting.
+
+Memory is computed per phase (text encode, VAE encode, denoise, VAE decode) and the peak is the largest phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramgate.messages.plans import ResolvedOptions, RunParams
+from vramgate.policy._derived import MIB, Derived
+from vramgate.policy.calibration import Calibration
+from vramgate.policy.gpus import GpuSpec
+
+#: fp32 RGB output video, per pixel per frame.
+_OUT_BYTES = 3 * 4.0
+
+
+@dataclass(slots=True)
+class Breakdown:
+    """Numbers of one estimate, in bytes and seconds, before rounding into messages."""
+
+    peak_phase: str
+    # VRAM parts at the peak phase (bytes)
+    dit_weights: float
+    lora: float
+    text_encoder: float
+    vae_weights: float
+    activations: float
+    vae_work: float
+    runtime: float
+    # Host RAM (bytes)
+    ram_weights: float
+    ram_runtime: float
+    # Time (seconds)
+    t_denoise: float
+    t_text: float
+    t_vae: float
+    t_transfers: float
+    t_stream: float
+    t_overhead: float
+    tokens: int
+    tokens_per_gpu: int
+
+    @property
+    def vram(self) -> float:
+        return (
+            self.dit_weights
+            + self.lora
+            + self.text_encoder
+            + self.vae_weights
+            + self.activations
+            + self.vae_work
+            + self.runtime
+        )
+
+    @property
+    def seconds(self) -> float:
+        return self.t_denoise + self.t_text + self.t_vae + self.t_transfers + self.t_stream + self.t_overhead
+
+
+def lora_bytes(params: RunParams, d: Derived) -> float:
+    """LoRA weights on the GPU: ``size_mb`` when given, else rank r on every linear layer of a block."""
+    total = 0.0
+    for lora in params.lora:
+        if lora.size_mb is not None:
+            total += lora.size_mb * MIB
+        else:
+            rank = lora.rank if lora.rank is not None else 32
+            # q, k, v, o (self and cross) and the two FFN layers of every block: r * (in + out) each, bf16.
+            per_block = rank * (8 * 2 * d.dim + 2 * (d.dim + d.ffn_dim))
+            total += per_block * d.layers * 2.0 * d.experts
+    return total
+
+
+def dit_weight_bytes(o: ResolvedOptions, d: Derived) -> tuple[float, float, float]:
+    """(bytes per parameter stored, bytes of one expert as stored, bytes of one block gathered for compute)."""
+    stored = d.checkpoint_bytes if (o.dit_fsdp or not o.convert_model_dtype) else d.param_bytes
+    if o.dit_dtype == "fp8":
+        stored = min(stored, 1.0)
+    compute = min(d.param_bytes, stored) if o.dit_dtype != "fp8" else d.param_bytes
+    return stored, d.expert_params * stored, d.block_params * compute
+
+
+def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Breakdown:
+    o = params.options
+    world = o.gpus
+    sp = o.ulysses if o.ulysses > 1 else 1
+    multi = world > 1
+    blocks_streamed = o.sequential_offload or (o.resident_blocks is not None and o.resident_blocks < d.layers)
+
+    # ---------------------------------------------------------------- sizes
+    lt = (params.frames - 1) // d.frame_multiple + 1
+    pixels = params.width * params.height
+    tokens = lt * (params.height // d.spatial_multiple) * (params.width // d.spatial_multiple)
+    local_tokens = -(-tokens // sp)
+    stored_bpp, expert_bytes, block_compute_bytes = dit_weight_bytes(o, d)
+
+    # ---------------------------------------------------------------- DiT weights on each GPU while denoising
+    if blocks_streamed:
+        resident = 0 if o.sequential_offload else min(o.resident_blocks or 0, d.layers)
+        dit_denoise = (
+            d.nonblock_params * stored_bpp + resident * d.block_params * stored_bpp + 2.0 * block_compute_bytes
+        )
+        experts_on_gpu_after = 0.0
+    else:
+        one_expert_only = (not multi) or o.offload_model
+        experts_resident = 1 if one_expert_only else d.experts
+        per_expert = expert_bytes / world if o.dit_fsdp else expert_bytes
+        dit_denoise = experts_resident * per_expert
+        if o.dit_fsdp:
+            dit_denoise += cal.fsdp_unsharded_blocks * block_compute_bytes
+        experts_on_gpu_after = 0.0 if o.offload_model else dit_denoise
+    lora = lora_bytes(params, d)
+    # DiT resident before denoising starts (multi-GPU runs load it at start-up; one GPU loads it on demand).
+    dit_before = (dit_denoise if multi and not blocks_streamed else 0.0) + (lora if multi else 0.0)
+
+    # ---------------------------------------------------------------- text encoder on each GPU
+    te_full = d.text_encoder_bytes + d.image_encoder_bytes
+    if o.t5_cpu:
+        te_encode = te_stay = 0.0
+    elif o.t5_fsdp:
+        te_encode = te_stay = te_full / world
+    elif o.sequential_offload:
+        te_encode, te_stay = te_full / 24.0 * 2.0, 0.0
+    else:
+        te_encode = te_full
+        te_stay = 0.0 if o.offload_model else te_full
+    te_act = cal.text_encoder_activation_mb * MIB if not o.t5_cpu else 0.0
+
+    # ---------------------------------------------------------------- activations and VAE work
+    act_per_local = cal.act_local_bytes_per_token_dim * d.dim + cal.act_ffn_bytes_per_token * d.ffn_dim
+    act_full = cal.act_full_bytes_per_token_dim * d.dim * tokens
+    activations = act_per_local * local_tokens + act_full
+    # the latent video and the scheduler's copies of it (noise prediction, conditional, unconditional), fp32
+    latents = 4.0 * 4.0 * d.latent_channels * lt * pixels / d.vae_pixels_per_latent
+    activations += latents
+
+    vbpp = d.vae_decode_bytes_per_pixel or cal.vae_bytes_per_pixel(d.vae_family)
+    work_pixels = min(pixels, cal.vae_tile_pixels * 1.5) if o.vae_tiling else pixels
+    decode_work = vbpp * work_pixels + 2.0 * _OUT_BYTES * pixels * params.frames
+    encode_work = 0.0
+    if params.task == "i2v":
+        encode_work = cal.vae_encode_fraction * vbpp * work_pixels + 2.0 * _OUT_BYTES * pixels * params.frames
+
+    vae_w = d.vae_bytes
+    runtime = (cal.runtime_overhead_mb + (cal.multi_gpu_overhead_mb if multi else 0.0)) * MIB
+
+    # ---------------------------------------------------------------- phases
+    phases: dict[str, tuple[float, float, float, float, float]] = {
+        # name: (dit+lora, text encoder, activations, vae work, extra)
+        "text_encode": (dit_before, te_encode, te_act, 0.0, 0.0),
+        "denoise": (dit_denoise + lora, te_stay, activations, 0.0, 0.0),
+        "vae_decode": ((experts_on_gpu_after + lora) if not o.offload_model else 0.0, te_stay, latents, decode_work, 0),
+    }
+    if params.task == "i2v":
+        phases["vae_encode"] = (dit_before, te_stay, 0.0, encode_work, 0.0)
+    peak_phase = max(phases, key=lambda name: sum(phases[name]))
+    p_dit, p_te, p_act, p_vae, _ = phases[peak_phase]
+    p_lora = min(lora, p_dit)
+    p_dit -= p_lora
+
+    # ---------------------------------------------------------------- host RAM
+    all_experts_host = d.experts * d.expert_params * stored_bpp
+    if blocks_streamed or not multi or o.offload_model:
+        ram_w = all_experts_host  # every expert keeps (or returns to) a host copy
+        ram_w *= 1.0 if not multi else float(world) / (world if o.dit_fsdp else 1)
+    else:
+        ram_w = 0.0
+    if o.t5_cpu or not o.t5_fsdp:
+        ram_w += te_full * (1.0 if not multi else float(world))
+    ram_rt = 3.0 * (1 << 30) * world
+
+    # ---------------------------------------------------------------- time
+    tflops = gpu.bf16_tflops * 1e12
+    mfu = cal.mfu_for(gpu.architecture)
+    per_forward = tokens * (d.linear_flops_per_token + d.cross_flops_per_token) + (
+        tokens * tokens * d.attn_flops_per_token_per_token
+    )
+    forwards = params.steps * d.guidance_passes
+    split = sp / (cal.sp_efficiency if sp > 1 else 1.0)
+    t_denoise = forwards * per_forward / split / (mfu * tflops)
+
+    link = gpu.host_link_gbps * 1e9
+    if o.t5_cpu:
+        t_text = d.text_encoder_flops / (cal.cpu_text_encoder_gflops * 1e9)
+    else:
+        t_text = d.text_encoder_flops / (mfu * tflops) / (world if o.t5_fsdp else 1)
+    t_vae = d.vae_decode_flops_per_pixel * pixels * params.frames / (cal.vae_efficiency * tflops)
+    if params.task == "i2v":
+        t_vae += d.vae_encode_flops_per_pixel * pixels * params.frames / (cal.vae_efficiency * tflops)
+    if o.vae_tiling:
+        t_vae *= 1.25  # overlapping tiles are computed twice at their seams
+
+    moved = 0.0  # bytes moved whole-module between host and GPU
+    if not blocks_streamed and (not multi or o.offload_model):
+        switches = d.experts - 1
+        moved += expert_bytes * (1 + 2 * switches)  # load the first, then swap out/in at each boundary
+        if o.offload_model:
+            moved += expert_bytes  # the last expert leaves before the VAE decode
+    if not (o.t5_cpu or o.t5_fsdp) and (not multi):
+        moved += te_full * (2.0 if o.offload_model else 1.0)
+    t_transfers = moved / (link * cal.pageable_link_efficiency)
+    t_stream = 0.0
+    if blocks_streamed:
+        resident = 0 if o.sequential_offload else min(o.resident_blocks or 0, d.layers)
+        streamed = (d.layers - resident) * d.block_params * stored_bpp
+        t_stream = forwards * streamed / (link * cal.stream_link_efficiency)
+    return Breakdown(
+        peak_phase=peak_phase,
+        dit_weights=p_dit,
+        lora=p_lora,
+        text_encoder=p_te,
+        vae_weights=vae_w,
+        activations=p_act,
+        vae_work=p_vae,
+        runtime=runtime,
+        ram_weights=ram_w,
+        ram_runtime=ram_rt,
+        t_denoise=t_denoise,
+        t_text=t_text,
+        t_vae=t_vae,
+        t_transfers=t_transfers,
+        t_stream=t_stream,
+        t_overhead=cal.run_overhead_s,
+        tokens=tokens,
+        tokens_per_gpu=local_tokens,
+    )
