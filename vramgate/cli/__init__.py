@@ -10,6 +10,7 @@ from vramgate._version import __version__
 
 #: subcommand name -> (module in ``vramgate.cli``, one-line help). The module defines ``command``.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("check", "Report the GPUs, host RAM, CPU and disk that vramgate can measure here."),
     "replay": ("replay", "Replay a message log and check that it reproduces the same decisions."),
     "validate": ("validate", "Decode a JSON or JSON Lines file of messages and report every error."),
 }
