@@ -125,6 +125,9 @@ class Budget:
     def fits(self, r: ResourceRequirement) -> bool:
         return r.vram_mb <= self.vram_mb and (self.ram_mb is None or r.ram_mb <= self.ram_mb)
 
+    def ram_fits(self, r: ResourceRequirement) -> bool:
+        return self.ram_mb is None or r.ram_mb <= self.ram_mb
+
     def excess(self, r: ResourceRequirement) -> int:
         over = max(0, r.vram_mb - self.vram_mb)
         if self.ram_mb is not None:
@@ -218,7 +221,7 @@ class _Search:
         r0 = self.requirement(q, mask, 0)
         if r0 is not None and self.budget.fits(r0):
             return self.candidate(q, mask, 0)
-        if r0 is not None and r0.vram_mb <= self.budget.vram_mb:
+        if r0 is not None and (r0.vram_mb <= self.budget.vram_mb or not self.budget.ram_fits(r0)):
             return None  # host RAM is short; offloading more only needs more of it
         last = self.deepest
         if last == 0:
@@ -277,6 +280,15 @@ class _Search:
             found = self.by_quality[q] = self.techniques(q)
             return found
 
+    def feasible(self, q: Quality) -> bool:
+        """Whether some technique configuration fits at ``q`` (cheap when the most memory-saving one decides)."""
+        r = self.requirement(q, self.full_mask, self.deepest)
+        if r is None or r.vram_mb > self.budget.vram_mb:
+            return False
+        if self.budget.fits(r):
+            return True
+        return self.fitting(q) is not None  # host RAM is short at full offloading: less offloading may fit
+
     def quality_points(self) -> Candidate | None:
         """The least quality loss (then time) over the quality points the space allows.
 
@@ -298,7 +310,7 @@ class _Search:
                 steps = steps[:1]
         frames = space.frames
         smallest_w, smallest_h = space.sizes[-1]
-        if self.fitting(Quality(steps[-1], frames[-1], smallest_w, smallest_h)) is None:
+        if not self.feasible(Quality(steps[-1], frames[-1], smallest_w, smallest_h)):
             return None
         lines = sorted(
             (
@@ -313,12 +325,12 @@ class _Search:
                 break
             w, h = space.sizes[zi]
             st = steps[si]
-            if self.fitting(Quality(st, frames[-1], w, h)) is None:
+            if not self.feasible(Quality(st, frames[-1], w, h)):
                 continue
             lo, hi = -1, len(frames) - 1  # frames[hi] fits; frames[lo] does not (or lo is -1)
             while hi - lo > 1:
                 mid = (lo + hi + 1) // 2 if lo >= 0 else 0
-                if self.fitting(Quality(st, frames[mid], w, h)) is not None:
+                if self.feasible(Quality(st, frames[mid], w, h)):
                     hi = mid
                 else:
                     lo = mid

@@ -87,7 +87,7 @@ def limits_of(profile: ModelProfile) -> ModelLimits:
 
 
 def _catalog_of(estimator: EstimatorLike) -> ModelCatalog:
-    catalog = getattr(estimator, "catalog", None)
+    catalog = getattr(estimator, "models", None)
     return catalog if isinstance(catalog, ModelCatalog) else DEFAULT_MODEL_CATALOG
 
 
