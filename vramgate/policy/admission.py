@@ -434,6 +434,8 @@ class AdmissionCore:
 
     def _shadow(self, head: _Waiting, free: list[int], now: float) -> Shadow:
         usable = [not ledger.blocked(now) for ledger in self._ledgers]
+        # What each device will have once leases end: the headroom, which may be below zero (others grew).
+        free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, self._ledgers, strict=True)]
         ends = [
             (max(lease.expected_end, now), lease.placement.positions, lease.placement.need_mb)
             for lease in self._leases.values()
