@@ -41,6 +41,8 @@ TOGGLES: tuple[str, ...] = (
     "t5_cpu",
     "vae_tiling",
 )
+#: Pairs of techniques that cannot be combined (``generate.py`` refuses ``--t5_cpu`` with ``--t5_fsdp``).
+EXCLUSIVE: tuple[tuple[str, str], ...] = (("t5_cpu", "t5_fsdp"),)
 #: Toggles that only exist on a multi-GPU run.
 MULTI_GPU: frozenset[str] = frozenset({"t5_fsdp", "dit_fsdp", "ulysses"})
 
@@ -78,6 +80,24 @@ class Space:
     steps: tuple[int, ...]
     frames: tuple[int, ...]
     sizes: tuple[tuple[int, int], ...]
+
+    def valid(self, mask: int) -> bool:
+        """Whether ``mask`` turns on no two techniques that exclude each other."""
+        for a, b in EXCLUSIVE:
+            if a in self.toggles and b in self.toggles:
+                if mask >> self.toggles.index(a) & 1 and mask >> self.toggles.index(b) & 1:
+                    return False
+        return True
+
+    def maximal_masks(self) -> tuple[int, ...]:
+        """The largest valid sets of techniques (all of them, less one of each pair that excludes each other)."""
+        full = (1 << len(self.toggles)) - 1
+        masks = [full]
+        for a, b in EXCLUSIVE:
+            if a in self.toggles and b in self.toggles:
+                ia, ib = self.toggles.index(a), self.toggles.index(b)
+                masks = [m & ~(1 << drop) for m in masks for drop in (ib, ia)]
+        return tuple(dict.fromkeys(masks))
 
     @property
     def base_quality(self) -> Quality:
@@ -157,6 +177,7 @@ class _Search:
     memo: dict[Key, ResourceRequirement | None] = field(default_factory=dict)
     by_quality: dict[Quality, Candidate | None] = field(default_factory=dict)
     closest: Candidate | None = None
+    full_masks: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ evaluation
 
@@ -203,18 +224,24 @@ class _Search:
 
     # ------------------------------------------------------------------ techniques at one quality point
 
+    def __post_init__(self) -> None:
+        self.full_masks = self.space.maximal_masks()
+
     @property
     def full_mask(self) -> int:
-        return (1 << len(self.space.toggles)) - 1
+        return self.full_masks[0]
 
     @property
     def deepest(self) -> int:
         return len(self.space.placements) - 1
 
     def vram_feasible(self, q: Quality) -> bool:
-        """Whether the most memory-saving configuration at ``q`` fits the VRAM budget (a necessary condition)."""
-        r = self.requirement(q, self.full_mask, self.deepest)
-        return r is not None and r.vram_mb <= self.budget.vram_mb
+        """Whether a most memory-saving configuration at ``q`` fits the VRAM budget (a necessary condition)."""
+        for mask in self.full_masks:
+            r = self.requirement(q, mask, self.deepest)
+            if r is not None and r.vram_mb <= self.budget.vram_mb:
+                return True
+        return False
 
     def place(self, q: Quality, mask: int) -> Candidate | None:
         """The least offloading of the DiT that makes ``mask`` fit at ``q``, or ``None``."""
@@ -262,7 +289,7 @@ class _Search:
                 best = cand
             for i in range(n):
                 nxt = mask | (1 << i)
-                if nxt == mask or nxt in seen:
+                if nxt == mask or nxt in seen or not self.space.valid(nxt):
                     continue
                 seen.add(nxt)
                 r = self.requirement(q, nxt, 0)
@@ -282,12 +309,16 @@ class _Search:
 
     def feasible(self, q: Quality) -> bool:
         """Whether some technique configuration fits at ``q`` (cheap when the most memory-saving one decides)."""
-        r = self.requirement(q, self.full_mask, self.deepest)
-        if r is None or r.vram_mb > self.budget.vram_mb:
-            return False
-        if self.budget.fits(r):
-            return True
-        return self.fitting(q) is not None  # host RAM is short at full offloading: less offloading may fit
+        vram_ok = False
+        for mask in self.full_masks:
+            r = self.requirement(q, mask, self.deepest)
+            if r is None or r.vram_mb > self.budget.vram_mb:
+                continue
+            if self.budget.fits(r):
+                return True
+            vram_ok = True
+        # host RAM is short at full offloading: less offloading may fit
+        return vram_ok and self.fitting(q) is not None
 
     def quality_points(self) -> Candidate | None:
         """The least quality loss (then time) over the quality points the space allows.
@@ -395,7 +426,7 @@ def placement_ladder(options: ResolvedOptions, pinned: RunOptions, layers: int) 
     if options.sequential_offload or pinned.resident_blocks is not None:
         return (current,)
     levels: list[Placement] = [current]
-    if pinned.sequential_offload is None and pinned.resident_blocks is None:
+    if pinned.resident_blocks is None:
         top = layers - 1 if options.resident_blocks is None else options.resident_blocks - 1
         levels.extend((k, False) for k in range(top, -1, -1))
     if pinned.sequential_offload is None:
