@@ -91,3 +91,13 @@ class MonitorStatistics(Message, frozen=True):
     probe_timeouts: int = 0
     hung_probes: tuple[str, ...] = ()
     last_sample_cost_s: Seconds = 0.0
+    #: samples not delivered because a subscriber's mailbox was full or it had stopped
+    dropped: int = 0
+
+
+class SampleTick(Message, frozen=True):
+    """The monitor's own timer message: time to take a sample."""
+
+
+class SampleNow(Message, frozen=True):
+    """Take and publish a sample at once (after a cleanup, say); an ask gets the :class:`LatestSample`."""
