@@ -1,0 +1,113 @@
+"""``vramgate validate``: every error with its line and field path; exit 1 on any."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vramgate.cli import main
+from vramgate.cli.validate import KINDS, Kind, check, register_kind
+from vramgate.messages import LogHeader, LogRecord, RequestQueued, encode_json
+
+GOOD = '{"model": "t2v-A14B", "width": 1280, "height": 720}'
+
+
+def run(path: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["validate", str(path), *args])
+    return result.exit_code, result.output
+
+
+def test_json_lines_report_every_error_with_line_and_path(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    path.write_text(
+        "\n".join(
+            [
+                GOOD,
+                '{"model": "t2v-A14B", "width": 0, "height": 720}',
+                "",
+                '{"model": "t2v-A14B", "width": 1280, "height": 720, "options": {"ulysses": 0}}',
+                '{"model": "t2v-A14B", "width": 1280, "height": 720, "lora": [{"name": "x", "rank": 0}]}',
+                '{"model": "t2v-A14B", "width": 1280, "height": 720, "frames": 81, "duration_s": 3}',
+                "{not json",
+                GOOD,
+            ]
+        )
+    )
+    code, out = run(path)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[:5] == [
+        f"{path}:2: $.width: Expected `int` >= 1",
+        f"{path}:4: $.options.ulysses: Expected `int` >= 1",
+        f"{path}:5: $.lora[0].rank: Expected `int` >= 1",
+        f"{path}:6: $: give either `frames` or `duration_s`, not both",
+        f"{path}:7: $: JSON is malformed: object keys must be strings (byte 1)",
+    ]
+    assert "5 error(s) in 7 request item(s)" in out
+
+
+def test_a_json_array_reports_item_index_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "requests.json"
+    path.write_text(f'[\n  {GOOD},\n  {{"model": "m", "width": 8, "height": 0}}\n]\n')
+    code, out = run(path, "--kind", "request")
+    assert code == 1
+    assert out.splitlines()[0] == f"{path}:3: $[1].height: Expected `int` >= 1"
+
+
+def test_a_single_pretty_printed_object_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    path.write_text('{\n  "model": "t2v-A14B",\n  "width": 1280,\n  "height": 720\n}\n')
+    code, out = run(path)
+    assert code == 0, out
+    assert out.strip() == "ok: 1 request item(s)"
+
+
+def test_log_kind_checks_header_and_records(tmp_path: Path) -> None:
+    header = encode_json(LogHeader()).decode()
+    record = encode_json(
+        LogRecord(seq=1, at=0.0, sender="a", recipient="b", message=RequestQueued(request_id="r", position=1))
+    ).decode()
+    good = tmp_path / "good.jsonl"
+    good.write_text(f"{header}\n{record}\n")
+    assert run(good, "--kind", "log") == (0, "ok: 2 log item(s)\n")
+
+    bad = tmp_path / "bad.jsonl"
+    broken = record.replace('"position":1', '"position":0')
+    bad.write_text(f"{record}\n{broken}\n{header}\n")
+    code, out = run(bad, "--kind", "log")
+    assert code == 1
+    assert out.splitlines()[:3] == [
+        f"{bad}:1: $: the first line of a log must be a LogHeader",
+        f"{bad}:2: $.message.position: Expected `int` >= 1",
+        f"{bad}:3: $: a LogHeader may only be the first line",
+    ]
+
+
+def test_unknown_kind_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text(GOOD)
+    code, out = run(path, "--kind", "nope")
+    assert code == 2
+    assert "unknown kind 'nope'; known:" in out
+
+
+@pytest.fixture
+def restore_kinds() -> object:
+    saved = dict(KINDS)
+    yield None
+    KINDS.clear()
+    KINDS.update(saved)
+
+
+@pytest.mark.usefixtures("restore_kinds")
+def test_registered_kinds_are_used(tmp_path: Path) -> None:
+    register_kind("queued", RequestQueued, "queue notices")
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"type": "RequestQueued", "request_id": "r", "position": 1}\n{"type": "RequestQueued"}\n')
+    code, out = run(path, "--kind", "queued")
+    assert code == 1
+    assert out.splitlines()[0] == f"{path}:2: $: Object missing required field `request_id`"
+    count, problems = check(b'{"model": "m", "width": 1, "height": 1}', Kind(len, "whole", whole_file=True))
+    assert (count, problems) == (1, [])
