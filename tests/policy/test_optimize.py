@@ -89,7 +89,7 @@ def test_the_plan_is_the_fastest_fitting_technique_combination(optimizer: Optimi
     placements += [{"sequential_offload": True}]
     for bits in itertools.product((False, True), repeat=len(names)):
         for placement in placements:
-            options = msgspec.structs.replace(base.options, **dict(zip(names, bits)), **placement)
+            options = msgspec.structs.replace(base.options, **dict(zip(names, bits, strict=True)), **placement)
             r = estimator.estimate(msgspec.structs.replace(base, options=options), RTX4090)
             if r.vram_mb <= budget and (best is None or r.estimated_time_seconds < best):
                 best = r.estimated_time_seconds
@@ -107,7 +107,7 @@ def test_suggestions_add_up_to_the_difference_from_the_request(optimizer: Optimi
     assert added == pytest.approx(plan.requirement.estimated_time_seconds - base.estimated_time_seconds, abs=0.01)
     for s in plan.suggestions:
         assert s.reason.endswith(".")
-        assert ("VRAM" in s.reason) and (str(s.suggested) in s.reason or s.parameter in s.reason or "--" in s.reason)
+        assert "VRAM" in s.reason
 
 
 def test_aggressive_shortens_the_clip_but_keeps_size_and_steps(optimizer: Optimizer) -> None:
@@ -115,9 +115,12 @@ def test_aggressive_shortens_the_clip_but_keeps_size_and_steps(optimizer: Optimi
     assert plan.fits
     p = plan.params
     assert (p.width, p.height, p.steps) == (1280, 720, 40)
-    assert 41 <= p.frames < 81 and (p.frames - 1) % 4 == 0
+    assert 41 <= p.frames < 81
+    assert (p.frames - 1) % 4 == 0
     frames = [s for s in plan.suggestions if s.parameter == "frames"]
-    assert len(frames) == 1 and frames[0].level == "aggressive" and frames[0].quality_impact != "none"
+    assert len(frames) == 1
+    assert frames[0].level == "aggressive"
+    assert frames[0].quality_impact != "none"
     assert plan.level == "aggressive"
 
 
@@ -187,7 +190,8 @@ def test_several_gpus_shard_and_split_the_sequence(optimizer: Optimizer) -> None
     four = run(optimizer, req, gpu=a100, budget=30_000, world_size=4)
     assert four.fits
     o = four.params.options
-    assert o.gpus == 4 and four.requirement.world_size == 4
+    assert o.gpus == 4
+    assert four.requirement.world_size == 4
     assert o.ulysses == 4 or o.dit_fsdp
     assert not (o.t5_cpu and o.t5_fsdp)
     assert four.requirement.vram_mb < one.requirement.vram_mb
@@ -201,7 +205,8 @@ def test_world_size_conflicting_with_a_pin_is_rejected(optimizer: Optimizer) -> 
 def test_next_level_needs_less_and_keeps_what_was_done(optimizer: Optimizer) -> None:
     plan = run(optimizer, request((832, 480)))
     nxt = optimizer.next_level(plan)
-    assert nxt is not None and nxt.fits
+    assert nxt is not None
+    assert nxt.fits
     assert nxt.requirement.vram_mb <= 0.9 * plan.requirement.vram_mb
     for name in ("offload_model", "convert_model_dtype", "t5_cpu", "vae_tiling"):
         if getattr(plan.params.options, name):
@@ -240,10 +245,14 @@ def test_legacy_call_returns_params_and_suggestions() -> None:
         {"model": "t2v-A14B", "width": 832, "height": 480}, gpu="RTX4090-24GB"
     )
     assert isinstance(params, RunParams)
-    assert suggestions and all(s.vram_saved_mb >= 0 or s.parameter for s in suggestions)
+    assert suggestions
+    assert all(s.level == "basic" for s in suggestions)  # the request's own max_level (basic) bounds it
+    assert (params.width, params.height, params.frames) == (832, 480, 81)
+    assert Estimator().estimate(params, "RTX4090-24GB").vram_mb <= budget_of(Optimizer(Estimator()), RTX4090)
     with pytest.raises(DoesNotFit) as info:
         optimize_parameters_for_resources(request((1280, 720)), vram_mb=8_000)
-    assert info.value.needed_mb is not None and info.value.needed_mb > 8_000
+    assert info.value.needed_mb is not None
+    assert info.value.needed_mb > 8_000
     with pytest.raises(DecodeError, match="width"):
         optimize_parameters_for_resources({"model": "t2v-A14B", "width": "wide", "height": 480}, gpu="H100")
     with pytest.raises(InvalidParameter, match="gpu"):

@@ -84,9 +84,13 @@ class Space:
     def valid(self, mask: int) -> bool:
         """Whether ``mask`` turns on no two techniques that exclude each other."""
         for a, b in EXCLUSIVE:
-            if a in self.toggles and b in self.toggles:
-                if mask >> self.toggles.index(a) & 1 and mask >> self.toggles.index(b) & 1:
-                    return False
+            if (
+                a in self.toggles
+                and b in self.toggles
+                and mask >> self.toggles.index(a) & 1
+                and mask >> self.toggles.index(b) & 1
+            ):
+                return False
         return True
 
     def maximal_masks(self) -> tuple[int, ...]:
