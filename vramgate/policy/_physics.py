@@ -189,17 +189,23 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
         tokens * tokens * d.attn_flops_per_token_per_token
     )
     forwards = params.steps * d.guidance_passes
-    split = sp / (cal.sp_efficiency if sp > 1 else 1.0)
-    t_denoise = forwards * per_forward / split / (mfu * tflops)
+    # Matmul work at the achieved MFU, plus the memory-bound elementwise work (fp32 modulation and norms, the
+    # fp64 RoPE) at the GPU's memory bandwidth; sequence parallelism splits both.
+    bandwidth = gpu.memory_bandwidth_gbps * 1e9
+    elementwise = cal.elementwise_bytes_per_token_dim * tokens * d.dim * d.layers
+    split = sp * (cal.sp_efficiency if sp > 1 else 1.0)
+    t_denoise = forwards * (per_forward / (mfu * tflops) + elementwise / bandwidth) / split
 
     link = gpu.host_link_gbps * 1e9
     if o.t5_cpu:
         t_text = d.text_encoder_flops / (cal.cpu_text_encoder_gflops * 1e9)
     else:
         t_text = d.text_encoder_flops / (mfu * tflops) / (world if o.t5_fsdp else 1)
-    t_vae = d.vae_decode_flops_per_pixel * pixels * params.frames / (cal.vae_efficiency * tflops)
+    # The VAE runs in fp32 on one frame chunk at a time: memory-bound, so its time follows bandwidth.
+    vae_flops = d.vae_decode_flops_per_pixel * pixels * params.frames
     if params.task == "i2v":
-        t_vae += d.vae_encode_flops_per_pixel * pixels * params.frames / (cal.vae_efficiency * tflops)
+        vae_flops += d.vae_encode_flops_per_pixel * pixels * params.frames
+    t_vae = vae_flops * cal.vae_bytes_per_flop / bandwidth
     if o.vae_tiling:
         t_vae *= 1.25  # overlapping tiles are computed twice at their seams
 

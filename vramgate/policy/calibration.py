@@ -47,7 +47,9 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     * ``mfu`` - achieved fraction of dense bf16 peak in the DiT, by GPU architecture (``default`` for others).
     * ``sp_efficiency`` - fraction of linear speed-up sequence parallelism keeps (all-to-all cost).
-    * ``vae_efficiency`` - achieved fraction of bf16 peak in VAE convolutions (fp32/TF32, small chunks).
+    * ``elementwise_bytes_per_token_dim`` - memory traffic of the DiT's elementwise work (fp32 modulation and
+      norms, fp64 RoPE) per token per unit of width per layer, served at the GPU's memory bandwidth.
+    * ``vae_bytes_per_flop`` - memory traffic per convolution FLOP of the fp32 VAE (it is bandwidth-bound).
     * ``pageable_link_efficiency`` - fraction of the host link a whole-module ``.to()`` copy reaches.
     * ``stream_link_efficiency`` - fraction of the host link block/layer weight streaming reaches.
     * ``cpu_text_encoder_gflops`` - achieved CPU throughput of the text encoder with ``t5_cpu``.
@@ -66,7 +68,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     multi_gpu_overhead_mb: NonNeg = 1500.0
     fsdp_unsharded_blocks: NonNeg = 2.0
     vae_decode_bytes_per_pixel: dict[str, Pos] = msgspec.field(
-        default_factory=lambda: {"wan2.1": 6000.0, "wan2.2": 20000.0}
+        default_factory=lambda: {"wan2.1": 12000.0, "wan2.2": 20000.0}
     )
     vae_encode_fraction: Pos = 0.5
     vae_tile_pixels: Pos = 256.0 * 256.0
@@ -75,12 +77,13 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         default_factory=lambda: {"hopper": 0.55, "ampere": 0.62, "ada": 0.65, "blackwell": 0.6, "default": 0.5}
     )
     sp_efficiency: Frac = 0.9
-    vae_efficiency: Frac = 0.05
+    elementwise_bytes_per_token_dim: NonNeg = 200.0
+    vae_bytes_per_flop: Pos = 0.5
     pageable_link_efficiency: Frac = 0.25
     stream_link_efficiency: Frac = 0.35
     cpu_text_encoder_gflops: Pos = 300.0
     run_overhead_s: NonNeg = 5.0
-    safety_margin_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=0.5)] = 0.05
+    safety_margin_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=0.5)] = 0.08
     source: str = ""
 
     def mfu_for(self, architecture: str) -> float:

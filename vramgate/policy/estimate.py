@@ -56,6 +56,11 @@ class Estimator:
 
     # ---------------------------------------------------------------- lookups
 
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The model catalog (the optimizer reads profiles from it)."""
+        return self.models
+
     def profile(self, name: str) -> ModelProfile:
         return self.models.get(name)
 
