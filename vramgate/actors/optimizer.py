@@ -18,6 +18,7 @@ from vramgate.errors import BadRequest
 from vramgate.messages import GenerationRequest, Message, Plan, PlanOptimized, RequestRejected
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.policy.optimize import EstimatorLike, Optimizer
+from vramgate.replay import register_core_kind
 
 #: The core kind written into recorded log headers.
 KIND = "optimizer"
@@ -98,8 +99,11 @@ def optimizer_actor(estimator: EstimatorLike | None = None, *, config: Mapping[s
 
 
 def build_core(config: Mapping[str, Any]) -> OptimizerCore:
-    """Rebuild an optimizer core from its recorded config (for replay)."""
+    """Rebuild an optimizer core from its recorded config (for replay): the default estimator and catalogs."""
     return OptimizerCore(Optimizer(_estimator(None)))
+
+
+register_core_kind(KIND, lambda header, spec: build_core(spec.config))
 
 
 def _estimator(estimator: EstimatorLike | None) -> EstimatorLike:
