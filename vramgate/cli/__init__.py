@@ -11,6 +11,7 @@ from vramgate._version import __version__
 #: subcommand name -> (module in ``vramgate.cli``, one-line help). The module defines ``command``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "Report the GPUs, host RAM, CPU and disk that vramgate can measure here."),
+    "estimate": ("estimate", "Estimate peak VRAM per GPU, host RAM and time of one run, with components."),
     "optimize": ("optimize", "Find the plan with the least quality loss that fits a GPU and the host RAM."),
     "replay": ("replay", "Replay a message log and check that it reproduces the same decisions."),
     "validate": ("validate", "Decode a JSON or JSON Lines file of messages and report every error."),

@@ -1,6 +1,7 @@
 """The typed message protocol. Every message is a frozen, tagged msgspec Struct."""
 
 from vramgate.messages import admission as admission
+from vramgate.messages import estimation as estimation  # the estimator's messages (EstimateRequirement, ...)
 from vramgate.messages import monitor as monitor  # the monitor's messages (Subscribe, GetTrend, ...)
 from vramgate.messages import optimization as optimization  # the optimizer's messages (OptimizePlan, ...)
 from vramgate.messages._base import MB, Message, message_types

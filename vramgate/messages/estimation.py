@@ -1,0 +1,45 @@
+"""The estimator's messages: ask for a requirement, feed it finished runs, hear what it learned."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from vramgate.messages._base import Ident, Message
+from vramgate.messages.lifecycle import Outcome, RunFinished
+from vramgate.messages.plans import Plan, RunParams
+from vramgate.messages.requests import GenerationRequest
+
+
+class EstimateRequirement(Message, frozen=True):
+    """Ask the estimator what a run needs on ``gpu``: give the ``request`` (defaults filled in, unpinned options
+    off) or concrete ``params``. The answer is ``RequirementEstimated`` (or ``RequestRejected`` for bad input).
+    """
+
+    gpu: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    request_id: Ident = ""
+    request: GenerationRequest | None = None
+    params: RunParams | None = None
+
+    def __post_init__(self) -> None:
+        if (self.request is None) == (self.params is None):
+            raise ValueError("give exactly one of `request` and `params`")
+
+
+class ObserveRun(Message, frozen=True):
+    """Teach the estimator one finished run of ``plan`` (when it did not see the plan admitted)."""
+
+    finished: RunFinished
+    plan: Plan
+
+
+class CorrectionLearned(Message, frozen=True):
+    """The estimator's VRAM correction for (``model``, ``gpu``) after a run: ``factor`` x the raw estimate."""
+
+    model: str
+    gpu: str
+    factor: Annotated[float, msgspec.Meta(gt=0.0)]
+    runs: Annotated[int, msgspec.Meta(ge=0)]
+    outcome: Outcome
+    request_id: Ident = ""
