@@ -185,7 +185,7 @@ def _saving_text(saved: int) -> str:
 def _time_text(added: float, base_time: float) -> str:
     if abs(added) < 0.5:
         return "no time cost"
-    pct = f" ({added / base_time:+.0%})" if base_time > 0 else ""
+    pct = f" ({added / base_time:+.0%})" if base_time > 0 and abs(added / base_time) >= 0.005 else ""
     if added > 0:
         return f"adds about {fmt_seconds(added)}{pct}"
     return f"saves about {fmt_seconds(-added)}{pct}"

@@ -311,6 +311,18 @@ class _Search:
             found = self.by_quality[q] = self.techniques(q)
             return found
 
+    def trim(self, cand: Candidate) -> Candidate:
+        """``cand`` without the techniques that do not bring it closer to fitting (a near miss need not pay for
+        techniques that save nothing)."""
+        key = _closeness(cand, self.budget)[:3]
+        for i in reversed(range(len(self.space.toggles))):
+            if not cand.mask >> i & 1:
+                continue
+            fewer = self.candidate(cand.quality, cand.mask & ~(1 << i), cand.placement)
+            if fewer is not None and _closeness(fewer, self.budget)[:3] <= key:
+                cand = fewer
+        return cand
+
     def feasible(self, q: Quality) -> bool:
         """Whether some technique configuration fits at ``q`` (cheap when the most memory-saving one decides)."""
         vram_ok = False
@@ -388,7 +400,8 @@ def search(space: Space, estimate: EstimateFn, budget: Budget) -> Result:
     r = s.requirement(base_q, 0, 0)
     fits_as_asked = r is not None and budget.fits(r)
     best = s.candidate(base_q, 0, 0) if fits_as_asked else s.quality_points()
-    return Result(best=best, closest=s.closest, evaluator=s)
+    closest = s.closest if best is not None or s.closest is None else s.trim(s.closest)
+    return Result(best=best, closest=closest, evaluator=s)
 
 
 # ---------------------------------------------------------------------- building the space
