@@ -75,22 +75,28 @@ def sample(t: mi.Type, *, full: bool = True) -> Any:
 
 
 def build(cls: type[Any], *, full: bool = True) -> Any:
-    """An instance of a struct class, with every field set (falling back to required fields only)."""
+    """An instance of a struct class: every field set when ``full``, else only the required ones.
+
+    When a ``__post_init__`` rule forbids that combination (two fields that exclude each other, one of two
+    that is required), the required fields plus one optional field at a time are tried instead.
+    """
     info = mi.type_info(cls)
     assert isinstance(info, mi.StructType)
-    if full:
+    required = [f for f in info.fields if f.required]
+    optional = [f for f in info.fields if not f.required]
+    attempts = [info.fields, required] if full else [required, info.fields]
+    attempts += [(*required, f) for f in optional]
+    errors: list[str] = []
+    for fields in attempts:
+        kwargs = {f.name: sample(f.type, full=full) for f in fields}
         try:
-            return build_with(cls, info, full=True)
-        except (ValueError, TypeError):
-            pass  # a __post_init__ rule between optional fields; the required ones are enough then
-    return build_with(cls, info, full=False)
-
-
-def build_with(cls: type[Any], info: mi.StructType, *, full: bool) -> Any:
-    kwargs = {f.name: sample(f.type, full=full) for f in info.fields if full or f.required}
-    value = cls(**kwargs)
-    # validate it as a decoder would: a sample that breaks a constraint is a bug in the builder
-    return msgspec.convert(msgspec.to_builtins(value), cls)
+            value = cls(**kwargs)
+        except (ValueError, TypeError) as exc:
+            errors.append(str(exc))
+            continue
+        # validate it as a decoder would: a sample that breaks a constraint is a bug in the builder
+        return msgspec.convert(msgspec.to_builtins(value), cls)
+    raise AssertionError(f"cannot build a {cls.__name__}: {errors}")
 
 
 def concrete_messages() -> list[type[Message]]:
