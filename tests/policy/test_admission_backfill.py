@@ -107,7 +107,7 @@ job = st.tuples(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     devices=st.integers(min_value=1, max_value=3),
     running=st.lists(job, max_size=4),
