@@ -86,7 +86,8 @@ def lora_bytes(params: RunParams, d: Derived) -> float:
 
 def dit_weight_bytes(o: ResolvedOptions, d: Derived) -> tuple[float, float, float]:
     """(bytes per parameter stored, bytes of one expert as stored, bytes of one block gathered for compute)."""
-    stored = d.checkpoint_bytes if (o.dit_fsdp or not o.convert_model_dtype) else d.param_bytes
+    # convert_model_dtype casts before sharding (Wan's generate.py ignores it under FSDP: leave it off to match).
+    stored = d.param_bytes if o.convert_model_dtype else d.checkpoint_bytes
     if o.dit_dtype == "fp8":
         stored = min(stored, 1.0)
     compute = min(d.param_bytes, stored) if o.dit_dtype != "fp8" else d.param_bytes
@@ -97,7 +98,6 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     o = params.options
     world = o.gpus
     sp = o.ulysses if o.ulysses > 1 else 1
-    multi = world > 1
     blocks_streamed = o.sequential_offload or (o.resident_blocks is not None and o.resident_blocks < d.layers)
 
     # ---------------------------------------------------------------- sizes
@@ -108,30 +108,31 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     stored_bpp, expert_bytes, block_compute_bytes = dit_weight_bytes(o, d)
 
     # ---------------------------------------------------------------- DiT weights on each GPU while denoising
-    if blocks_streamed:
-        resident = 0 if o.sequential_offload else min(o.resident_blocks or 0, d.layers)
-        dit_denoise = (
-            d.nonblock_params * stored_bpp + resident * d.block_params * stored_bpp + 2.0 * block_compute_bytes
-        )
-        experts_on_gpu_after = 0.0
+    # Without FSDP one expert is resident at a time (the other waits on the host and is swapped in at the
+    # boundary, as Wan does on one GPU). With FSDP every expert's shards stay resident unless offload_model
+    # swaps the inactive one out, and the blocks being computed are gathered in the compute dtype.
+    if o.dit_fsdp:
+        experts_resident = 1 if o.offload_model else d.experts
+        dit_denoise = experts_resident * expert_bytes / world + cal.fsdp_unsharded_blocks * block_compute_bytes
     else:
-        one_expert_only = (not multi) or o.offload_model
-        experts_resident = 1 if one_expert_only else d.experts
-        per_expert = expert_bytes / world if o.dit_fsdp else expert_bytes
-        dit_denoise = experts_resident * per_expert
-        if o.dit_fsdp:
-            dit_denoise += cal.fsdp_unsharded_blocks * block_compute_bytes
-        experts_on_gpu_after = 0.0 if o.offload_model else dit_denoise
+        dit_denoise = expert_bytes
+    if blocks_streamed:
+        # Streaming keeps the embeddings, ``resident`` blocks and two block buffers; never more than without it.
+        resident = 0 if o.sequential_offload else min(o.resident_blocks or 0, d.layers)
+        streamed_resident = (d.nonblock_params + resident * d.block_params) * stored_bpp + 2.0 * block_compute_bytes
+        dit_denoise = min(dit_denoise, streamed_resident)
+    experts_on_gpu_after = 0.0 if o.offload_model else dit_denoise
     lora = lora_bytes(params, d)
-    # DiT resident before denoising starts (multi-GPU runs load it at start-up; one GPU loads it on demand).
-    dit_before = (dit_denoise if multi and not blocks_streamed else 0.0) + (lora if multi else 0.0)
+    # FSDP runs shard and place the DiT at start-up; otherwise the expert is moved in when denoising starts.
+    dit_before = dit_denoise + lora if o.dit_fsdp else 0.0
 
     # ---------------------------------------------------------------- text encoder on each GPU
     te_full = d.text_encoder_bytes + d.image_encoder_bytes
     if o.t5_cpu:
         te_encode = te_stay = 0.0
     elif o.t5_fsdp:
-        te_encode = te_stay = te_full / world
+        te_encode = te_full / world
+        te_stay = 0.0 if o.offload_model else te_encode
     elif o.sequential_offload:
         te_encode, te_stay = te_full / 24.0 * 2.0, 0.0
     else:
@@ -155,7 +156,8 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
         encode_work = cal.vae_encode_fraction * vbpp * work_pixels + 2.0 * _OUT_BYTES * pixels * params.frames
 
     vae_w = d.vae_bytes
-    runtime = (cal.runtime_overhead_mb + (cal.multi_gpu_overhead_mb if multi else 0.0)) * MIB
+    sharded = o.dit_fsdp or o.t5_fsdp
+    runtime = (cal.runtime_overhead_mb + (cal.multi_gpu_overhead_mb if sharded else 0.0)) * MIB
 
     # ---------------------------------------------------------------- phases
     phases: dict[str, tuple[float, float, float, float, float]] = {
@@ -173,13 +175,14 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
 
     # ---------------------------------------------------------------- host RAM
     all_experts_host = d.experts * d.expert_params * stored_bpp
-    if blocks_streamed or not multi or o.offload_model:
-        ram_w = all_experts_host  # every expert keeps (or returns to) a host copy
-        ram_w *= 1.0 if not multi else float(world) / (world if o.dit_fsdp else 1)
+    # Every process keeps the experts it does not hold on the GPU in host RAM (FSDP: its shards).
+    ranks = float(world)
+    if o.dit_fsdp:
+        ram_w = all_experts_host / world * ranks if (o.offload_model or blocks_streamed) else 0.0
     else:
-        ram_w = 0.0
-    if o.t5_cpu or not o.t5_fsdp:
-        ram_w += te_full * (1.0 if not multi else float(world))
+        ram_w = all_experts_host * ranks
+    if not o.t5_fsdp:
+        ram_w += te_full * ranks
     ram_rt = 3.0 * (1 << 30) * world
 
     # ---------------------------------------------------------------- time
@@ -210,12 +213,15 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
         t_vae *= 1.25  # overlapping tiles are computed twice at their seams
 
     moved = 0.0  # bytes moved whole-module between host and GPU
-    if not blocks_streamed and (not multi or o.offload_model):
-        switches = d.experts - 1
-        moved += expert_bytes * (1 + 2 * switches)  # load the first, then swap out/in at each boundary
-        if o.offload_model:
-            moved += expert_bytes  # the last expert leaves before the VAE decode
-    if not (o.t5_cpu or o.t5_fsdp) and (not multi):
+    switches = d.experts - 1
+    if not blocks_streamed:
+        if not o.dit_fsdp:
+            moved += expert_bytes * (1 + 2 * switches)  # load the first expert, swap at each boundary
+            if o.offload_model:
+                moved += expert_bytes  # the last expert leaves before the VAE decode
+        elif o.offload_model:
+            moved += expert_bytes / world * (2 + 2 * switches)
+    if not (o.t5_cpu or o.t5_fsdp):
         moved += te_full * (2.0 if o.offload_model else 1.0)
     t_transfers = moved / (link * cal.pageable_link_efficiency)
     t_stream = 0.0

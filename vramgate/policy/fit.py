@@ -45,7 +45,7 @@ MEMORY_PARAMS = (
     Param("act_local_bytes_per_token_dim", 45.0, 5.0, 200.0),
     Param("act_full_bytes_per_token_dim", 30.0, 5.0, 200.0),
     Param("runtime_overhead_mb", 1000.0, 200.0, 4000.0),
-    Param("multi_gpu_overhead_mb", 1000.0, 50.0, 6000.0),
+    Param("multi_gpu_overhead_mb", 1000.0, 0.0001, 6000.0),
     Param("vae_decode_bytes_per_pixel.wan2.2", 16000.0, 2000.0, 60000.0),
 )
 TIME_PARAMS = (
