@@ -180,6 +180,7 @@ class _Search:
     budget: Budget
     memo: dict[Key, ResourceRequirement | None] = field(default_factory=dict)
     by_quality: dict[Quality, Candidate | None] = field(default_factory=dict)
+    levels: dict[Quality, dict[int, int]] = field(default_factory=dict)
     closest: Candidate | None = None
     full_masks: tuple[int, ...] = ()
 
@@ -247,6 +248,10 @@ class _Search:
                 return True
         return False
 
+    def _fits_vram(self, q: Quality, mask: int, placement: int) -> bool:
+        r = self.requirement(q, mask, placement)
+        return r is not None and r.vram_mb <= self.budget.vram_mb
+
     def place(self, q: Quality, mask: int) -> Candidate | None:
         """The least offloading of the DiT that makes ``mask`` fit at ``q``, or ``None``."""
         r0 = self.requirement(q, mask, 0)
@@ -257,17 +262,31 @@ class _Search:
         last = self.deepest
         if last == 0:
             return None
-        rl = self.requirement(q, mask, last)
-        if rl is None or rl.vram_mb > self.budget.vram_mb:
-            return None
-        lo, hi = 0, last  # lo does not fit VRAM, hi does
-        while hi - lo > 1:
+        fits_vram = self._fits_vram
+        # A level at which a subset of these techniques fits VRAM fits with these too (monotone VRAM).
+        known = self.levels.setdefault(q, {})
+        hi = min((level for sub, level in known.items() if sub & mask == sub), default=-1)
+        if hi < 0:
+            if not fits_vram(q, mask, last):
+                return None
+            hi = last
+        lo = 0  # lo does not fit VRAM, hi does
+        step = 1
+        while hi - lo > 1:  # gallop down from hi (subsets usually need about as much offloading) ...
+            probe = max(hi - step, lo + 1)
+            if fits_vram(q, mask, probe):
+                hi = probe
+                step *= 2
+            else:
+                lo = probe
+                break
+        while hi - lo > 1:  # ... then bisect
             mid = (lo + hi) // 2
-            rm = self.requirement(q, mask, mid)
-            if rm is not None and rm.vram_mb <= self.budget.vram_mb:
+            if fits_vram(q, mask, mid):
                 hi = mid
             else:
                 lo = mid
+        known[mask] = hi
         rh = self.requirement(q, mask, hi)
         if rh is None or not self.budget.fits(rh):
             return None
