@@ -1,0 +1,87 @@
+"""Every policy side by side on every shipped trace, and the targets checked.
+
+    python bench/simulate.py
+
+For each trace (with the devices it is meant for) it prints the table of ``vramgate simulate --policy all`` and
+checks: vramgate has 0 OOMs and 0 over-commits, completes at least as many requests as the best baseline, and
+its makespan is within 10 % of the best baseline's that has no OOMs; on the mixed 8-GPU trace its p95 wait is at
+most half of ``serial``'s. It then measures the simulator's speed with the vramgate policy (simulated requests per
+second of wall time) on a larger generated trace, with the ``serial`` policy's speed measured alongside.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gen_trace import generate
+
+from vramgate.simulate import compare, decode_trace, encode_trace, load_trace, parse_devices
+from vramgate.simulate.metrics import PolicyResult
+from vramgate.simulate.report import render_table
+from vramgate.simulate.run import simulate
+
+TRACES = (
+    ("burst-24gb.jsonl", "RTX4090-24GB"),
+    ("mixed-8xh100.jsonl", "8xH100-80GB"),
+    ("day-diurnal.jsonl", "2xH100-80GB,RTX4090-24GB"),
+)
+
+
+def check(name: str, results: list[PolicyResult]) -> list[str]:
+    ours = next(r for r in results if r.policy == "vramgate")
+    baselines = [r for r in results if r.policy != "vramgate"]
+    failures: list[str] = []
+    if ours.oom_events:
+        failures.append(f"{name}: vramgate had {ours.oom_events} OOM events")
+    if ours.overcommits:
+        failures.append(f"{name}: vramgate over-committed {ours.overcommits} times")
+    best = max(r.completed for r in baselines)
+    if ours.completed < best:
+        failures.append(f"{name}: vramgate completed {ours.completed} < best baseline {best}")
+    clean = [r for r in baselines if r.oom_events == 0]
+    if clean:
+        fastest = min(clean, key=lambda r: r.makespan_s)
+        if ours.makespan_s > 1.1 * fastest.makespan_s:
+            failures.append(
+                f"{name}: makespan {ours.makespan_s:.0f} s > 1.1 x {fastest.policy}'s {fastest.makespan_s:.0f} s"
+            )
+    if name.startswith("mixed"):
+        serial = next(r for r in results if r.policy == "serial")
+        if ours.p95_wait_s > 0.5 * serial.p95_wait_s:
+            failures.append(f"{name}: p95 wait {ours.p95_wait_s:.0f} s > half of serial's {serial.p95_wait_s:.0f} s")
+    return failures
+
+
+def main() -> int:
+    here = Path(__file__).resolve().parent / "traces"
+    failures: list[str] = []
+    for file, devices in TRACES:
+        trace = load_trace(here / file)
+        results = compare(trace, parse_devices(devices), seed=0)
+        print(f"\n## {file} on {devices} ({len(trace.arrivals)} requests, seed 0)\n")
+        print(render_table(results, markdown=True))
+        failures += check(file, results)
+    # Speed: a large generated trace, vramgate and serial measured in the same run.
+    big = decode_trace(encode_trace(generate("mixed", requests=20000, seed=9, rate=2400.0, span=0.0, devices=0)))
+    specs = parse_devices("8xH100-80GB")
+    print("\n## simulator speed (20,000 requests, 8xH100-80GB)\n")
+    for policy in ("vramgate", "serial"):
+        started = time.perf_counter()
+        result, _ = simulate(big, specs, policy, seed=0)
+        wall = time.perf_counter() - started
+        print(f"{policy:10} {result.requests / wall:10,.0f} simulated requests/s ({wall:.2f} s wall)")
+        if policy == "vramgate" and result.requests / wall < 10_000:
+            failures.append(f"speed: {result.requests / wall:,.0f} requests/s < 10,000")
+    print()
+    for failure in failures:
+        print("TARGET MISSED:", failure)
+    print("all targets met" if not failures else f"{len(failures)} target(s) missed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
