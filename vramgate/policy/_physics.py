@@ -130,14 +130,11 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     te_full = d.text_encoder_bytes + d.image_encoder_bytes
     if o.t5_cpu:
         te_encode = te_stay = 0.0
-    elif o.t5_fsdp:
-        te_encode = te_full / world
-        te_stay = 0.0 if o.offload_model else te_encode
-    elif o.sequential_offload:
-        te_encode, te_stay = te_full / 24.0 * 2.0, 0.0
     else:
-        te_encode = te_full
-        te_stay = 0.0 if o.offload_model else te_full
+        te_encode = te_full / world if o.t5_fsdp else te_full
+        if o.sequential_offload:
+            te_encode = min(te_encode, te_full / 12.0)  # two of its 24 layers on the GPU at a time
+        te_stay = 0.0 if (o.offload_model or o.sequential_offload) else te_encode
     te_act = cal.text_encoder_activation_mb * MIB if not o.t5_cpu else 0.0
 
     # ---------------------------------------------------------------- activations and VAE work
@@ -156,8 +153,7 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
         encode_work = cal.vae_encode_fraction * vbpp * work_pixels + 2.0 * _OUT_BYTES * pixels * params.frames
 
     vae_w = d.vae_bytes
-    sharded = o.dit_fsdp or o.t5_fsdp
-    runtime = (cal.runtime_overhead_mb + (cal.multi_gpu_overhead_mb if sharded else 0.0)) * MIB
+    runtime = (cal.runtime_overhead_mb + (cal.multi_gpu_overhead_mb if o.dit_fsdp else 0.0)) * MIB
 
     # ---------------------------------------------------------------- phases
     phases: dict[str, tuple[float, float, float, float, float]] = {

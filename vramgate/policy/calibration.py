@@ -36,7 +36,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
       sequence (the per-token time modulation ``e``/``e0`` that ``sp_dit_forward`` computes before it splits).
     * ``act_ffn_bytes_per_token`` - bytes per token per unit of FFN width (fixed: two bf16 tensors, pre/post GELU).
     * ``runtime_overhead_mb`` - CUDA context, cuBLAS/cuDNN workspaces and allocator slack on every GPU.
-    * ``multi_gpu_overhead_mb`` - NCCL communicators and FSDP bookkeeping of a sharded (FSDP) run, per GPU.
+    * ``multi_gpu_overhead_mb`` - NCCL communicators and FSDP bookkeeping of a DiT-sharded (FSDP) run, per GPU.
     * ``fsdp_unsharded_blocks`` - transformer blocks FSDP holds gathered at once (current and prefetched; fixed).
     * ``vae_decode_bytes_per_pixel`` - VAE decoder working memory per output pixel of one frame chunk, by family.
     * ``vae_encode_fraction`` - encoder working memory as a fraction of the decoder's (fixed).

@@ -1,0 +1,198 @@
+"""The estimator against published figures, known OOM reports, and its input validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from vramgate.errors import InvalidParameter, UnknownGPU, UnknownModel
+from vramgate.messages import GenerationRequest, ResolvedOptions, RunOptions, RunParams
+from vramgate.policy._reference import read_published
+from vramgate.policy.estimate import Estimator, nearest_frames
+from vramgate.policy.models import ModelCatalog
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / ".." / "shared" / "data" / "reference"
+PUBLISHED = REFERENCE / "wan_published.csv"
+PROFILES = Path(__file__).parent / "profiles"
+
+needs_reference = pytest.mark.skipif(
+    not PUBLISHED.is_file(), reason=f"reference data not found at {PUBLISHED} (the shared checkout is absent)"
+)
+
+
+def _rows() -> list[object]:
+    return list(read_published(PUBLISHED)) if PUBLISHED.is_file() else []
+
+
+@needs_reference
+@pytest.mark.parametrize("row", _rows(), ids=lambda r: r.label)  # type: ignore[attr-defined]
+def test_published_rows_within_tolerance(row: object) -> None:
+    from vramgate.policy._reference import PublishedRow
+
+    assert isinstance(row, PublishedRow)
+    req = Estimator().estimate(row.params, row.gpu)
+    assert abs(req.vram_mb / row.peak_mb - 1) <= 0.10, (req.vram_mb, row.peak_mb)
+    assert abs(req.estimated_time_seconds / row.seconds - 1) <= 0.20, (req.estimated_time_seconds, row.seconds)
+    assert req.world_size == row.params.options.gpus
+    assert sum(c.vram_mb for c in req.components) == req.vram_mb
+
+
+def _catalog_with_wan21() -> ModelCatalog:
+    catalog = ModelCatalog()
+    catalog.load_file(PROFILES / "wan21-t2v-14B.toml")
+    catalog.load_file(PROFILES / "wan21-i2v-14B.json")
+    return catalog
+
+
+FSDP4 = ResolvedOptions(gpus=4, ulysses=4, dit_fsdp=True, t5_fsdp=True)
+ONE_GPU = ResolvedOptions(offload_model=True, convert_model_dtype=True, t5_cpu=True)
+
+OOM_REPORTS = [
+    # (issue, model, task, width, height, frames, steps, gpu, options)
+    ("Wan2.2#90", "ti2v-5B", "t2v", 1280, 704, 121, 50, "RTX3090-24GB", ONE_GPU),
+    ("Wan2.2#144", "t2v-A14B", "t2v", 1280, 720, 81, 40, "RTX3060-12GB", ONE_GPU),
+    (
+        "Wan2.2#51",
+        "t2v-A14B",
+        "t2v",
+        1280,
+        720,
+        81,
+        40,
+        "RTX5090-32GB",
+        ResolvedOptions(gpus=8, ulysses=8, dit_fsdp=True, t5_fsdp=True),
+    ),
+    ("Wan2.2#87", "i2v-A14B", "i2v", 1280, 720, 81, 40, "A100-40GB", FSDP4),
+    ("Wan2.2#87-480p", "i2v-A14B", "i2v", 832, 480, 81, 40, "A100-40GB", FSDP4),
+    ("Wan2.2#269", "i2v-A14B", "i2v", 1280, 720, 193, 40, "H100-80GB", FSDP4),
+    ("Wan2.1#205", "t2v-14B", "t2v", 832, 480, 81, 50, "L40S-48GB", ResolvedOptions(offload_model=True, t5_cpu=True)),
+    ("Wan2.1#174", "i2v-14B", "i2v", 832, 480, 161, 40, "16GB", ResolvedOptions(offload_model=True, t5_cpu=True)),
+]
+
+
+@pytest.mark.parametrize("case", OOM_REPORTS, ids=lambda c: c[0])
+def test_reported_ooms_are_predicted_not_to_fit(case: tuple[object, ...]) -> None:
+    _, model, task, width, height, frames, steps, gpu, options = case
+    estimator = Estimator(_catalog_with_wan21())
+    params = RunParams(
+        model=str(model),
+        task=task,
+        width=width,
+        height=height,
+        frames=frames,
+        steps=steps,
+        options=options,  # type: ignore[arg-type]
+    )
+    req = estimator.estimate(params, str(gpu))
+    assert not estimator.fits(req, str(gpu)), req.vram_mb
+
+
+def test_the_replaced_systems_case_is_no_longer_six_gigabytes() -> None:
+    estimator = Estimator()
+    params = estimator.resolve(
+        GenerationRequest(
+            model="t2v-A14B",
+            width=1280,
+            height=720,
+            options=RunOptions(offload_model=True, convert_model_dtype=True),
+        )
+    )
+    req = estimator.estimate(params, "H100-80GB")
+    assert req.vram_mb > 55 * 1024
+    assert estimator.fits(req, "H100-80GB")
+    assert not estimator.fits(req, "A100-40GB")
+
+
+def test_resolve_fills_defaults_and_leaves_unpinned_options_off() -> None:
+    estimator = Estimator()
+    params = estimator.resolve(GenerationRequest(model="ti2v-5B", width=1280, height=704))
+    assert (params.task, params.frames, params.steps, params.fps) == ("t2v", 121, 50, 24)
+    assert params.options == ResolvedOptions()
+    pinned = estimator.resolve(
+        GenerationRequest(model="t2v-A14B", width=832, height=480, options=RunOptions(t5_cpu=True, gpus=2))
+    )
+    assert pinned.options.t5_cpu
+    assert pinned.options.gpus == 2
+    assert not pinned.options.offload_model
+
+
+def test_duration_is_rounded_to_4k_plus_1_frames() -> None:
+    estimator = Estimator()
+    params = estimator.resolve(GenerationRequest(model="t2v-A14B", width=832, height=480, duration_s=5.0))
+    assert params.frames == 81  # 5 s at 16 fps = 80 -> 81
+    assert nearest_frames(2.0, 24, 4) == 49
+    assert nearest_frames(0.01, 16, 4) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "hint"),
+    [
+        ({"width": 1281}, "width", "1280 or 1296"),
+        ({"height": 0}, "height", "positive"),
+        ({"frames": 80}, "frames", "77 or 81"),
+        ({"steps": 0}, "steps", "1 or more"),
+        ({"task": "i2v"}, "task", "t2v"),
+    ],
+)
+def test_invalid_values_name_the_field_and_what_is_valid(change: dict[str, object], field: str, hint: str) -> None:
+    base = RunParams(model="t2v-A14B", task="t2v", width=1280, height=720, frames=81, steps=40)
+    params = msgspec.structs.replace(base, **change)
+    with pytest.raises(InvalidParameter) as info:
+        Estimator().estimate(params, "H100")
+    assert info.value.field == field
+    assert hint in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (ResolvedOptions(gpus=4, ulysses=3), "ulysses"),
+        (ResolvedOptions(dit_fsdp=True), "dit_fsdp/t5_fsdp"),
+        (ResolvedOptions(gpus=2, t5_fsdp=True, t5_cpu=True), "t5_cpu"),
+        (ResolvedOptions(resident_blocks=41), "resident_blocks"),
+    ],
+)
+def test_invalid_option_combinations_are_rejected(options: ResolvedOptions, field: str) -> None:
+    params = RunParams(model="t2v-A14B", task="t2v", width=1280, height=720, frames=81, steps=40, options=options)
+    with pytest.raises(InvalidParameter) as info:
+        Estimator().estimate(params, "H100")
+    assert info.value.field == field
+
+
+def test_unknown_model_and_gpu_list_the_known_ones() -> None:
+    estimator = Estimator()
+    with pytest.raises(UnknownModel, match="t2v-A14B"):
+        estimator.resolve(GenerationRequest(model="t2v-1.3B", width=832, height=480))
+    params = RunParams(model="t2v-A14B", task="t2v", width=1280, height=720, frames=81, steps=40)
+    with pytest.raises(UnknownGPU, match="H100-80GB"):
+        estimator.estimate(params, "B300")
+
+
+def test_components_explain_the_peak_and_time() -> None:
+    params = RunParams(model="t2v-A14B", task="t2v", width=1280, height=720, frames=81, steps=40, options=ONE_GPU)
+    req = Estimator().estimate(params, "H100-80GB")
+    parts = {c.name: c for c in req.components}
+    assert {"dit_weights", "activations", "vae_work", "runtime", "text_encoder", "weight_transfers"} <= set(parts)
+    # one bf16 14B expert resident (~26.6 GiB), T5 on the CPU
+    assert 25 * 1024 < parts["dit_weights"].vram_mb < 28 * 1024
+    assert parts["text_encoder"].vram_mb == 0
+    assert parts["activations"].seconds > 0.8 * req.estimated_time_seconds
+    assert req.ram_mb > 2 * parts["dit_weights"].vram_mb  # both experts wait on the host between swaps
+    assert abs(sum(c.seconds for c in req.components) - req.estimated_time_seconds) < 1e-6
+
+
+def test_fp8_and_lora_change_weights_as_expected() -> None:
+    estimator = Estimator()
+    base = RunParams(model="t2v-A14B", task="t2v", width=832, height=480, frames=81, steps=40, options=ONE_GPU)
+    fp8 = msgspec.structs.replace(base, options=msgspec.structs.replace(ONE_GPU, dit_dtype="fp8"))
+    w = {c.name: c.vram_mb for c in estimator.estimate(base, "H100").components}["dit_weights"]
+    w8 = {c.name: c.vram_mb for c in estimator.estimate(fp8, "H100").components}["dit_weights"]
+    assert abs(w8 / w - 0.5) < 0.01
+    from vramgate.messages import LoraSpec
+
+    lora = msgspec.structs.replace(base, lora=(LoraSpec(name="a", size_mb=600),))
+    parts = {c.name: c.vram_mb for c in estimator.estimate(lora, "H100").components}
+    assert parts["lora"] == 600
