@@ -257,3 +257,14 @@ def test_legacy_call_returns_params_and_suggestions() -> None:
         optimize_parameters_for_resources({"model": "t2v-A14B", "width": "wide", "height": 480}, gpu="H100")
     with pytest.raises(InvalidParameter, match="gpu"):
         optimize_parameters_for_resources({"model": "t2v-A14B", "width": 832, "height": 480})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the estimator puts 720p activations near 32 GiB under any offloading and host RAM at 66.8 GiB",
+)
+def test_issue_example_a14b_720p_fits_a_4090_with_64gb_by_offloading_alone(optimizer: Optimizer) -> None:
+    plan = run(optimizer, request((1280, 720), frames=81, steps=40), ram=64 * 1024, level="basic")
+    assert plan.fits
+    assert (plan.params.width, plan.params.height, plan.params.frames, plan.params.steps) == (1280, 720, 81, 40)
+    assert "x the time" in summary(plan)

@@ -207,4 +207,6 @@ def summary(base: ResourceRequirement | None, plan_time: float, fits: bool, leve
     verb = "fits" if fits else "comes closest"
     if added >= 0.5:
         return f"{verb} {how}; {slower:.2f}x the time (+{fmt_seconds(added)})"
+    if added <= -0.5:
+        return f"{verb} {how}; {slower:.2f}x the time ({fmt_seconds(-added)} faster)"
     return f"{verb} {how}; no slower"
