@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -28,7 +29,7 @@ def _rows() -> list[object]:
 
 
 @needs_reference
-@pytest.mark.parametrize("row", _rows(), ids=lambda r: r.label)  # type: ignore[attr-defined]
+@pytest.mark.parametrize("row", _rows(), ids=lambda r: r.label)
 def test_published_rows_within_tolerance(row: object) -> None:
     from vramgate.policy._reference import PublishedRow
 
@@ -50,7 +51,7 @@ def _catalog_with_wan21() -> ModelCatalog:
 FSDP4 = ResolvedOptions(gpus=4, ulysses=4, dit_fsdp=True, t5_fsdp=True)
 ONE_GPU = ResolvedOptions(offload_model=True, convert_model_dtype=True, t5_cpu=True)
 
-OOM_REPORTS = [
+OOM_REPORTS: list[tuple[Any, ...]] = [
     # (issue, model, task, width, height, frames, steps, gpu, options)
     ("Wan2.2#90", "ti2v-5B", "t2v", 1280, 704, 121, 50, "RTX3090-24GB", ONE_GPU),
     ("Wan2.2#144", "t2v-A14B", "t2v", 1280, 720, 81, 40, "RTX3060-12GB", ONE_GPU),
@@ -73,21 +74,13 @@ OOM_REPORTS = [
 ]
 
 
-@pytest.mark.parametrize("case", OOM_REPORTS, ids=lambda c: c[0])
-def test_reported_ooms_are_predicted_not_to_fit(case: tuple[object, ...]) -> None:
+@pytest.mark.parametrize("case", OOM_REPORTS, ids=lambda c: str(c[0]))
+def test_reported_ooms_are_predicted_not_to_fit(case: tuple[Any, ...]) -> None:
     _, model, task, width, height, frames, steps, gpu, options = case
     estimator = Estimator(_catalog_with_wan21())
-    params = RunParams(
-        model=str(model),
-        task=task,
-        width=width,
-        height=height,
-        frames=frames,
-        steps=steps,
-        options=options,  # type: ignore[arg-type]
-    )
-    req = estimator.estimate(params, str(gpu))
-    assert not estimator.fits(req, str(gpu)), req.vram_mb
+    params = RunParams(model=model, task=task, width=width, height=height, frames=frames, steps=steps, options=options)
+    req = estimator.estimate(params, gpu)
+    assert not estimator.fits(req, gpu), req.vram_mb
 
 
 def test_the_replaced_systems_case_is_no_longer_six_gigabytes() -> None:
