@@ -12,8 +12,10 @@ from vramgate._version import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "Report the GPUs, host RAM, CPU and disk that vramgate can measure here."),
     "estimate": ("estimate", "Estimate peak VRAM per GPU, host RAM and time of one run, with components."),
+    "monitor": ("monitor", "Show live GPU and host memory, or stream samples as JSON Lines."),
     "optimize": ("optimize", "Find the plan with the least quality loss that fits a GPU and the host RAM."),
     "replay": ("replay", "Replay a message log and check that it reproduces the same decisions."),
+    "simulate": ("simulate", "Run a trace against simulated GPUs with vramgate and the baseline policies."),
     "validate": ("validate", "Decode a JSON or JSON Lines file of messages and report every error."),
 }
 
