@@ -162,7 +162,11 @@ class ActorSystem:
         return LogHeader(vramgate_version=__version__, note=self._note, cores=tuple(cores), config=self._config)
 
     async def wait_idle(self) -> None:
-        """Wait until every mailbox is empty and no actor is handling a message (timers may still be pending)."""
+        """Wait until every mailbox is empty and no actor is handling a message (timers may still be pending).
+
+        Call it from outside the actors. A sender cancelled while it waited for mailbox room may make it
+        return one message early.
+        """
         await checkpoint()
         while self._in_flight > 0:
             if self._idle_event is None:
