@@ -93,7 +93,7 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 class _Waiting:
     """A queued request."""
 
-    __slots__ = ("arrival", "deadline", "key", "plans", "priority", "request_id", "seq")
+    __slots__ = ("arrival", "deadline", "expected_s", "key", "min_mb", "plans", "priority", "request_id", "seq")
 
     def __init__(
         self, request_id: str, priority: int, arrival: float, deadline: float, key: Key, plans: tuple[Plan | None, ...]
@@ -105,6 +105,10 @@ class _Waiting:
         self.key = key
         self.seq = key[2]
         self.plans = plans
+        given = [p.requirement for p in plans if p is not None]
+        #: The least any of its plans needs per GPU, and the longest any of them is expected to run.
+        self.min_mb = min((r.vram_mb for r in given), default=0)
+        self.expected_s = max((r.estimated_time_seconds for r in given), default=0.0)
 
 
 class _Lease:
@@ -467,31 +471,29 @@ class AdmissionCore:
         if not candidates:
             return
         protected = self._shadow(head, free, now)
+        # What a candidate that runs past the head's start may use: on the head's devices, only the spare.
+        guarded = [min(f, protected.extra[pos]) if pos in protected.extra else f for pos, f in enumerate(free)]
+        top, top_guarded = max(free), max(guarded)
         for waiting in candidates:
-            need_min = min((p.requirement.vram_mb for p in waiting.plans if p is not None), default=0)
-            if max(free) < need_min:
+            if waiting.min_mb > top:
                 continue
-            ends_before = now + self._expected_s(waiting) <= protected.time < math.inf
-            if ends_before:
-                allowed = free
-            else:
-                allowed = [min(f, protected.extra[pos]) if pos in protected.extra else f for pos, f in enumerate(free)]
-            found = place(waiting.plans, allowed, spread=self._spread)
+            ends_before = now + waiting.expected_s <= protected.time < math.inf
+            if not ends_before and waiting.min_mb > top_guarded:
+                continue
+            found = place(waiting.plans, free if ends_before else guarded, spread=self._spread)
             if found is None:
                 continue
             self._dequeue(waiting)
             self._admit(out, waiting.request_id, found, now, waiting.arrival, backfilled=True)
             for pos in found.positions:
                 free[pos] -= found.need_mb
+                guarded[pos] = min(guarded[pos], free[pos])
                 if not ends_before and pos in protected.extra:
                     protected.extra[pos] -= found.need_mb
-            if max(free) <= 0:
+                    guarded[pos] = min(free[pos], protected.extra[pos])
+            top, top_guarded = max(free), max(guarded)
+            if top <= 0:
                 break
-
-    @staticmethod
-    def _expected_s(waiting: _Waiting) -> float:
-        """The longest expected run time among the request's plans (any of them may be chosen)."""
-        return max((p.requirement.estimated_time_seconds for p in waiting.plans if p is not None), default=0.0)
 
     def _why_waiting(self, waiting: _Waiting, now: float) -> str:
         blocked = [ledger.blocked(now) for ledger in self._ledgers]

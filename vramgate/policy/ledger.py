@@ -11,7 +11,7 @@ is the sum of the reservations that were held when the sample was taken:
 * a lease admitted after the sample is in neither figure, so it is not subtracted (no under-count);
 * a lease admitted but not yet allocated adds nothing to ``torch.reserved``, so subtracting ``min(...)`` takes
   away only what is really allocated (no double count, no under-count);
-* memory this process holds outside any lease (a cache not yet emptied) stays counted as others.
+* memory this process holds beyond what its leases reserved (a cache not yet emptied) counts as others.
 
 Since ``min(torch.reserved, R) <= torch.reserved``, others are never below what everything but this process
 uses: the estimate errs only on the safe side. Without ``torch`` figures the ledger cannot tell its own runs'
