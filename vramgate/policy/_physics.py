@@ -223,7 +223,8 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     t_stream = 0.0
     if blocks_streamed:
         resident = 0 if o.sequential_offload else min(o.resident_blocks or 0, d.layers)
-        streamed = (d.layers - resident) * d.block_params * stored_bpp
+        # fp8 weights gain nothing on the link: they are upcast to the compute dtype before the copy
+        streamed = (d.layers - resident) * d.block_params * max(stored_bpp, d.param_bytes)
         t_stream = forwards * streamed / (link * cal.stream_link_efficiency)
     return Breakdown(
         peak_phase=peak_phase,
