@@ -258,6 +258,28 @@ def test_reapplying_a_plan_removes_the_previous_plans_hooks(pipe: Any) -> None:
     assert pipe.vae.use_tiling is False
 
 
+def test_sequential_offload_after_group_offloading_of_every_component(pipe: Any) -> None:
+    apply_plan(pipe, run_params(resident_blocks=1, offload_model=True), device="cpu")
+    assert any(group_hook(module) for module in pipe.vae.modules())
+
+    # diffusers refuses sequential offload while any submodule is group-offloaded: the reset must reach them all.
+    apply_plan(pipe, run_params(sequential_offload=True), device="cpu")
+    assert not any(group_hook(module) for part in (pipe.vae, pipe.text_encoder) for module in part.modules())
+    assert pipe.vae.decoder.conv_in.weight.device == torch.device("meta")
+
+
+@pytest.mark.anyio
+async def test_fp8_cannot_be_undone_and_says_so(pipe: Any) -> None:
+    apply_plan(pipe, run_params(dit_dtype="fp8"), device="cpu")
+    lease = RecordingLease(run_params(dit_dtype="bf16"))
+    result = await run_in_lease(pipe, lease, **embeddings())
+
+    assert [(entry.option, entry.value) for entry in result.applied.not_applied] == [("dit_dtype", "'bf16'")]
+    assert pipe.transformer.blocks[0].ffn.net[0].proj.weight.dtype == torch.float8_e4m3fn
+    assert result.output.frames.shape == (1, 5, 16, 16, 3)
+    assert lease.reports == [(None, "ok")]
+
+
 def test_sequential_offload_moves_weights_to_meta_and_back(pipe: Any) -> None:
     from accelerate.hooks import AlignDevicesHook
 

@@ -17,13 +17,10 @@ if TYPE_CHECKING:
 DIT_NAMES = ("transformer", "transformer_2")
 TEXT_ENCODER = "text_encoder"
 
-# diffusers hook names (diffusers.hooks.group_offloading / layerwise_casting) removed when a plan is re-applied.
-_DIFFUSERS_HOOKS = (
-    "lazy_prefetch_group_offloading",
-    "layer_execution_tracker",
-    "group_offloading",
-    "layerwise_casting",
-)
+# diffusers hook names (diffusers.hooks.group_offloading) removed when a plan is re-applied. Layerwise casting
+# ("layerwise_casting") cannot be removed: its weights are already stored in the lower precision.
+_GROUP_OFFLOAD_HOOKS = ("lazy_prefetch_group_offloading", "layer_execution_tracker", "group_offloading")
+LAYERWISE_CASTING = "layerwise_casting"
 
 
 class Recorder:
@@ -48,20 +45,32 @@ def modules(pipe: Any) -> dict[str, torch.nn.Module]:
 
 
 def reset(pipe: Any) -> None:
-    """Remove the offloading and casting hooks an earlier plan attached, so that a new plan starts clean.
+    """Remove the offloading hooks an earlier plan attached, so that a new plan starts clean.
 
-    Parameters stay where the hooks left them (the CPU after offloading); the placement step moves them.
+    Parameters stay where the hooks left them (the CPU after offloading); the placement step moves them. fp8
+    layerwise casting stays: diffusers cannot undo it (see :func:`apply_dtype`).
     """
     from accelerate.hooks import remove_hook_from_module
 
     pipe.remove_all_hooks()
     for part in modules(pipe).values():
-        registry = getattr(part, "_diffusers_hook", None)
-        if registry is not None:
-            for name in _DIFFUSERS_HOOKS:
-                registry.remove_hook(name, recurse=True)
+        # Group offloading may hook submodules only (the Wan VAE's encoder and decoder), so visit every module.
+        for sub in part.modules():
+            registry = getattr(sub, "_diffusers_hook", None)
+            if registry is not None:
+                for name in _GROUP_OFFLOAD_HOOKS:
+                    registry.remove_hook(name, recurse=False)
         if any(hasattr(sub, "_hf_hook") for sub in part.modules()):
             remove_hook_from_module(part, recurse=True)
+
+
+def has_hook(module: torch.nn.Module, name: str) -> bool:
+    """Whether diffusers hook ``name`` is registered on ``module`` or any of its submodules."""
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook(name) is not None:
+            return True
+    return False
 
 
 def cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -107,6 +116,14 @@ def apply_dtype(dits: dict[str, torch.nn.Module], dtype_name: str, rec: Recorder
     """Cast the diffusion transformer(s) to the plan's dtype; fp8 is fp8 storage with bf16 compute."""
     import torch
 
+    stuck = {name: dit for name, dit in dits.items() if has_hook(dit, LAYERWISE_CASTING)}
+    for name in stuck:
+        if dtype_name == "fp8":
+            rec.did(f"{name}: weights already stored in fp8 (layerwise casting)")
+        else:
+            reason = f"{name} was stored in fp8 by an earlier plan and cannot be cast back; reload it to run in"
+            rec.skipped("dit_dtype", dtype_name, f"{reason} {dtype_name}")
+    dits = {name: dit for name, dit in dits.items() if name not in stuck}
     if dtype_name == "fp8":
         float8 = getattr(torch, "float8_e4m3fn", None)
         for name, dit in dits.items():
