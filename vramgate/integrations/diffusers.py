@@ -30,7 +30,16 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
-__all__ = ["AppliedPlan", "LeaseLike", "LeaseRun", "NotApplied", "apply_plan", "observed_peak", "run_in_lease"]
+__all__ = [
+    "AppliedPlan",
+    "LeaseLike",
+    "LeaseRun",
+    "NotApplied",
+    "apply_plan",
+    "observed_peak",
+    "run_in_lease",
+    "torch_device",
+]
 
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
