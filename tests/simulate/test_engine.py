@@ -32,7 +32,7 @@ def test_runs_sharing_a_gpu_share_its_compute() -> None:
     sim, policy = run(arrivals(2, true_seconds=100.0, true_peak_mb=1000))
     assert [end for _, _, end in policy.ended] == [pytest.approx(200.0), pytest.approx(200.0)]
     # A third run arriving later slows the others from then on.
-    sim, policy = run(arrivals(2, every=50.0, true_seconds=100.0, true_peak_mb=1000))
+    _sim, policy = run(arrivals(2, every=50.0, true_seconds=100.0, true_peak_mb=1000))
     # r0 alone for 50 s (50 done), then both at half speed: r0 ends at 150, r1 (50 done) ends at 200.
     assert [(rid, end) for rid, _, end in policy.ended] == [("r0", pytest.approx(150.0)), ("r1", pytest.approx(200.0))]
 
@@ -58,7 +58,7 @@ def test_outside_consumers_take_memory_until_they_leave() -> None:
     from ._helpers import small
 
     later.append(Arrival(at=600.0, request=small(0), true_seconds=10.0, true_peak_mb=20_000))  # type: ignore[arg-type]
-    sim, policy = run(later)
+    _sim, policy = run(later)
     assert policy.ended == [("r0", "ok", pytest.approx(610.0))]
 
 
@@ -87,7 +87,7 @@ def test_same_seed_same_events_other_seed_other_events() -> None:
 
 def test_faults_crash_and_cancel_give_one_terminal_state_each() -> None:
     spec = FaultSpec(crash=0.5, cancel=0.5, cancel_mean_s=20.0)
-    sim, policy = run(arrivals(40, every=5.0, true_seconds=60.0, true_peak_mb=1000), seed=1, faults=spec)
+    sim, _policy = run(arrivals(40, every=5.0, true_seconds=60.0, true_peak_mb=1000), seed=1, faults=spec)
     states = {j.state for j in sim.jobs}
     assert {"failed", "cancelled"} <= states
     assert all(j.terminals == 1 for j in sim.jobs)
