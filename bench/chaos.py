@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen_trace import generate  # noqa: E402
+from gen_trace import generate
 
-from vramgate.simulate import decode_trace, encode_trace, parse_devices  # noqa: E402
-from vramgate.simulate.chaos import ChaosReport, campaign  # noqa: E402
-from vramgate.simulate.faults import ALL_FAULTS, parse_faults  # noqa: E402
+from vramgate.simulate import decode_trace, encode_trace, parse_devices
+from vramgate.simulate.chaos import ChaosReport, campaign
+from vramgate.simulate.faults import ALL_FAULTS, parse_faults
 
 DEVICES = "6xH100-80GB,2xRTX4090-24GB"
 

@@ -29,10 +29,10 @@ def test_one_run_takes_its_true_time() -> None:
 
 
 def test_runs_sharing_a_gpu_share_its_compute() -> None:
-    sim, policy = run(arrivals(2, true_seconds=100.0, true_peak_mb=1000))
+    _, policy = run(arrivals(2, true_seconds=100.0, true_peak_mb=1000))
     assert [end for _, _, end in policy.ended] == [pytest.approx(200.0), pytest.approx(200.0)]
     # A third run arriving later slows the others from then on.
-    _sim, policy = run(arrivals(2, every=50.0, true_seconds=100.0, true_peak_mb=1000))
+    _, policy = run(arrivals(2, every=50.0, true_seconds=100.0, true_peak_mb=1000))
     # r0 alone for 50 s (50 done), then both at half speed: r0 ends at 150, r1 (50 done) ends at 200.
     assert [(rid, end) for rid, _, end in policy.ended] == [("r0", pytest.approx(150.0)), ("r1", pytest.approx(200.0))]
 
@@ -50,7 +50,7 @@ def test_allocation_past_capacity_kills_the_run_that_made_it() -> None:
 
 def test_outside_consumers_take_memory_until_they_leave() -> None:
     records = [outside(0.0, 0, 70_000, 500.0), *arrivals(1, true_seconds=10.0, true_peak_mb=20_000)]
-    sim, policy = run(records)
+    _, policy = run(records)
     assert policy.ended == [("r0", "oom", pytest.approx(0.5))]
     later = [outside(0.0, 0, 70_000, 500.0)]
     from vramgate.messages.trace import Arrival
@@ -58,7 +58,7 @@ def test_outside_consumers_take_memory_until_they_leave() -> None:
     from ._helpers import small
 
     later.append(Arrival(at=600.0, request=small(0), true_seconds=10.0, true_peak_mb=20_000))  # type: ignore[arg-type]
-    _sim, policy = run(later)
+    _, policy = run(later)
     assert policy.ended == [("r0", "ok", pytest.approx(610.0))]
 
 
