@@ -189,3 +189,21 @@ def test_fp8_and_lora_change_weights_as_expected() -> None:
     lora = msgspec.structs.replace(base, lora=(LoraSpec(name="a", size_mb=600),))
     parts = {c.name: c.vram_mb for c in estimator.estimate(lora, "H100").components}
     assert parts["lora"] == 600
+
+
+def test_host_ram_holds_what_the_gpu_does_not() -> None:
+    estimator = Estimator()
+    base = RunParams(
+        model="t2v-A14B",
+        task="t2v",
+        width=832,
+        height=480,
+        frames=81,
+        steps=40,
+        options=ResolvedOptions(convert_model_dtype=True),
+    )
+    resident = estimator.estimate(base, "H100").ram_mb
+    offload = estimator.estimate(msgspec.structs.replace(base, options=ONE_GPU), "H100").ram_mb
+    # without offloading only the inactive expert waits on the host; with it both experts and the T5 return there
+    assert 26 * 1024 < resident < 34 * 1024
+    assert offload > resident + 35 * 1024

@@ -171,14 +171,18 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
 
     # ---------------------------------------------------------------- host RAM
     all_experts_host = d.experts * d.expert_params * stored_bpp
-    # Every process keeps the experts it does not hold on the GPU in host RAM (FSDP: its shards).
+    # Host RAM at its peak, per process: module.to() moves weights, so the host holds what is not on the GPU.
+    # With offload_model everything returns to the host before the VAE decode; streaming keeps pinned copies.
     ranks = float(world)
     if o.dit_fsdp:
-        ram_w = all_experts_host / world * ranks if (o.offload_model or blocks_streamed) else 0.0
+        ram_w = all_experts_host / world if (o.offload_model or blocks_streamed) else 0.0
+    elif o.offload_model or blocks_streamed:
+        ram_w = all_experts_host
     else:
-        ram_w = all_experts_host * ranks
-    if not o.t5_fsdp:
-        ram_w += te_full * ranks
+        ram_w = all_experts_host * (d.experts - 1) / d.experts
+    if o.t5_cpu or o.offload_model or o.sequential_offload:
+        ram_w += te_full / world if o.t5_fsdp else te_full
+    ram_w *= ranks
     ram_rt = 3.0 * (1 << 30) * world
 
     # ---------------------------------------------------------------- time
