@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from admission_helpers import H100_MB, Driver, h100, plan, sample, submit
 
@@ -30,7 +32,7 @@ def core(devices: int = 1, **config: object) -> Driver:
     return Driver(AdmissionCore([h100(i) for i in range(devices)], AdmissionConfig(**settings)))  # type: ignore[arg-type]
 
 
-def only(events: list[object], kind: type) -> list[object]:
+def only(events: Sequence[object], kind: type) -> list[object]:
     return [e for e in events if isinstance(e, kind)]
 
 
@@ -290,9 +292,9 @@ def test_losing_a_device_rejects_what_only_it_could_run() -> None:
     assert [(r.request_id, r.code) for r in rejected] == [("pair", "device_lost")]  # type: ignore[attr-defined]
     assert d.ended["pair"].state == "rejected"
     assert d.core.queue_position("one") == 1
-    [rejected, _] = d.send(submit("pair2", 1000, world=2), 1.0)
-    assert isinstance(rejected, RequestRejected)
-    assert rejected.code == "device_lost"
+    [refused, _] = d.send(submit("pair2", 1000, world=2), 1.0)
+    assert isinstance(refused, RequestRejected)
+    assert refused.code == "device_lost"
     # The lease on the lost device is still held until its run releases it.
     assert d.core.statistics().devices[1].reserved_mb == BUDGET
     d.send(ReleaseLease(lease_id="lease-2", outcome="error"), 2.0)

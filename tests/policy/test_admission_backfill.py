@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 
 from admission_helpers import H100_MB, Driver, h100, plan, sample, submit
 from hypothesis import given, settings
@@ -22,7 +23,7 @@ def core(devices: int = 1, **config: object) -> Driver:
     return Driver(AdmissionCore([h100(i) for i in range(devices)], AdmissionConfig(**settings_)))  # type: ignore[arg-type]
 
 
-def admitted_ids(events: list[object]) -> list[str]:
+def admitted_ids(events: Sequence[object]) -> list[str]:
     return [e.request_id for e in events if isinstance(e, RequestAdmitted)]
 
 
@@ -79,7 +80,7 @@ def run_to_completion(
     times: dict[str, float] = {}
     first_queued: str | None = None
 
-    def note(events: list[object], now: float) -> None:
+    def note(events: Sequence[object], now: float) -> None:
         nonlocal first_queued
         for e in events:
             if isinstance(e, RequestAdmitted):
