@@ -16,6 +16,7 @@ import msgspec
 from vramgate.actors.core import CoreActor, Output, Reply
 from vramgate.errors import BadRequest
 from vramgate.messages import GenerationRequest, Message, Plan, PlanOptimized, RequestRejected
+from vramgate.messages.estimation import ObserveRun
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.policy.optimize import EstimatorLike, Optimizer
 from vramgate.replay import register_core_kind
@@ -35,6 +36,12 @@ class OptimizerCore:
             return [Reply(self._optimize(message))]
         if isinstance(message, ShrinkPlan):
             return [Reply(self._shrink(message))]
+        if isinstance(message, ObserveRun):
+            # Learn what the estimator learns, so that plans use the same corrected estimates.
+            observe = getattr(self.optimizer.estimator, "observe", None)
+            if observe is not None:
+                observe(message.finished, message.plan)
+            return []
         raise TypeError(f"the optimizer does not handle {type(message).__name__}")
 
     def _optimize(self, m: OptimizePlan) -> Message:
@@ -94,13 +101,27 @@ def _with_id(plan: Plan, rid: str) -> Plan:
 
 
 def optimizer_actor(estimator: EstimatorLike | None = None, *, config: Mapping[str, Any] | None = None) -> CoreActor:
-    """A :class:`CoreActor` running an :class:`OptimizerCore` (with the default estimator unless one is given)."""
-    return CoreActor(OptimizerCore(Optimizer(_estimator(estimator))), kind=KIND, config=config)
+    """A :class:`CoreActor` running an :class:`OptimizerCore` (with the default estimator unless one is given).
+
+    The estimator's learned corrections at start are recorded in the config, so that a replay starts from them.
+    """
+    estimator = _estimator(estimator)
+    recorded = dict(config or {})
+    learned = getattr(estimator, "learned", None)
+    if learned is not None and "learned" not in recorded:
+        recorded["learned"] = msgspec.to_builtins(learned.state())
+    return CoreActor(OptimizerCore(Optimizer(estimator)), kind=KIND, config=recorded)
 
 
 def build_core(config: Mapping[str, Any]) -> OptimizerCore:
-    """Rebuild an optimizer core from its recorded config (for replay): the default estimator and catalogs."""
-    return OptimizerCore(Optimizer(_estimator(None)))
+    """Rebuild an optimizer core from its recorded config (for replay): built-in catalogs, recorded corrections."""
+    if "learned" not in config:
+        return OptimizerCore(Optimizer(_estimator(None)))
+    from vramgate.policy.estimate import Estimator
+    from vramgate.policy.learning import LearnedCorrections, LearnedState
+
+    state = msgspec.convert(config["learned"], LearnedState)
+    return OptimizerCore(Optimizer(Estimator(learned=LearnedCorrections(state=state))))
 
 
 register_core_kind(KIND, lambda header, spec: build_core(spec.config))

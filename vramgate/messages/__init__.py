@@ -2,8 +2,10 @@
 
 from vramgate.messages import admission as admission
 from vramgate.messages import estimation as estimation  # the estimator's messages (EstimateRequirement, ...)
+from vramgate.messages import gate as gate  # the gate's statistics (GateStatistics, ...)
 from vramgate.messages import monitor as monitor  # the monitor's messages (Subscribe, GetTrend, ...)
 from vramgate.messages import optimization as optimization  # the optimizer's messages (OptimizePlan, ...)
+from vramgate.messages import trace as trace  # the simulator's trace records (Arrival, Outside)
 from vramgate.messages._base import MB, Message, message_types
 from vramgate.messages.codec import (
     Codec,
@@ -16,6 +18,7 @@ from vramgate.messages.codec import (
 )
 from vramgate.messages.lifecycle import (
     CleanupReport,
+    CleanupRequest,
     LeaseReleased,
     ObservedPeak,
     Outcome,
@@ -61,7 +64,6 @@ from vramgate.messages.resources import (
     TorchMemory,
     VRAMInfo,
 )
-from vramgate.messages import trace as trace  # the simulator's trace records (Arrival, Outside)
 
 __all__ = [
     "LEVELS",
@@ -69,6 +71,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Backend",
     "CleanupReport",
+    "CleanupRequest",
     "Codec",
     "Component",
     "DeviceSample",

@@ -125,6 +125,13 @@ class CleanupReport(Message, frozen=True):
     seconds: Seconds = 0.0
 
 
+class CleanupRequest(Message, frozen=True):
+    """Ask for a cleanup now (``device``: a device index, or every device when ``None``)."""
+
+    device: int | None = None
+    aggressive: bool = False
+
+
 class LeaseReleased(Message, frozen=True):
     """The reservation of a lease was returned to the ledger."""
 

@@ -1,0 +1,248 @@
+"""Tickets and leases: what a server holds while its request waits, and while it runs."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+
+from vramgate.errors import ActorStopped, BadRequest, DoesNotFit, QueueFull, VramgateError, WaitTimeout
+from vramgate.messages import (
+    GenerationRequest,
+    Message,
+    ObservedPeak,
+    Outcome,
+    Plan,
+    PlanOptimized,
+    RequestAdmitted,
+    RequestEnded,
+    RequestQueued,
+    RequestRejected,
+    RunFinished,
+    RunParams,
+    RunProgress,
+)
+
+if TYPE_CHECKING:
+    from vramgate.gate import Gate
+    from vramgate.hardware import SimulatedGpu
+
+State = Literal["preflight", "queued", "admitted", "ended"]
+
+
+class RequestCancelled(VramgateError):
+    """The request was cancelled before it was admitted."""
+
+
+class RequestFailed(VramgateError):
+    """The request ended without being admitted, for a reason that is not the caller's nor capacity's."""
+
+
+class Ticket:
+    """A submitted request: its state, its events (an async iterator), and a way to wait for admission.
+
+    ``async for event in ticket`` yields every lifecycle message of the request, from acceptance to its one
+    :class:`~vramgate.messages.RequestEnded`. Progress messages beyond the last ``history`` events are dropped
+    from the replay buffer (the state, position and progress fields always hold the latest).
+    """
+
+    def __init__(self, gate: Gate, request: GenerationRequest, *, history: int = 256) -> None:
+        self._gate = gate
+        self.request = request
+        self.request_id = request.request_id
+        self.state: State = "preflight"
+        self.position: int | None = None
+        self.plan: Plan | None = None
+        self.admitted: RequestAdmitted | None = None
+        self.rejected: RequestRejected | None = None
+        self.ended: RequestEnded | None = None
+        self.progress: RunProgress | None = None
+        self.finished: RunFinished | None = None
+        self.lease: Lease | None = None
+        self.submitted_at = gate.clock.now()
+        self.admitted_at: float | None = None
+        self.progress_at: float | None = None
+        self._events: collections.deque[Message] = collections.deque(maxlen=history)
+        self._dropped = 0
+        self._changed = anyio.Event()
+        self.abandoned = False
+        self.holds_slot = False
+
+    def __repr__(self) -> str:
+        return f"<Ticket {self.request_id} {self.state}>"
+
+    # ------------------------------------------------------------------ fed by the gate's router
+
+    def _push(self, event: Message) -> None:
+        if len(self._events) == self._events.maxlen:
+            self._dropped += 1
+        self._events.append(event)
+        if isinstance(event, RequestQueued):
+            self.state = "queued"
+            self.position = event.position
+        elif isinstance(event, PlanOptimized):
+            self.plan = event.plan
+        elif isinstance(event, RequestAdmitted):
+            self.state = "admitted"
+            self.position = None
+            self.admitted = event
+            self.plan = event.plan
+            self.admitted_at = self._gate.clock.now()
+        elif isinstance(event, RequestRejected):
+            self.rejected = event
+        elif isinstance(event, RunProgress):
+            self.progress = event
+            self.progress_at = self._gate.clock.now()
+        elif isinstance(event, RunFinished):
+            self.finished = event
+        elif isinstance(event, RequestEnded):
+            self.state = "ended"
+            self.position = None
+            self.ended = event
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # ------------------------------------------------------------------ for the server
+
+    @property
+    def done(self) -> bool:
+        return self.state == "ended"
+
+    def eta_s(self) -> float | None:
+        """Seconds until the run is expected to end: from its progress when it reports any, else the plan."""
+        if self.state != "admitted" or self.admitted_at is None or self.plan is None:
+            return None
+        now = self._gate.clock.now()
+        progress = self.progress
+        if progress is not None and progress.step > 0 and self.progress_at is not None:
+            per_step = (self.progress_at - self.admitted_at) / progress.step
+            return max(0.0, per_step * (progress.total_steps - progress.step) - (now - self.progress_at))
+        return max(0.0, self.plan.requirement.estimated_time_seconds - (now - self.admitted_at))
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        index = 0
+        while True:
+            offset = self._dropped
+            events = list(self._events)
+            start = max(0, index - offset)
+            for event in events[start:]:
+                yield event
+                if isinstance(event, RequestEnded):
+                    return
+            index = offset + len(events)
+            if self.state == "ended":
+                return
+            await self._changed.wait()
+
+    async def wait_admitted(self) -> Lease:
+        """Wait until the request is admitted and return its lease.
+
+        Raises the typed reason when it ends first: :class:`~vramgate.errors.DoesNotFit`,
+        :class:`~vramgate.errors.BadRequest`, :class:`~vramgate.errors.QueueFull`,
+        :class:`~vramgate.errors.WaitTimeout`, :class:`RequestCancelled` or :class:`RequestFailed`.
+        """
+        while self.lease is None:
+            if self.ended is not None:
+                raise self._ending_error()
+            await self._changed.wait()
+        return self.lease
+
+    async def wait_ended(self) -> RequestEnded:
+        """Wait for the request's terminal state."""
+        while self.ended is None:
+            await self._changed.wait()
+        return self.ended
+
+    async def cancel(self, reason: str = "cancelled by the client") -> None:
+        """Cancel the request: a waiting one leaves the queue; a running one is marked and ends on release."""
+        await self._gate._cancel(self, reason)
+
+    def _ending_error(self) -> VramgateError:
+        ended = self.ended
+        assert ended is not None
+        rejected = self.rejected
+        if ended.state == "timed_out":
+            waited = self._gate.clock.now() - self.submitted_at
+            return WaitTimeout(self.request_id, waited)
+        if ended.state == "cancelled":
+            return RequestCancelled(f"request {self.request_id} was cancelled: {ended.reason}")
+        if rejected is not None:
+            if rejected.code == "bad_request":
+                return BadRequest(f"request {self.request_id}: {rejected.reason}")
+            if rejected.code == "queue_full":
+                return QueueFull(rejected.retry_after_s or 1.0, queue_length=self._gate.queue_length)
+            if rejected.code == "shutting_down":
+                return ActorStopped(f"request {self.request_id}: {rejected.reason}")
+            return DoesNotFit(rejected.reason, needed_mb=rejected.needed_mb, smallest_gpu=rejected.smallest_gpu)
+        return RequestFailed(f"request {self.request_id} ended {ended.state}: {ended.reason}")
+
+
+class Lease:
+    """An admitted run's reservation. Run with :attr:`params` on :attr:`device`; the gate releases it.
+
+    ``report(...)`` records the observed peak and outcome (optional: without it the gate takes torch's peak
+    figures, or a simulated device's, and judges the outcome from how the lease block ended).
+    """
+
+    def __init__(self, gate: Gate, ticket: Ticket, admitted: RequestAdmitted) -> None:
+        self._gate = gate
+        self.ticket = ticket
+        self.request_id = admitted.request_id
+        self.lease_id = admitted.lease_id
+        self.devices = admitted.devices
+        self.reservation_mb = admitted.reservation_mb
+        self.plan = admitted.plan
+        self.waited_s = admitted.waited_s
+        self.started_at = gate.clock.now()
+        self.released = False
+        self.reported_outcome: Outcome | None = None
+        self.reported_peak: ObservedPeak | None = None
+        self.reported_error = ""
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.lease_id} {self.request_id} on {self.devices} {self.reservation_mb} MiB>"
+
+    @property
+    def params(self) -> RunParams:
+        """The parameters to run with (the plan's, which may differ from the request's)."""
+        return self.plan.params
+
+    @property
+    def device(self) -> int:
+        """The device index to run on (the first one of a multi-GPU run)."""
+        return self.devices[0]
+
+    @property
+    def simulated(self) -> SimulatedGpu | None:
+        """The simulated GPU this lease runs on, or ``None`` for a real one."""
+        return self._gate.simulated_device(self.device)
+
+    def report(
+        self,
+        *,
+        peak_vram_mb: int | None = None,
+        outcome: Outcome | None = None,
+        torch_peak_allocated_mb: int | None = None,
+        nvml_peak_used_mb: int | None = None,
+        error: str = "",
+    ) -> None:
+        """Report what the run observed. ``peak_vram_mb`` is the peak reserved by the run's allocator."""
+        self.reported_peak = ObservedPeak(
+            torch_peak_allocated_mb=torch_peak_allocated_mb,
+            torch_peak_reserved_mb=peak_vram_mb,
+            nvml_peak_used_mb=nvml_peak_used_mb,
+        )
+        if outcome is not None:
+            self.reported_outcome = outcome
+        if error:
+            self.reported_error = error
+
+    async def progress(self, step: int, total_steps: int) -> None:
+        """Report step ``step`` of ``total_steps`` (gives the ticket a live ETA)."""
+        await self._gate._progress(self, step, total_steps)
+
+    def progress_nowait(self, step: int, total_steps: int) -> None:
+        """Report progress without waiting; dropped when the gate is busy (progress is advisory)."""
+        self._gate._progress_nowait(self, step, total_steps)

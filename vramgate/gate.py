@@ -1,0 +1,843 @@
+"""The embedding API: open a gate, submit requests, hold leases while runs use the memory they were admitted for.
+
+::
+
+    async with vramgate.open_gate(config) as gate:            # starts the actor system; stops it on exit
+        async with gate.admit(request) as lease:              # preflight, optimize, wait for admission
+            run_generation(lease.params, device=lease.device) # the server's own code
+            lease.report(peak_vram_mb=..., outcome="ok")      # optional: observed peak
+
+A request flows through the actors as messages: the estimator's preflight (``RequirementEstimated``), the
+optimizer's plan for each kind of GPU the gate manages (``PlanOptimized``), admission's ledger and queue
+(``RequestQueued`` / ``RequestAdmitted``), and after the run ``RunFinished`` to the estimator (it learns) and
+to cleanup, and ``ReleaseLease`` to admission. Every message is recorded when the gate has a log.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+
+from vramgate._ticket import Lease, RequestCancelled, RequestFailed, Ticket
+from vramgate.actors import Actor, ActorSystem, Envelope, Recorder
+from vramgate.actors.admission import AdmissionActor, admission_actor
+from vramgate.actors.cleanup import CleanupActor
+from vramgate.actors.estimator import estimator_actor
+from vramgate.actors.monitor import MonitorActor
+from vramgate.actors.optimizer import optimizer_actor
+from vramgate.clock import Clock, MonotonicClock
+from vramgate.config import GateConfig, parse_size_mb
+from vramgate.errors import ActorStopped, DoesNotFit, InvalidParameter, QueueFull
+from vramgate.hardware import DeviceSet, SimulatedGpu, detect
+from vramgate.messages import (
+    CleanupReport,
+    CleanupRequest,
+    GenerationRequest,
+    LeaseReleased,
+    Message,
+    ObservedPeak,
+    OptimizationSuggestion,
+    Outcome,
+    Plan,
+    PlanOptimized,
+    RequestAccepted,
+    RequestAdmitted,
+    RequestEnded,
+    RequestQueued,
+    RequestRejected,
+    ResourceRequirement,
+    ResourceSample,
+    RunFinished,
+    RunParams,
+    RunProgress,
+    decode_json,
+)
+from vramgate.messages.admission import AdmissionStatistics, CancelRequest, ReleaseLease, SubmitRequest
+from vramgate.messages.estimation import EstimateRequirement, ObserveRun
+from vramgate.messages.gate import DeviceStatistics, GateStatistics
+from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
+from vramgate.policy.admission import AdmissionConfig
+from vramgate.policy.estimate import Estimator
+from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
+from vramgate.policy.ledger import DeviceConfig
+
+T = TypeVar("T")
+
+#: Actor names (they are the senders and recipients in the message log).
+MONITOR, ESTIMATOR, OPTIMIZER, ADMISSION, CLEANUP, ROUTER = (
+    "monitor",
+    "estimator",
+    "optimizer",
+    "admission",
+    "cleanup",
+    "gate",
+)
+#: How long the gate waits for a core to answer a preflight or plan ask (real seconds).
+ASK_TIMEOUT_S = 30.0
+
+
+def is_oom(error: BaseException) -> bool:
+    """Whether ``error`` is a GPU out-of-memory error (torch's, a CUDA ``RuntimeError``, or a simulated one)."""
+    from vramgate.hardware import SimulatedOutOfMemory
+
+    if isinstance(error, SimulatedOutOfMemory):
+        return True
+    torch = sys.modules.get("torch")
+    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, (RuntimeError, MemoryError)) and "out of memory" in str(error).lower()
+
+
+class _Router(Actor[Message]):
+    """The gate's actor: receives lifecycle events, samples and cleanup reports, and hands them to tickets."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def receive(self, message: Message, envelope: Envelope) -> None:
+        await self.gate._route(message)
+
+
+class Gate:
+    """A running gate. Use :func:`open_gate`; do not construct it directly."""
+
+    def __init__(
+        self,
+        config: GateConfig,
+        devices: DeviceSet,
+        first_sample: ResourceSample,
+        *,
+        clock: Clock,
+        estimator: Estimator,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.devices = devices
+        self.estimator = estimator
+        self.latest_sample = first_sample
+        self._simulated = {gpu.index: gpu for gpu in devices.simulated}
+        self._device_configs = _device_configs(config, first_sample)
+        self._gpu_of = {d.index: d.gpu for d in self._device_configs}
+        self._budgets: dict[str, int] = {}
+        for device in self._device_configs:
+            budget = device.capacity_mb - device.effective_margin_mb
+            self._budgets[device.gpu] = max(self._budgets.get(device.gpu, 0), budget)
+        self.ram_budget_mb = _ram_budget(config, first_sample)
+        self._tickets: dict[str, Ticket] = {}
+        self._counter = 0
+        self._slots = anyio.Semaphore(config.admission.queue_limit)
+        self._system: ActorSystem | None = None
+        self._admission: AdmissionActor | None = None
+        self._cleanup_actor: CleanupActor | None = None
+        self._closing = False
+        self._plan_cache: dict[bytes, Message] = {}
+        self._counts = dict.fromkeys(
+            (
+                "submitted",
+                "admitted",
+                "rejected",
+                "completed",
+                "failed",
+                "cancelled",
+                "timed_out",
+                "ooms",
+                "oom_retries",
+                "cleanups",
+            ),
+            0,
+        )
+        self._cleanup_freed_mb = 0
+        self._wait_total_s = 0.0
+        self._wait_max_s = 0.0
+        self._estimate_ratios: list[float] = []
+        self._listeners: list[Callable[[Message], None]] = []
+
+    # ================================================================== public API
+
+    @property
+    def device_configs(self) -> tuple[DeviceConfig, ...]:
+        """The devices the gate admits on: index, GPU, capacity and safety margin."""
+        return self._device_configs
+
+    @property
+    def queue_length(self) -> int:
+        admission = self._admission
+        return admission.admission.queue_length if admission is not None else 0
+
+    def simulated_device(self, index: int) -> SimulatedGpu | None:
+        """The simulated GPU with this index, or ``None`` for a real device."""
+        return self._simulated.get(index)
+
+    def add_listener(self, listener: Callable[[Message], None]) -> None:
+        """Call ``listener`` with every lifecycle event, sample and cleanup report the gate routes."""
+        self._listeners.append(listener)
+
+    def decode_request(self, body: bytes | str) -> GenerationRequest:
+        """Decode a request body; bad input raises :class:`~vramgate.errors.DecodeError` naming the field."""
+        return decode_json(body, GenerationRequest)
+
+    async def submit(self, request: GenerationRequest) -> Ticket:
+        """Preflight, optimize and queue ``request``; wait while the queue is full (backpressure).
+
+        Returns a :class:`Ticket` whose events follow the request to its terminal state. A request that cannot
+        run anywhere ends at once (the ticket's ``wait_admitted`` raises the typed reason).
+        """
+        ticket = self._accept(request)
+        await self._slots.acquire()
+        ticket.holds_slot = True
+        await self._pipeline(ticket)
+        return ticket
+
+    def submit_nowait(self, request: GenerationRequest) -> Ticket:
+        """Like :meth:`submit`, but raise :class:`~vramgate.errors.QueueFull` at once when the queue is full.
+
+        The preflight and planning continue in the gate's task group; the ticket reports them as events.
+        """
+        self._check_open()
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            raise QueueFull(self.retry_after_s(), queue_length=self.queue_length) from None
+        try:
+            ticket = self._accept(request)
+        except BaseException:
+            self._slots.release()
+            raise
+        ticket.holds_slot = True
+        system = self._system
+        assert system is not None
+        system._start_task(lambda: self._pipeline(ticket))
+        return ticket
+
+    @asynccontextmanager
+    async def admit(self, request: GenerationRequest) -> AsyncIterator[Lease]:
+        """Wait for admission and hold the lease for the block; it is released on every exit path.
+
+        An exception in the block is reported as the run's outcome (``oom`` for a GPU out-of-memory error,
+        ``cancelled`` for a cancellation, else ``error``) and re-raised.
+        """
+        ticket = await self.submit(request)
+        try:
+            lease = await ticket.wait_admitted()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._abandon(ticket)
+            raise
+        async with self.hold(lease) as held:
+            yield held
+
+    @asynccontextmanager
+    async def hold(self, lease: Lease) -> AsyncIterator[Lease]:
+        """Hold a lease (from :meth:`Ticket.wait_admitted`) for the block; release it on every exit path."""
+        try:
+            yield lease
+        except BaseException as error:
+            with anyio.CancelScope(shield=True):
+                await self._finish(lease, error)
+            raise
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._finish(lease, None)
+
+    async def run(self, request: GenerationRequest, runner: Callable[[Lease], Awaitable[T]]) -> T:
+        """Admit ``request``, await ``runner(lease)`` inside the lease, and return its result.
+
+        With ``run.retry_on_oom`` configured, an out-of-memory failure is re-planned one level further (at least
+        10% less VRAM, within the request's ``max_level``) and retried, at most ``run.max_oom_retries`` times.
+        """
+        attempts = self.config.run.max_oom_retries if self.config.run.retry_on_oom else 0
+        current = request
+        for attempt in range(attempts + 1):
+            try:
+                async with self.admit(current) as lease:
+                    return await runner(lease)
+            except Exception as error:
+                if attempt >= attempts or not is_oom(error):
+                    raise
+                plan = lease.plan
+                current = await self._shrink(request, plan, attempt + 1)
+        raise AssertionError("unreachable")
+
+    def retry_after_s(self) -> float:
+        """When the queue is expected to have room again, from the queue and the running leases' expected ends."""
+        admission = self._admission
+        if admission is None:
+            return 1.0
+        return admission.admission.retry_after(self.clock.now())
+
+    def statistics(self) -> GateStatistics:
+        """Per-device ledgers and samples, the queue, waits, admissions, rejections, OOMs and cleanups."""
+        admission = self._admission
+        core_stats: AdmissionStatistics | None = admission.admission.statistics() if admission is not None else None
+        latest = {d.index: d for d in self.latest_sample.devices}
+        devices: list[DeviceStatistics] = []
+        for ledger in core_stats.devices if core_stats is not None else ():
+            sample = latest.get(ledger.index)
+            devices.append(
+                DeviceStatistics(
+                    ledger=ledger,
+                    simulated=ledger.index in self._simulated,
+                    measured_used_mb=sample.used_mb if sample is not None else None,
+                    measured_free_mb=sample.free_mb if sample is not None else None,
+                )
+            )
+        ratios = sorted(self._estimate_ratios)
+        return GateStatistics(
+            devices=tuple(devices),
+            queue_length=core_stats.queue_length if core_stats is not None else 0,
+            queue_limit=self.config.admission.queue_limit,
+            running=core_stats.running if core_stats is not None else 0,
+            tickets=len(self._tickets),
+            mean_wait_s=self._wait_total_s / self._counts["admitted"] if self._counts["admitted"] else 0.0,
+            max_wait_s=self._wait_max_s,
+            cleanup_freed_mb=self._cleanup_freed_mb,
+            estimate_ratio_p50=ratios[len(ratios) // 2] if ratios else None,
+            estimate_ratio_max=ratios[-1] if ratios else None,
+            **self._counts,
+        )
+
+    def ticket(self, request_id: str) -> Ticket | None:
+        """The ticket of a request that has not ended yet."""
+        return self._tickets.get(request_id)
+
+    # ------------------------------------------------------------------ the seed's convenience calls
+
+    def check_vram_availability(self, required_mb: int, *, device: int | None = None) -> tuple[bool, str]:
+        """Whether ``required_mb`` fits now on ``device`` (or on any device), with a sentence saying why."""
+        stats = self.statistics()
+        rows = [d.ledger for d in stats.devices if device is None or d.ledger.index == device]
+        if not rows:
+            return False, f"no device {device}" if device is not None else "no GPU is managed"
+        best = max(rows, key=lambda r: r.free_mb)
+        if best.free_mb >= required_mb:
+            return True, f"{required_mb} MiB fits on device {best.index} ({best.free_mb} MiB free for admission)"
+        return False, (
+            f"{required_mb} MiB does not fit: at most {best.free_mb} MiB is free for admission "
+            f"(device {best.index}: capacity {best.capacity_mb}, margin {best.margin_mb}, "
+            f"others {best.others_mb}, reserved {best.reserved_mb} MiB)"
+        )
+
+    def estimate_resource_requirements(
+        self,
+        model_type: str,
+        resolution: str,
+        steps: int | None = None,
+        duration: float | None = None,
+        lora_count: int = 0,
+        *,
+        gpu: str | None = None,
+    ) -> ResourceRequirement:
+        """The requirement of a run given the seed's way: model, ``"720p"``-style resolution, steps, seconds."""
+        from vramgate.compat import request_from_legacy
+
+        request = request_from_legacy(self.estimator, model_type, resolution, steps, duration, lora_count)
+        target = gpu or (self._device_configs[0].gpu if self._device_configs else "H100-80GB")
+        return self.estimator.estimate(self.estimator.resolve(request), target)
+
+    def optimize_parameters_for_resources(
+        self, params: GenerationRequest | dict[str, Any]
+    ) -> tuple[RunParams, list[OptimizationSuggestion]]:
+        """The seed's call: the parameters that fit the largest managed device, and the changes made."""
+        from vramgate.policy.optimize import Optimizer
+
+        request = params if isinstance(params, GenerationRequest) else msgspec.convert(params, GenerationRequest)
+        gpu, budget = max(self._budgets.items(), key=lambda item: item[1]) if self._budgets else ("H100-80GB", 0)
+        plan = Optimizer(self.estimator).optimize(
+            request, gpu=gpu, budget_mb=budget, ram_budget_mb=self.ram_budget_mb, max_level=request.max_level
+        )
+        return plan.params, list(plan.suggestions)
+
+    async def cleanup_memory(self, aggressive: bool = False, *, device: int | None = None) -> CleanupReport:
+        """Run a cleanup now and report what it freed."""
+        system = self._require_system()
+        reply = await system.ref(CLEANUP).ask(
+            CleanupRequest(device=device, aggressive=aggressive), timeout=ASK_TIMEOUT_S, sender=ROUTER
+        )
+        assert isinstance(reply, CleanupReport)
+        self._counts["cleanups"] += 1
+        self._cleanup_freed_mb += reply.freed_mb
+        return reply
+
+    # ================================================================== the pipeline
+
+    def _check_open(self) -> None:
+        if self._closing or self._system is None or self._system.state != "running":
+            raise ActorStopped("the gate is closed")
+
+    def _require_system(self) -> ActorSystem:
+        self._check_open()
+        system = self._system
+        assert system is not None
+        return system
+
+    def _accept(self, request: GenerationRequest) -> Ticket:
+        self._check_open()
+        request_id = request.request_id
+        if not request_id:
+            self._counter += 1
+            request_id = f"r{self._counter:06d}"
+            while request_id in self._tickets:
+                self._counter += 1
+                request_id = f"r{self._counter:06d}"
+            request = msgspec.structs.replace(request, request_id=request_id)
+        elif request_id in self._tickets:
+            raise InvalidParameter("request_id", request_id, "a request with this id has not ended yet")
+        ticket = Ticket(self, request)
+        self._tickets[request_id] = ticket
+        self._counts["submitted"] += 1
+        return ticket
+
+    async def _pipeline(self, ticket: Ticket) -> None:
+        """Preflight, plan on each kind of GPU, and submit to admission. Events reach the ticket via the router."""
+        system = self._require_system()
+        request = ticket.request
+        rid = ticket.request_id
+        router = system.ref(ROUTER)
+        try:
+            await router.tell(RequestAccepted(request_id=rid, request=request), sender=ROUTER)
+            if not self._budgets:
+                await self._reject(ticket, "does_not_fit", "the gate manages no GPU")
+                return
+            largest = max(self._budgets.items(), key=lambda item: (item[1], item[0]))[0]
+            estimated = await system.ref(ESTIMATOR).ask(
+                EstimateRequirement(request=request, gpu=largest, request_id=rid), timeout=ASK_TIMEOUT_S, sender=ROUTER
+            )
+            if isinstance(estimated, RequestRejected):
+                await router.tell(estimated, sender=ROUTER)
+                await self._end(ticket, "rejected", estimated.reason)
+                return
+            plans: dict[str, Plan] = {}
+            closest: PlanDoesNotFit | None = None
+            for gpu, budget in sorted(self._budgets.items()):
+                answer = await self._plan(request, gpu, budget)
+                if isinstance(answer, PlanOptimized):
+                    plans[gpu] = answer.plan
+                elif isinstance(answer, PlanDoesNotFit):
+                    if closest is None or answer.needed_mb < closest.needed_mb:
+                        closest = answer
+                elif isinstance(answer, RequestRejected):
+                    await router.tell(answer, sender=ROUTER)
+                    await self._end(ticket, "rejected", answer.reason)
+                    return
+            if not plans:
+                assert closest is not None
+                await router.tell(
+                    RequestRejected(
+                        request_id=rid,
+                        code="does_not_fit",
+                        reason=closest.reason,
+                        needed_mb=closest.needed_mb,
+                        smallest_gpu=closest.smallest_gpu,
+                        best_plan=closest.best_plan,
+                    ),
+                    sender=ROUTER,
+                )
+                await self._end(ticket, "rejected", closest.reason)
+                return
+            chosen = plans[max(plans, key=lambda g: (self._budgets[g], g))]
+            await router.tell(PlanOptimized(request_id=rid, plan=chosen), sender=ROUTER)
+            await system.ref(ADMISSION).tell(
+                SubmitRequest(
+                    request_id=rid,
+                    plans=plans,
+                    priority=request.priority,
+                    max_wait_s=request.max_wait_s,
+                    fallback=False,
+                ),
+                sender=ROUTER,
+            )
+        except ActorStopped:
+            self._release_slot(ticket)
+            if ticket.ended is None:
+                ticket._push(RequestEnded(request_id=rid, state="rejected", reason="the gate is shutting down"))
+                self._tickets.pop(rid, None)
+            raise
+
+    async def _plan(self, request: GenerationRequest, gpu: str, budget: int) -> Message:
+        """The optimizer's answer for ``request`` on ``gpu``; identical questions are answered from a cache."""
+        system = self._require_system()
+        ask = OptimizePlan(
+            request=msgspec.structs.replace(request, request_id="", priority=0, max_wait_s=None, prompt=""),
+            gpu=gpu,
+            budget_mb=budget,
+            ram_budget_mb=self.ram_budget_mb,
+        )
+        key = _KEY.encode(ask)
+        cached = self._plan_cache.get(key)
+        if cached is None:
+            cached = await system.ref(OPTIMIZER).ask(ask, timeout=ASK_TIMEOUT_S, sender=ROUTER)
+            if len(self._plan_cache) >= 4096:
+                self._plan_cache.clear()
+            self._plan_cache[key] = cached
+        rid = request.request_id
+        if isinstance(cached, PlanOptimized):
+            return PlanOptimized(request_id=rid, plan=msgspec.structs.replace(cached.plan, request_id=rid))
+        if isinstance(cached, PlanDoesNotFit):
+            return msgspec.structs.replace(cached, request_id=rid)
+        if isinstance(cached, RequestRejected):
+            return msgspec.structs.replace(cached, request_id=rid)
+        return cached
+
+    async def _shrink(self, request: GenerationRequest, plan: Plan, attempt: int) -> GenerationRequest:
+        """After an OOM: a request pinned to a plan that needs less VRAM (raises the OOM's typed rejection)."""
+        system = self._require_system()
+        self._counts["oom_retries"] += 1
+        answer = await system.ref(OPTIMIZER).ask(
+            ShrinkPlan(plan=plan, request_id=request.request_id, max_level=request.max_level),
+            timeout=ASK_TIMEOUT_S,
+            sender=ROUTER,
+        )
+        if not isinstance(answer, PlanOptimized):
+            reason = getattr(answer, "reason", "no smaller plan")
+            raise DoesNotFit(f"out of memory, and no smaller plan within {request.max_level!r}: {reason}")
+        return _pinned_request(request, answer.plan, attempt)
+
+    async def _reject(self, ticket: Ticket, code: Any, reason: str) -> None:
+        system = self._require_system()
+        await system.ref(ROUTER).tell(
+            RequestRejected(request_id=ticket.request_id, code=code, reason=reason), sender=ROUTER
+        )
+        await self._end(ticket, "rejected", reason)
+
+    async def _end(self, ticket: Ticket, state: Any, reason: str) -> None:
+        system = self._require_system()
+        await system.ref(ROUTER).tell(
+            RequestEnded(request_id=ticket.request_id, state=state, reason=reason), sender=ROUTER
+        )
+
+    async def _route(self, message: Message) -> None:
+        """Called by the router actor for every message it receives."""
+        if isinstance(message, ResourceSample):
+            self.latest_sample = message
+        elif isinstance(message, CleanupReport):
+            self._counts["cleanups"] += 1
+            self._cleanup_freed_mb += message.freed_mb
+        for listener in self._listeners:
+            listener(message)
+        rid = getattr(message, "request_id", None)
+        ticket = self._tickets.get(rid) if isinstance(rid, str) else None
+        if ticket is None:
+            return
+        ticket._push(message)
+        if isinstance(message, RequestAdmitted):
+            self._release_slot(ticket)
+            self._counts["admitted"] += 1
+            self._wait_total_s += message.waited_s
+            self._wait_max_s = max(self._wait_max_s, message.waited_s)
+            ticket.lease = Lease(self, ticket, message)
+            if ticket.abandoned:
+                await self._release(ticket.lease, "cancelled", "the client stopped waiting")
+        elif isinstance(message, RequestRejected):
+            self._counts["rejected"] += 1
+        elif isinstance(message, RequestEnded):
+            self._release_slot(ticket)
+            self._tickets.pop(ticket.request_id, None)
+            if message.state in ("completed", "failed", "cancelled", "timed_out"):
+                self._counts[message.state] += 1
+        elif isinstance(message, RequestQueued | LeaseReleased | RunProgress | RunFinished):
+            pass
+
+    def _release_slot(self, ticket: Ticket) -> None:
+        if ticket.holds_slot:
+            ticket.holds_slot = False
+            self._slots.release()
+
+    async def _abandon(self, ticket: Ticket) -> None:
+        """The waiter left before admission: cancel the request (or release a lease granted meanwhile)."""
+        ticket.abandoned = True
+        if ticket.ended is not None or self._system is None or self._system.state != "running":
+            return
+        if ticket.lease is not None:
+            await self._release(ticket.lease, "cancelled", "the client stopped waiting")
+        else:
+            await self._system.ref(ADMISSION).tell(
+                CancelRequest(request_id=ticket.request_id, reason="the client stopped waiting"), sender=ROUTER
+            )
+
+    async def _cancel(self, ticket: Ticket, reason: str) -> None:
+        if ticket.ended is not None:
+            return
+        system = self._require_system()
+        if ticket.state == "preflight":
+            ticket.abandoned = True
+        await system.ref(ADMISSION).tell(CancelRequest(request_id=ticket.request_id, reason=reason), sender=ROUTER)
+
+    async def _progress(self, lease: Lease, step: int, total: int) -> None:
+        system = self._require_system()
+        await system.ref(ROUTER).tell(
+            RunProgress(request_id=lease.request_id, lease_id=lease.lease_id, step=step, total_steps=total),
+            sender=ROUTER,
+        )
+
+    def _progress_nowait(self, lease: Lease, step: int, total: int) -> None:
+        system = self._require_system()
+        try:
+            system.ref(ROUTER).tell_nowait(
+                RunProgress(request_id=lease.request_id, lease_id=lease.lease_id, step=step, total_steps=total),
+                sender=ROUTER,
+            )
+        except Exception:  # progress is advisory: a full mailbox drops it
+            return
+
+    async def _finish(self, lease: Lease, error: BaseException | None) -> None:
+        """Report the run, start cleanup, and release the reservation."""
+        outcome: Outcome
+        if error is None:
+            outcome = lease.reported_outcome or "ok"
+        elif isinstance(error, anyio.get_cancelled_exc_class()):
+            outcome = "cancelled"
+        elif is_oom(error):
+            outcome = "oom"
+        else:
+            outcome = "error"
+        if outcome == "oom":
+            self._counts["ooms"] += 1
+        text = lease.reported_error or (f"{type(error).__name__}: {error}" if error is not None else "")
+        await self._release(lease, outcome, text)
+
+    async def _release(self, lease: Lease, outcome: Outcome, error: str) -> None:
+        if lease.released or self._system is None or self._system.state != "running":
+            return
+        lease.released = True
+        system = self._system
+        observed = self._observed(lease)
+        finished = RunFinished(
+            request_id=lease.request_id,
+            lease_id=lease.lease_id,
+            outcome=outcome,
+            observed=observed,
+            seconds=max(0.0, self.clock.now() - lease.started_at),
+            error=error[:2000],
+        )
+        best = observed.best_mb()
+        if best is not None and lease.plan.requirement.vram_mb > 0:
+            if len(self._estimate_ratios) >= 10_000:
+                del self._estimate_ratios[: len(self._estimate_ratios) // 2]
+            self._estimate_ratios.append(best / lease.plan.requirement.vram_mb)
+        await system.ref(ROUTER).tell(finished, sender=ROUTER)
+        if best is not None or outcome == "oom":
+            # Both cores learn from the run, so that their estimates stay the same (and replay the same).
+            lesson = ObserveRun(finished=finished, plan=lease.plan)
+            await system.ref(ESTIMATOR).tell(lesson, sender=ROUTER)
+            await system.ref(OPTIMIZER).tell(lesson, sender=ROUTER)
+            self._plan_cache.clear()
+        if self.config.cleanup.after_run:
+            await system.ref(CLEANUP).tell(finished, sender=ROUTER)
+        await system.ref(ADMISSION).tell(
+            ReleaseLease(lease_id=lease.lease_id, outcome=outcome, reason=error[:500]), sender=ROUTER
+        )
+
+    def _observed(self, lease: Lease) -> ObservedPeak:
+        if lease.reported_peak is not None:
+            return lease.reported_peak
+        simulated = self.simulated_device(lease.device)
+        if simulated is not None:
+            peak = simulated.peak_mb(lease.lease_id)
+            return ObservedPeak(torch_peak_allocated_mb=peak, torch_peak_reserved_mb=peak)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            mib = 1 << 20
+            return ObservedPeak(
+                torch_peak_allocated_mb=int(torch.cuda.max_memory_allocated(lease.device)) // mib,
+                torch_peak_reserved_mb=int(torch.cuda.max_memory_reserved(lease.device)) // mib,
+            )
+        return ObservedPeak()
+
+    async def _close(self) -> None:
+        """End every request still waiting (shutting down) before the actors stop."""
+        self._closing = True
+        system = self._system
+        if system is None:
+            return
+        for ticket in list(self._tickets.values()):
+            if ticket.lease is not None and not ticket.lease.released:
+                continue
+            if ticket.ended is None:
+                ticket.abandoned = True
+                with anyio.CancelScope(shield=True):
+                    with suppress(ActorStopped):
+                        await system.ref(ADMISSION).tell(
+                            CancelRequest(request_id=ticket.request_id, reason="the gate is shutting down"),
+                            sender=ROUTER,
+                        )
+
+
+_KEY = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def _pinned_request(request: GenerationRequest, plan: Plan, attempt: int) -> GenerationRequest:
+    """The request that runs ``plan`` exactly: its parameters and every option pinned."""
+    params = plan.params
+    options = msgspec.convert(msgspec.to_builtins(params.options), type=Any)
+    from vramgate.messages import RunOptions
+
+    pinned = msgspec.convert(options, RunOptions)
+    return msgspec.structs.replace(
+        request,
+        request_id=f"{request.request_id}.{attempt + 1}" if request.request_id else "",
+        width=params.width,
+        height=params.height,
+        frames=params.frames,
+        duration_s=None,
+        fps=None,
+        steps=params.steps,
+        options=pinned,
+    )
+
+
+def _device_configs(config: GateConfig, sample: ResourceSample) -> tuple[DeviceConfig, ...]:
+    margin = parse_size_mb(config.admission.margin, field="admission.margin") if config.admission.margin else None
+    configs: list[DeviceConfig] = []
+    for device in sample.devices:
+        if device.lost or device.total_mb <= 0:
+            continue
+        spec = DEFAULT_GPU_CATALOG.find(device.name)
+        gpu = spec.name if spec is not None else f"{device.total_mb}MiB"
+        fraction_margin = max(1024, math.ceil(device.total_mb * config.admission.margin_fraction))
+        configs.append(
+            DeviceConfig(
+                index=device.index,
+                gpu=gpu,
+                capacity_mb=device.total_mb,
+                margin_mb=margin if margin is not None else fraction_margin,
+            )
+        )
+    return tuple(configs)
+
+
+def _ram_budget(config: GateConfig, sample: ResourceSample) -> int | None:
+    if config.admission.ram_budget is not None:
+        return parse_size_mb(config.admission.ram_budget, field="admission.ram_budget")
+    host = sample.host
+    if host is None:
+        return None
+    return host.ram_total_mb if host.cgroup_limit_mb is None else min(host.ram_total_mb, host.cgroup_limit_mb)
+
+
+def _admission_config(config: GateConfig) -> AdmissionConfig:
+    settings = config.admission
+    return AdmissionConfig(
+        queue_limit=settings.queue_limit,
+        stale_after_s=settings.stale_after_s,
+        aging=settings.aging_per_s,
+        placement=settings.placement,
+        backfill=settings.backfill,
+    )
+
+
+@asynccontextmanager
+async def open_gate(
+    config: GateConfig | None = None,
+    *,
+    clock: Clock | None = None,
+    devices: DeviceSet | None = None,
+    estimator: Estimator | None = None,
+    recorder: Recorder | None = None,
+) -> AsyncIterator[Gate]:
+    """Start a gate: detect (or take) the devices, start the actors, and stop them all on exit.
+
+    ``config`` defaults to :class:`~vramgate.config.GateConfig` (real GPUs, no simulated ones). Pass ``devices``
+    (from :func:`vramgate.hardware.detect`) to manage simulated GPUs built by the caller, ``clock`` for a virtual
+    clock, and ``recorder`` to record every message (``config.log_path`` does the same with a file).
+    """
+    config = config if config is not None else GateConfig()
+    clock = clock if clock is not None else MonotonicClock()
+    owns_devices = devices is None
+    if devices is None:
+        devices = detect(
+            config.devices.simulate,
+            disk_path=config.monitor.disk_path,
+            nvml=config.devices.use_real_gpus,
+            torch="auto" if config.devices.use_real_gpus else False,
+            clock=clock,
+            context_overhead_mb=parse_size_mb(config.devices.context_overhead, field="devices.context_overhead"),
+        )
+    try:
+        first = await anyio.to_thread.run_sync(devices.sample, clock.now())
+        estimator = estimator if estimator is not None else _estimator(config)
+        gate = Gate(config, devices, first, clock=clock, estimator=estimator)
+        if recorder is None and config.log_path is not None:
+            recorder = Recorder(config.log_path)
+        system = ActorSystem(
+            clock=clock,
+            recorder=recorder,
+            note="vramgate gate",
+            config={"config": msgspec.to_builtins(config)},
+        )
+        gate._system = system
+        system.spawn(_Router(gate), name=ROUTER, mailbox_size=4096)
+        system.spawn(estimator_actor(estimator), name=ESTIMATOR)
+        system.spawn(optimizer_actor(_clone(estimator)), name=OPTIMIZER)
+        if gate.device_configs:
+            gate._admission = admission_actor(
+                gate.device_configs, _admission_config(config), events_to=ROUTER, tick_s=config.monitor.interval_s
+            )
+            system.spawn(gate._admission, name=ADMISSION, mailbox_size=4096)
+        cleanup = CleanupActor(
+            reports_to=ROUTER,
+            after_run=config.cleanup.after_run,
+            aggressive=config.cleanup.aggressive,
+            below_fraction=config.cleanup.proactive_below_fraction,
+            after_s=config.cleanup.proactive_after_s,
+            min_unused_mb=parse_size_mb(config.cleanup.proactive_min_unused, field="cleanup.proactive_min_unused"),
+        )
+        gate._cleanup_actor = cleanup
+        system.spawn(cleanup, name=CLEANUP)
+        subscribers = [ROUTER, CLEANUP] + ([ADMISSION] if gate.device_configs else [])
+        system.spawn(
+            MonitorActor(
+                devices,
+                interval_s=config.monitor.interval_s,
+                history_s=config.monitor.history_s,
+                probe_timeout_s=config.monitor.probe_timeout_s,
+                subscribers=subscribers,
+            ),
+            name=MONITOR,
+        )
+        async with system:
+            try:
+                yield gate
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await gate._close()
+    finally:
+        if owns_devices:
+            devices.close()
+
+
+def _clone(estimator: Estimator) -> Estimator:
+    """An estimator with the same catalogs, constants and learned state, learning on its own from then on."""
+    from vramgate.policy.learning import LearnedCorrections
+
+    learned = LearnedCorrections(state=estimator.learned.state())
+    return Estimator(estimator.models, estimator.gpus, estimator.constants, learned)
+
+
+def _estimator(config: GateConfig) -> Estimator:
+    if config.learned_path is None:
+        return Estimator()
+    from pathlib import Path
+
+    from vramgate.policy.learning import load_corrections
+
+    path = Path(config.learned_path)
+    learned = load_corrections(path) if path.exists() else None
+    return Estimator(learned=learned)
+
+
+__all__ = [
+    "Gate",
+    "Lease",
+    "RequestCancelled",
+    "RequestFailed",
+    "Ticket",
+    "is_oom",
+    "open_gate",
+]
