@@ -66,7 +66,7 @@ def main() -> int:
         print(render_table(results, markdown=True))
         failures += check(file, results)
     # Speed: a large generated trace, vramgate and serial measured in the same run.
-    big = decode_trace(encode_trace(generate("mixed", requests=20000, seed=9, rate=2400.0, span=0.0, devices=0)))
+    big = decode_trace(encode_trace(generate("mixed", requests=20000, seed=9, rate=40.0, span=0.0, devices=0)))
     specs = parse_devices("8xH100-80GB")
     print("\n## simulator speed (20,000 requests, 8xH100-80GB)\n")
     for policy in ("vramgate", "serial"):
