@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vramgate.config import GateConfig, load_config
-from vramgate.errors import VramgateError
+from vramgate.errors import DecodeError, VramgateError
 from vramgate.messages import GenerationRequest, decode_json, log_line_codec, message_codec
 from vramgate.messages.codec import Codec
 from vramgate.policy.models import decode_profile
@@ -127,11 +127,6 @@ def test_valid_documents_decode() -> None:
     Codec(GateConfig).convert(VALID["config"])
 
 
-@pytest.mark.xfail(
-    raises=UnicodeDecodeError,
-    strict=True,
-    reason="load_config reads the file as UTF-8 without turning a decoding failure into a ConfigError",
-)
 def test_config_file_that_is_not_utf8() -> None:
-    with pytest.raises(VramgateError):
+    with pytest.raises(DecodeError, match="not UTF-8"):
         _load_config(b"\x80")

@@ -201,6 +201,8 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"not UTF-8 text (byte {exc.start})", source=str(path)) from None
         except tomllib.TOMLDecodeError as exc:
             raise DecodeError(f"not valid TOML: {exc}", source=str(path)) from None
     raw = _merge(raw, _env_overrides(os.environ if environ is None else environ))
