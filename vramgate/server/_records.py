@@ -1,0 +1,113 @@
+"""What the server remembers of a request: its ticket while it lives, its events, and its final status after."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anyio
+
+from vramgate.messages import Message, RequestEnded, RunProgress
+from vramgate.server.schema import GenerationStatus, PlanView, Progress, Status
+
+if TYPE_CHECKING:
+    from vramgate._ticket import Ticket
+
+
+class Record:
+    """One request as the server knows it. Its events are a bounded ring; a run's progress keeps only its latest."""
+
+    __slots__ = ("_changed", "_seq", "error", "events", "final", "request_id", "scope", "ticket")
+
+    def __init__(self, ticket: Ticket, *, events_limit: int) -> None:
+        self.request_id = ticket.request_id
+        self.ticket: Ticket | None = ticket
+        self.events: collections.deque[tuple[int, Message]] = collections.deque(maxlen=events_limit)
+        self.final: GenerationStatus | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.error = ""
+        self._seq = 0
+        self._changed = anyio.Event()
+
+    def push(self, event: Message) -> None:
+        self._seq += 1
+        if isinstance(event, RunProgress) and self.events and isinstance(self.events[-1][1], RunProgress):
+            self.events[-1] = (self._seq, event)
+        else:
+            self.events.append((self._seq, event))
+        if isinstance(event, RequestEnded):
+            self.finish(event)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def finish(self, ended: RequestEnded) -> None:
+        """Freeze the status at the terminal event and let go of the ticket."""
+        if self.final is None:
+            self.final = status(self, ended=ended)
+            self.ticket = None
+            self._changed.set()
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def follow(self) -> AsyncIterator[Message]:
+        """Every event still held, then each new one, until the terminal event."""
+        seen = 0
+        while True:
+            for seq, event in list(self.events):
+                if seq > seen:
+                    seen = seq
+                    yield event
+                    if isinstance(event, RequestEnded):
+                        return
+            if self.final is not None:
+                return
+            await self._changed.wait()
+
+
+def status(record: Record, *, ended: RequestEnded | None = None) -> GenerationStatus:
+    """The client's view of a request: frozen after its end, else from its live ticket."""
+    if record.final is not None:
+        return record.final
+    ticket = record.ticket
+    assert ticket is not None
+    ended = ended if ended is not None else ticket.ended
+    admitted = ticket.admitted
+    rejected = ticket.rejected
+    finished = ticket.finished
+    progress = ticket.progress
+    state: Status
+    if ended is not None:
+        state = ended.state
+    elif ticket.state == "admitted":
+        state = "running"
+    elif ticket.state == "queued":
+        state = "queued"
+    else:
+        state = "preflight"
+    reason = ended.reason if ended is not None else ""
+    if rejected is not None and not reason:
+        reason = rejected.reason
+    if record.error and not reason:
+        reason = record.error
+    return GenerationStatus(
+        request_id=record.request_id,
+        state=state,
+        position=ticket.position if ended is None else None,
+        device=admitted.devices[0] if admitted is not None else None,
+        reservation_mb=admitted.reservation_mb if admitted is not None else None,
+        plan=PlanView.of(ticket.plan) if ticket.plan is not None else None,
+        progress=Progress(step=progress.step, total_steps=progress.total_steps) if progress is not None else None,
+        eta_s=ticket.eta_s() if ended is None else None,
+        waited_s=admitted.waited_s if admitted is not None else None,
+        outcome=finished.outcome if finished is not None else None,
+        reason=reason,
+        reject_code=rejected.code if rejected is not None else None,
+        needed_mb=rejected.needed_mb if rejected is not None else None,
+        smallest_gpu=rejected.smallest_gpu if rejected is not None else None,
+    )

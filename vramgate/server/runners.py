@@ -1,0 +1,89 @@
+"""The generation a server runs inside a lease: pluggable, chosen by name.
+
+* ``simulated`` - :class:`~vramgate.runners.SimulatedRun` on a simulated GPU (no GPU needed);
+* ``torch`` - :class:`~vramgate.runners.TorchWorkload`: really allocates the admitted amount on CUDA;
+* ``auto`` (the default) - per lease: simulated on a simulated device, torch on a real one;
+* ``diffusers`` - a diffusers pipeline run with :func:`vramgate.integrations.diffusers.run_in_lease`, the
+  request's prompt as its prompt.
+
+A runner is any ``async (lease) -> object``; pass your own to :func:`vramgate.server.create_app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from vramgate.errors import ConfigError
+from vramgate.runners import SimulatedRun, TorchWorkload
+
+if TYPE_CHECKING:
+    from vramgate._ticket import Lease
+    from vramgate.gate import Gate
+
+Runner = Callable[["Lease"], Awaitable[object]]
+RunnerKind = Literal["auto", "simulated", "torch", "diffusers"]
+RUNNER_KINDS: tuple[RunnerKind, ...] = ("auto", "simulated", "torch", "diffusers")
+
+
+class AutoRunner:
+    """Simulate on simulated devices, allocate with torch on real ones."""
+
+    def __init__(self, simulated: SimulatedRun, torch: TorchWorkload) -> None:
+        self.simulated = simulated
+        self.torch = torch
+
+    async def __call__(self, lease: Lease) -> object:
+        if lease.simulated is not None:
+            return await self.simulated(lease)
+        return await self.torch(lease)
+
+
+class DiffusersRunner:
+    """Run a diffusers pipeline in the lease with its plan applied; the request's prompt is the prompt."""
+
+    def __init__(self, pipe: Any, **call_kwargs: Any) -> None:
+        self.pipe = pipe
+        self.call_kwargs = call_kwargs
+
+    async def __call__(self, lease: Lease) -> object:
+        from vramgate.integrations.diffusers import run_in_lease
+
+        prompt = lease.ticket.request.prompt
+        return await run_in_lease(self.pipe, lease, prompt=prompt, **self.call_kwargs)
+
+
+def load_pipeline(path: str) -> Any:
+    """A diffusers pipeline from a local directory (never downloads)."""
+    try:
+        from diffusers import DiffusionPipeline
+    except ImportError:
+        raise ConfigError("the diffusers runner needs diffusers: pip install 'vramgate[diffusers]'") from None
+    pipeline_class: Any = DiffusionPipeline
+    return pipeline_class.from_pretrained(path, local_files_only=True)
+
+
+def make_runner(
+    kind: RunnerKind,
+    gate: Gate,
+    *,
+    time_scale: float = 0.01,
+    min_seconds: float = 0.5,
+    pipeline: Any = None,
+) -> Runner:
+    """The runner called ``kind`` for ``gate`` (``pipeline``: a diffusers pipeline or a local path to one)."""
+    if time_scale <= 0:
+        raise ConfigError(f"time_scale must be positive, not {time_scale}")
+    simulated = SimulatedRun(gate.clock, time_scale=time_scale, min_seconds=min_seconds)
+    if kind == "simulated":
+        return simulated
+    torch = TorchWorkload(time_scale=time_scale, min_seconds=min_seconds)
+    if kind == "torch":
+        return torch
+    if kind == "auto":
+        return AutoRunner(simulated, torch)
+    if kind == "diffusers":
+        if pipeline is None:
+            raise ConfigError("the diffusers runner needs a pipeline (serve --pipeline PATH)")
+        return DiffusersRunner(load_pipeline(pipeline) if isinstance(pipeline, str) else pipeline)
+    raise ConfigError(f"unknown runner {kind!r} (one of {', '.join(RUNNER_KINDS)})")

@@ -1,0 +1,108 @@
+"""The example server's response bodies: plain msgspec structs, encoded with msgspec (no pydantic on the hot path)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from vramgate.messages import OptimizationSuggestion, Plan, ResourceSample
+from vramgate.messages.gate import DeviceStatistics
+
+#: What a client sees of a request: the gate's ticket states, with ``admitted`` shown as ``running``, and the
+#: terminal state once it ended.
+Status = Literal["preflight", "queued", "running", "completed", "rejected", "failed", "cancelled", "timed_out"]
+TERMINAL: frozenset[str] = frozenset({"completed", "rejected", "failed", "cancelled", "timed_out"})
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    step: int
+    total_steps: int
+
+
+class PlanView(msgspec.Struct, frozen=True, kw_only=True):
+    """The plan a request runs with: its level, predicted VRAM, GPU kind, and each change from the request."""
+
+    level: str
+    vram_mb: int
+    ram_mb: int
+    estimated_time_seconds: float
+    gpu: str
+    width: int
+    height: int
+    frames: int
+    steps: int
+    suggestions: tuple[OptimizationSuggestion, ...] = ()
+
+    @classmethod
+    def of(cls, plan: Plan) -> PlanView:
+        params = plan.params
+        return cls(
+            level=plan.level,
+            vram_mb=plan.requirement.vram_mb,
+            ram_mb=plan.requirement.ram_mb,
+            estimated_time_seconds=plan.requirement.estimated_time_seconds,
+            gpu=plan.gpu or plan.requirement.gpu,
+            width=params.width,
+            height=params.height,
+            frames=params.frames,
+            steps=params.steps,
+            suggestions=plan.suggestions,
+        )
+
+
+class GenerationStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/generations/{id}``: where a request is, what it runs with, and how far it got."""
+
+    request_id: str
+    state: Status
+    position: int | None = None
+    device: int | None = None
+    reservation_mb: int | None = None
+    plan: PlanView | None = None
+    progress: Progress | None = None
+    eta_s: float | None = None
+    waited_s: float | None = None
+    outcome: str | None = None
+    reason: str = ""
+    reject_code: str | None = None
+    needed_mb: int | None = None
+    smallest_gpu: str | None = None
+
+
+class Accepted(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/generations`` answered 202: the server's id for the request, and where it is now."""
+
+    request_id: str
+    state: Status
+    position: int | None
+    status_url: str
+    events_url: str
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Every error answer: a code, a sentence, and for bad input the field path (``$.width``)."""
+
+    error: str
+    detail: str
+    path: str | None = None
+    retry_after_s: float | None = None
+
+
+class DevicesBody(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/devices``: each device's admission ledger and the latest sample of every device and the host."""
+
+    devices: tuple[DeviceStatistics, ...]
+    sample: ResourceSample
+    queue_length: int
+    running: int
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ok", "closing"]
+    devices: int
+    queue_length: int
+    queue_limit: int
+    running: int
+    tracked: int
+    finished: int
