@@ -67,8 +67,14 @@ class Ticket:
         self._events: collections.deque[Message] = collections.deque(maxlen=history)
         self._dropped = 0
         self._changed = anyio.Event()
+        #: the client stopped waiting (the gate releases a lease granted meanwhile)
         self.abandoned = False
+        #: someone asked to cancel the request (a running one ends cancelled when its lease is released)
+        self.cancel_requested = False
         self.holds_slot = False
+        self.pipeline_running = False
+        self.in_admission = False
+        self.end_sent = False
 
     def __repr__(self) -> str:
         return f"<Ticket {self.request_id} {self.state}>"

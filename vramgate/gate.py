@@ -190,9 +190,14 @@ class Gate:
         run anywhere ends at once (the ticket's ``wait_admitted`` raises the typed reason).
         """
         ticket = self._accept(request)
-        await self._slots.acquire()
-        ticket.holds_slot = True
-        await self._pipeline(ticket)
+        try:
+            await self._slots.acquire()
+            ticket.holds_slot = True
+            await self._pipeline(ticket)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._abort(ticket, "the client stopped waiting")
+            raise
         return ticket
 
     def submit_nowait(self, request: GenerationRequest) -> Ticket:
@@ -228,7 +233,7 @@ class Gate:
             lease = await ticket.wait_admitted()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._abandon(ticket)
+                await self._abort(ticket, "the client stopped waiting")
             raise
         async with self.hold(lease) as held:
             yield held
@@ -264,6 +269,10 @@ class Gate:
                 plan = lease.plan
                 current = await self._shrink(request, plan, attempt + 1)
         raise AssertionError("unreachable")
+
+    async def wait_idle(self) -> None:
+        """Wait until every message sent so far was handled (a release has reached the ledger, say)."""
+        await self._require_system().wait_idle()
 
     def retry_after_s(self) -> float:
         """When the queue is expected to have room again, from the queue and the running leases' expected ends."""
@@ -400,6 +409,7 @@ class Gate:
         request = ticket.request
         rid = ticket.request_id
         router = system.ref(ROUTER)
+        ticket.pipeline_running = True
         try:
             await router.tell(RequestAccepted(request_id=rid, request=request), sender=ROUTER)
             if not self._budgets:
@@ -443,6 +453,9 @@ class Gate:
                 return
             chosen = plans[max(plans, key=lambda g: (self._budgets[g], g))]
             await router.tell(PlanOptimized(request_id=rid, plan=chosen), sender=ROUTER)
+            if ticket.abandoned or ticket.cancel_requested:
+                await self._end(ticket, "cancelled", "cancelled before it was queued")
+                return
             await system.ref(ADMISSION).tell(
                 SubmitRequest(
                     request_id=rid,
@@ -453,12 +466,15 @@ class Gate:
                 ),
                 sender=ROUTER,
             )
+            ticket.in_admission = True
         except ActorStopped:
             self._release_slot(ticket)
             if ticket.ended is None:
                 ticket._push(RequestEnded(request_id=rid, state="rejected", reason="the gate is shutting down"))
                 self._tickets.pop(rid, None)
             raise
+        finally:
+            ticket.pipeline_running = False
 
     async def _plan(self, request: GenerationRequest, gpu: str, budget: int) -> Message:
         """The optimizer's answer for ``request`` on ``gpu``; identical questions are answered from a cache."""
@@ -507,7 +523,9 @@ class Gate:
         await self._end(ticket, "rejected", reason)
 
     async def _end(self, ticket: Ticket, state: Any, reason: str) -> None:
+        """Send the request's terminal event (the gate ends requests that never reached admission)."""
         system = self._require_system()
+        ticket.end_sent = True
         await system.ref(ROUTER).tell(
             RequestEnded(request_id=ticket.request_id, state=state, reason=reason), sender=ROUTER
         )
@@ -549,25 +567,29 @@ class Gate:
             ticket.holds_slot = False
             self._slots.release()
 
-    async def _abandon(self, ticket: Ticket) -> None:
-        """The waiter left before admission: cancel the request (or release a lease granted meanwhile)."""
+    async def _abort(self, ticket: Ticket, reason: str) -> None:
+        """The client is gone: end a request still in preflight, leave the queue, or release an unused lease."""
         ticket.abandoned = True
-        if ticket.ended is not None or self._system is None or self._system.state != "running":
+        if ticket.ended is not None or ticket.end_sent or self._system is None or self._system.state != "running":
             return
         if ticket.lease is not None:
-            await self._release(ticket.lease, "cancelled", "the client stopped waiting")
-        else:
+            await self._release(ticket.lease, "cancelled", reason)
+        elif ticket.in_admission:
             await self._system.ref(ADMISSION).tell(
-                CancelRequest(request_id=ticket.request_id, reason="the client stopped waiting"), sender=ROUTER
+                CancelRequest(request_id=ticket.request_id, reason=reason), sender=ROUTER
             )
+        elif not ticket.pipeline_running:
+            self._release_slot(ticket)
+            await self._end(ticket, "cancelled", reason)
 
     async def _cancel(self, ticket: Ticket, reason: str) -> None:
-        if ticket.ended is not None:
+        """Cancel a request: it leaves the queue; a running one is marked and ends cancelled on release."""
+        if ticket.ended is not None or ticket.end_sent:
             return
         system = self._require_system()
-        if ticket.state == "preflight":
-            ticket.abandoned = True
-        await system.ref(ADMISSION).tell(CancelRequest(request_id=ticket.request_id, reason=reason), sender=ROUTER)
+        ticket.cancel_requested = True
+        if ticket.in_admission:
+            await system.ref(ADMISSION).tell(CancelRequest(request_id=ticket.request_id, reason=reason), sender=ROUTER)
 
     async def _progress(self, lease: Lease, step: int, total: int) -> None:
         system = self._require_system()
@@ -673,12 +695,11 @@ _KEY = msgspec.msgpack.Encoder(order="deterministic")
 
 
 def _pinned_request(request: GenerationRequest, plan: Plan, attempt: int) -> GenerationRequest:
-    """The request that runs ``plan`` exactly: its parameters and every option pinned."""
-    params = plan.params
-    options = msgspec.convert(msgspec.to_builtins(params.options), type=Any)
+    """The request that runs ``plan`` exactly: its parameters, and every option pinned to the plan's."""
     from vramgate.messages import RunOptions
 
-    pinned = msgspec.convert(options, RunOptions)
+    params = plan.params
+    pinned = RunOptions(**msgspec.structs.asdict(params.options))
     return msgspec.structs.replace(
         request,
         request_id=f"{request.request_id}.{attempt + 1}" if request.request_id else "",
@@ -802,6 +823,9 @@ async def open_gate(
             name=MONITOR,
         )
         async with system:
+            if gate._admission is not None:
+                # Admission starts from the sample taken at opening, not from nothing.
+                await system.ref(ADMISSION).tell(first, sender=ROUTER)
             try:
                 yield gate
             finally:

@@ -1,0 +1,162 @@
+"""Property: whatever clients do (submit, cancel at any await, fail, finish), while outside consumers come and go,
+samples go stale and devices are lost, the gate never over-commits a device, leaks no lease, and ends every
+request in exactly one terminal state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vramgate.clock import ManualClock
+from vramgate.config import AdmissionSettings, CleanupConfig, DevicesConfig, GateConfig, MonitorConfig
+from vramgate.errors import VramgateError
+from vramgate.gate import Gate, open_gate
+from vramgate.hardware import SimulatedOutOfMemory, detect
+from vramgate.messages import GenerationRequest, LeaseReleased, Message, RequestAdmitted, RequestEnded
+
+pytestmark = pytest.mark.anyio
+
+REQUESTS = (
+    GenerationRequest(model="ti2v-5B", width=1280, height=704, frames=121, steps=50),
+    GenerationRequest(model="t2v-A14B", width=832, height=480, frames=81, steps=40),
+    GenerationRequest(model="t2v-A14B", width=1280, height=720, frames=81, steps=40),
+    GenerationRequest(model="i2v-A14B", width=832, height=480, frames=81, steps=40, max_wait_s=3.0),
+)
+
+operations = st.one_of(
+    st.tuples(st.just("submit"), st.integers(0, len(REQUESTS) - 1), st.integers(-5, 5)),
+    st.tuples(st.just("cancel"), st.integers(0, 15), st.just(0)),
+    st.tuples(st.just("finish"), st.integers(0, 15), st.sampled_from([0, 1, 2])),
+    st.tuples(st.just("outside"), st.integers(0, 1), st.integers(0, 30_000)),
+    st.tuples(st.just("advance"), st.integers(1, 40), st.just(0)),
+    st.tuples(st.just("lose"), st.integers(0, 1), st.just(0)),
+)
+
+
+@dataclass
+class Client:
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    how: int = 0
+    state: str = "new"
+
+
+@dataclass
+class Ledger:
+    """The test's own account of granted reservations, from the gate's events."""
+
+    active: dict[str, tuple[tuple[int, ...], int]] = field(default_factory=dict)
+    ended: dict[str, list[str]] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def __call__(self, event: Message) -> None:
+        if isinstance(event, RequestAdmitted):
+            self.active[event.lease_id] = (event.devices, event.reservation_mb)
+        elif isinstance(event, LeaseReleased):
+            if self.active.pop(event.lease_id, None) is None:
+                self.violations.append(f"released unknown lease {event.lease_id}")
+        elif isinstance(event, RequestEnded):
+            self.ended.setdefault(event.request_id, []).append(event.state)
+
+
+def _check(gate: Gate, ledger: Ledger) -> None:
+    admission = gate._admission
+    assert admission is not None
+    admission.admission.check_invariants()
+    for device in gate.device_configs:
+        reserved = sum(mb for devices, mb in ledger.active.values() if device.index in devices)
+        assert reserved + device.effective_margin_mb <= device.capacity_mb, f"over-commit on {device.index}"
+    for stats in gate.statistics().devices:
+        ledger_stats = stats.ledger
+        assert ledger_stats.reserved_mb == sum(
+            mb for devices, mb in ledger.active.values() if ledger_stats.index in devices
+        )
+
+
+async def _client(gate: Gate, client: Client, request: GenerationRequest) -> None:
+    with client.scope:
+        try:
+            client.state = "waiting"
+            async with gate.admit(request) as lease:
+                client.state = "running"
+                device = lease.simulated
+                assert device is not None
+                try:
+                    device.allocate(lease.lease_id, int(lease.reservation_mb * 0.9))
+                except SimulatedOutOfMemory:
+                    pass
+                try:
+                    await client.done.wait()
+                    if client.how == 1:
+                        raise RuntimeError("the run crashed")
+                    if client.how == 2:
+                        raise SimulatedOutOfMemory(
+                            device=lease.device, owner=lease.lease_id, requested_mb=1, free_mb=0, total_mb=1
+                        )
+                finally:
+                    device.free(lease.lease_id)
+        except (VramgateError, RuntimeError):
+            pass
+    client.state = "done"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(operations, min_size=1, max_size=30))
+async def test_gate_never_over_commits(ops: list[tuple[str, int, int]]) -> None:
+    clock = ManualClock()
+    devices = detect(("RTX4090-24GB", "H100-80GB"), nvml=False, torch=False, host=False, clock=clock)
+    config = GateConfig(
+        devices=DevicesConfig(use_real_gpus=False),
+        monitor=MonitorConfig(interval_s=0.5),
+        admission=AdmissionSettings(ram_budget="256GiB", queue_limit=8, stale_after_s=2.0),
+        cleanup=CleanupConfig(after_run=False),
+    )
+    ledger = Ledger()
+    clients: list[Client] = []
+    async with open_gate(config, clock=clock, devices=devices) as gate:
+        gate.add_listener(ledger)
+        async with anyio.create_task_group() as tg:
+            for op, a, b in ops:
+                if op == "submit":
+                    client = Client()
+                    clients.append(client)
+                    request = REQUESTS[a].__class__(**{**_fields(REQUESTS[a]), "priority": b})
+                    tg.start_soon(_client, gate, client, request)
+                elif op == "cancel" and a < len(clients):
+                    clients[a].scope.cancel()
+                elif op == "finish" and a < len(clients):
+                    clients[a].how = b
+                    clients[a].done.set()
+                elif op == "outside":
+                    sim = devices.simulated[a]
+                    sim.remove_outside("other")
+                    if not sim.lost and b <= sim.free_mb:
+                        sim.add_outside("other", b)
+                elif op == "advance":
+                    clock.advance(a / 10)
+                elif op == "lose":
+                    devices.simulated[a].lose()
+                for _ in range(5):
+                    await anyio.sleep(0)
+                await gate.wait_idle()
+                _check(gate, ledger)
+            for client in clients:
+                client.scope.cancel()
+        await gate.wait_idle()
+        _check(gate, ledger)
+        assert not ledger.violations
+        assert ledger.active == {}
+        assert all(stats.ledger.reserved_mb == 0 for stats in gate.statistics().devices)
+        assert gate.statistics().tickets == 0
+    assert len(ledger.ended) == len(clients)
+    assert all(len(states) == 1 for states in ledger.ended.values()), ledger.ended
+
+
+def _fields(request: GenerationRequest) -> dict[str, object]:
+    import msgspec
+
+    return msgspec.structs.asdict(request)
