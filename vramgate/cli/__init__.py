@@ -15,7 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("estimate", "Estimate peak VRAM per GPU, host RAM and time of one run, with components."),
     "monitor": ("monitor", "Show live GPU and host memory, or stream samples as JSON Lines."),
     "optimize": ("optimize", "Find the plan with the least quality loss that fits a GPU and the host RAM."),
+    "plot": ("plot", "Draw a message log's memory timeline per device, with the runs as bars (PNG)."),
     "replay": ("replay", "Replay a message log and check that it reproduces the same decisions."),
+    "serve": ("serve", "Serve the example HTTP generation server with one gate (POST /v1/generations)."),
     "simulate": ("simulate", "Run a trace against simulated GPUs with vramgate and the baseline policies."),
     "validate": ("validate", "Decode a JSON or JSON Lines file of messages and report every error."),
 }
