@@ -89,6 +89,7 @@ class GenerationService:
         if self.closing:
             raise BadRequest("the server is shutting down")
         request = self.gate.decode_request(body)
+        self.gate.estimator.resolve(request)  # unknown model, unsupported task: InvalidParameter naming the field
         request = msgspec.structs.replace(request, request_id=self.new_id())
         ticket = self.gate.submit_nowait(request)
         record = Record(ticket, events_limit=self.settings.events_limit)
