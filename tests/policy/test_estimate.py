@@ -207,3 +207,88 @@ def test_host_ram_holds_what_the_gpu_does_not() -> None:
     # without offloading only the inactive expert waits on the host; with it both experts and the T5 return there
     assert 26 * 1024 < resident < 34 * 1024
     assert offload > resident + 35 * 1024
+
+
+OFFLOAD = REFERENCE / "offload_tradeoffs.csv"
+
+
+def _offload_rows() -> list[object]:
+    from vramgate.policy.fit import offload_rows
+
+    return list(offload_rows(REFERENCE)) if OFFLOAD.is_file() else []
+
+
+@needs_reference
+def test_the_offload_rows_are_the_streamed_wan14b_runs() -> None:
+    rows = _offload_rows()
+    from vramgate.policy._reference import OffloadMemoryRow
+
+    assert all(isinstance(r, OffloadMemoryRow) for r in rows)
+    labels = [r.label for r in rows if isinstance(r, OffloadMemoryRow)]
+    # DiffSynth 7e9 / 0 (bf16), 0 (fp8) persistent and diffusers leaf-level group offloading; no resident rows
+    assert len(labels) == 4
+    assert not any("resident" in label or "cpu_offload" in label for label in labels)
+    seven = next(r for r in rows if isinstance(r, OffloadMemoryRow) and r.mode.startswith("7e9"))
+    assert seven.params.options.resident_blocks == 19  # the embeddings, then 19 whole blocks within 7e9 params
+    assert (seven.params.width, seven.params.height, seven.params.frames) == (832, 480, 81)
+
+
+@needs_reference
+@pytest.mark.parametrize("row", _offload_rows(), ids=lambda r: r.label)
+def test_streamed_offload_rows_within_tolerance(row: object) -> None:
+    from vramgate.policy._reference import OffloadMemoryRow
+
+    assert isinstance(row, OffloadMemoryRow)
+    req = Estimator().estimate(row.params, row.gpu)
+    assert abs(req.vram_mb / row.peak_mb - 1) <= 0.20, (req.vram_mb, row.peak_mb)
+
+
+@needs_reference
+def test_the_fit_reproduces_the_shipped_calibration() -> None:
+    from vramgate.policy.calibration import Calibration
+    from vramgate.policy.fit import fit
+
+    fitted, counts = fit(REFERENCE)
+    assert counts["offload_memory_rows"] == 4
+    shipped = Calibration.default()
+    assert msgspec.structs.replace(fitted, source="") == msgspec.structs.replace(shipped, source="")
+
+
+def test_block_streaming_prices_the_streaming_runners_activations() -> None:
+    """Streamed plans hold fewer activations per token (bf16 residual, one modulation per sample)."""
+    estimator = Estimator()
+    params = RunParams(model="t2v-A14B", task="t2v", width=1280, height=720, frames=81, steps=40, options=ONE_GPU)
+    streamed = msgspec.structs.replace(params, options=msgspec.structs.replace(ONE_GPU, sequential_offload=True))
+    official = estimator.breakdown(params, "RTX4090-24GB")
+    runner = estimator.breakdown(streamed, "RTX4090-24GB")
+    cal = estimator.constants
+    assert runner.activations < 0.75 * official.activations
+    per_token = (cal.act_streamed_bytes_per_token_dim * 5120 + cal.act_ffn_bytes_per_token * 13824) * 75_600
+    latents = 4.0 * 4.0 * 16 * 21 * 1280 * 720 / 64
+    assert runner.activations == pytest.approx(per_token + latents)
+    # ti2v-5B conditions every token on its own timestep: streaming keeps that whole-sequence modulation
+    options = msgspec.structs.replace(ONE_GPU, sequential_offload=True, vae_tiling=True)
+    five = RunParams(model="ti2v-5B", task="t2v", width=1280, height=704, frames=241, steps=50, options=options)
+    catalog = ModelCatalog()
+    profile = catalog.get("ti2v-5B")
+    assert profile.dit.token_timesteps
+    catalog.register(msgspec.structs.replace(profile, dit=msgspec.structs.replace(profile.dit, token_timesteps=False)))
+    with_tokens = estimator.breakdown(five, "RTX4090-24GB")
+    without = Estimator(models=catalog).breakdown(five, "RTX4090-24GB")
+    assert with_tokens.peak_phase == without.peak_phase == "denoise"
+    tokens = with_tokens.tokens
+    assert with_tokens.activations - without.activations == pytest.approx(
+        cal.act_full_bytes_per_token_dim * 3072 * tokens
+    )
+
+
+def test_host_runtime_ram_is_the_process_and_the_decoded_video() -> None:
+    estimator = Estimator()
+    short = RunParams(model="t2v-A14B", task="t2v", width=1280, height=720, frames=41, steps=40, options=ONE_GPU)
+    long = msgspec.structs.replace(short, frames=81)
+    a, b = estimator.breakdown(short, "H100"), estimator.breakdown(long, "H100")
+    host = estimator.constants.host_runtime_mb * 2**20
+    assert a.ram_runtime == pytest.approx(host + 12.0 * 1280 * 720 * 41)
+    assert b.ram_runtime - a.ram_runtime == pytest.approx(12.0 * 1280 * 720 * 40)
+    four = msgspec.structs.replace(long, options=FSDP4)
+    assert estimator.breakdown(four, "H100").ram_runtime == pytest.approx(4 * host + 12.0 * 1280 * 720 * 81)

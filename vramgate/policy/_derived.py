@@ -40,6 +40,7 @@ class Derived:
     frame_multiple: int
     spatial_multiple: int
     guidance_passes: int
+    token_timesteps: bool  # per-token time modulation in every runner (not only in Wan's own code)
 
 
 def derive(profile: ModelProfile) -> Derived:
@@ -86,4 +87,5 @@ def derive(profile: ModelProfile) -> Derived:
         frame_multiple=profile.frame_multiple,
         spatial_multiple=profile.spatial_multiple,
         guidance_passes=2 if profile.guidance else 1,
+        token_timesteps=dit.token_timesteps,
     )

@@ -1,7 +1,9 @@
 """The memory and time model of one Wan-style generation run (see ``estimate.py`` for the public API).
 
 It follows what Wan2.2's ``generate.py`` does (``wan/text2video.py``, ``image2video.py``,
-``textimage2video.py``):
+``textimage2video.py``), except where a plan streams DiT blocks (``resident_blocks``, ``sequential_offload``):
+generate.py cannot, so those plans are priced as the runners that do (DiffSynth-Studio, diffusers), whose DiTs
+hold fewer activations per token:
 
 * one GPU: the DiT experts start on the CPU; the expert a step needs is moved to the GPU and the other one back
   (one expert resident at a time); with ``offload_model`` the T5 encoder returns to the CPU after encoding and
@@ -138,9 +140,16 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     te_act = cal.text_encoder_activation_mb * MIB if not o.t5_cpu else 0.0
 
     # ---------------------------------------------------------------- activations and VAE work
-    act_per_local = cal.act_local_bytes_per_token_dim * d.dim + cal.act_ffn_bytes_per_token * d.ffn_dim
+    ffn_act = cal.act_ffn_bytes_per_token * d.ffn_dim
     act_full = cal.act_full_bytes_per_token_dim * d.dim * tokens
-    activations = act_per_local * local_tokens + act_full
+    activations = (cal.act_local_bytes_per_token_dim * d.dim + ffn_act) * local_tokens + act_full
+    if blocks_streamed:
+        # Block streaming is what DiffSynth-Studio and diffusers do, not generate.py: their DiTs keep a bf16
+        # residual and one time modulation per sample (per token only for models with per-token timesteps).
+        streamed = (cal.act_streamed_bytes_per_token_dim * d.dim + ffn_act) * local_tokens
+        if d.token_timesteps:
+            streamed += act_full
+        activations = min(activations, streamed)
     # the latent video and the scheduler's copies of it (noise prediction, conditional, unconditional), fp32
     latents = 4.0 * 4.0 * d.latent_channels * lt * pixels / d.vae_pixels_per_latent
     activations += latents
@@ -183,7 +192,9 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     if o.t5_cpu or o.offload_model or o.sequential_offload:
         ram_w += te_full / world if o.t5_fsdp else te_full
     ram_w *= ranks
-    ram_rt = 3.0 * (1 << 30) * world
+    # Every process: Python, torch, the CUDA context's host side and kernels; rank 0 also holds the decoded
+    # video's fp32 host copy (what the pipeline returns before it is encoded).
+    ram_rt = cal.host_runtime_mb * MIB * world + _OUT_BYTES * pixels * params.frames
 
     # ---------------------------------------------------------------- time
     tflops = gpu.bf16_tflops * 1e12

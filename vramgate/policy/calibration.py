@@ -1,6 +1,6 @@
 """The estimator's free constants, each with a physical meaning, fitted to published figures.
 
-The values live in ``calibration.json`` next to this module, written by ``scripts/fit_calibration.py`` from the
+The values live in ``calibration.json`` next to this module, written by ``python -m vramgate.policy.fit`` from the
 reference data (``wan_published.csv`` and ``offload_tradeoffs.csv``); the file records the data and the command
 that produced it. Nothing here is typed in by hand except the starting point of the fit and the constants the
 fit does not touch (marked "fixed" below, each derived from the code it describes).
@@ -35,6 +35,11 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     * ``act_full_bytes_per_token_dim`` - bytes per token per unit of width that every rank holds for the *whole*
       sequence (the per-token time modulation ``e``/``e0`` that ``sp_dit_forward`` computes before it splits).
     * ``act_ffn_bytes_per_token`` - bytes per token per unit of FFN width (fixed: two bf16 tensors, pre/post GELU).
+    * ``act_streamed_bytes_per_token_dim`` - bytes of live DiT activations per token of the local sequence per unit
+      of width in the runners that stream DiT blocks (DiffSynth-Studio's VRAM management, diffusers' group and
+      sequential offloading), which is what ``resident_blocks``/``sequential_offload`` plans run: their DiTs keep
+      the residual stream in bf16 and compute the time modulation once per sample, so they have no whole-sequence
+      term (except for models with per-token timesteps). Fitted to the streamed rows of ``offload_tradeoffs.csv``.
     * ``runtime_overhead_mb`` - CUDA context, cuBLAS/cuDNN workspaces and allocator slack on every GPU.
     * ``multi_gpu_overhead_mb`` - NCCL communicators and FSDP bookkeeping of a DiT-sharded (FSDP) run, per GPU.
     * ``fsdp_unsharded_blocks`` - transformer blocks FSDP holds gathered at once (current and prefetched; fixed).
@@ -42,6 +47,14 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     * ``vae_encode_fraction`` - encoder working memory as a fraction of the decoder's (fixed).
     * ``vae_tile_pixels`` - pixels of one spatial tile when VAE tiling is on (fixed).
     * ``text_encoder_activation_mb`` - text encoder working memory for one prompt batch (fixed).
+
+    Host RAM (per process, besides the weights it holds):
+
+    * ``host_runtime_mb`` - the resident set of a Python process with torch, the CUDA context, cuBLAS, cuDNN,
+      attention kernels and transformers/accelerate loaded (fixed: ``bench/host_ram.py`` measured 960 MiB on an
+      H100; rounded up for the pipeline's own objects and the tokenizer). The decoded video's fp32 host copy is
+      added per run. Pinned staging is not included: the placements vramgate plans (accelerate's sequential
+      offload, diffusers group offloading without streams) copy from pageable memory.
 
     Time:
 
@@ -64,6 +77,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     act_local_bytes_per_token_dim: Pos = 45.0
     act_full_bytes_per_token_dim: Pos = 40.0
     act_ffn_bytes_per_token: NonNeg = 4.0
+    act_streamed_bytes_per_token_dim: Pos = 30.0
     runtime_overhead_mb: NonNeg = 1200.0
     multi_gpu_overhead_mb: NonNeg = 1500.0
     fsdp_unsharded_blocks: NonNeg = 2.0
@@ -73,6 +87,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     vae_encode_fraction: Pos = 0.5
     vae_tile_pixels: Pos = 256.0 * 256.0
     text_encoder_activation_mb: NonNeg = 300.0
+    host_runtime_mb: NonNeg = 1024.0
     mfu: dict[str, Frac] = msgspec.field(
         default_factory=lambda: {"hopper": 0.55, "ampere": 0.62, "ada": 0.65, "blackwell": 0.6, "default": 0.5}
     )

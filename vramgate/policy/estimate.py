@@ -4,7 +4,7 @@ Sans-io: plain synchronous code, no clock, no I/O. :meth:`Estimator.resolve` tur
 :class:`~vramgate.messages.RunParams` (defaults from the model profile, options the request does not pin turned
 off); :meth:`Estimator.estimate` prices a run on a GPU; :meth:`Estimator.observe` learns from a finished run.
 The model behind the numbers is in ``_physics.py``; its constants come from :class:`Calibration`, fitted to
-published figures by ``scripts/fit_calibration.py``.
+published figures by ``python -m vramgate.policy.fit``.
 """
 
 from __future__ import annotations

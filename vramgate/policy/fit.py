@@ -4,11 +4,12 @@ Run from the repository root::
 
     python -m vramgate.policy.fit [--reference ../shared/data/reference] [--out vramgate/policy/calibration.json]
 
-The memory constants are fitted to the peaks of ``wan_published.csv``, the time constants to its times, and the
-streaming efficiency to the DiffSynth-Studio rows of ``offload_tradeoffs.csv`` (the extra seconds per step that
-streaming costs). Each constant has a prior (a physically plausible starting value) with a weak pull towards it,
-so constants the data do not pin stay sensible. The objective is the sum of squared log errors; the search is
-Nelder-Mead over log-parameters within bounds. Deterministic: the same data gives the same file.
+The memory constants are fitted to the peaks of ``wan_published.csv``, the time constants to its times, the
+activations of the runners that stream DiT blocks to the VRAM of the streamed rows of ``offload_tradeoffs.csv``
+(DiffSynth-Studio and diffusers, Wan2.1-T2V-14B at 832x480x81), and the streaming efficiency to the
+DiffSynth-Studio rows' extra seconds per step. Each constant has a prior (a physically plausible starting value)
+with a weak pull towards it, so constants the data do not pin stay sensible. The objective is the sum of squared
+log errors; the search is Nelder-Mead over log-parameters within bounds. Deterministic: the same data, the same file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from typing import Any
 
 import msgspec
 
-from vramgate.policy._reference import REFERENCE_DIR, PublishedRow, StreamingRow, read_published, read_streaming
+from vramgate.policy._derived import derive
+from vramgate.policy._reference import (
+    REFERENCE_DIR,
+    OffloadMemoryRow,
+    PublishedRow,
+    StreamingRow,
+    read_offload_memory,
+    read_published,
+    read_streaming,
+)
 from vramgate.policy.calibration import CALIBRATION_CODEC, Calibration
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
@@ -48,6 +58,8 @@ MEMORY_PARAMS = (
     Param("multi_gpu_overhead_mb", 1000.0, 0.0001, 6000.0),
     Param("vae_decode_bytes_per_pixel.wan2.2", 16000.0, 2000.0, 60000.0),
 )
+#: Fitted to the streamed rows of ``offload_tradeoffs.csv`` with the memory constants above held.
+STREAMED_PARAMS = (Param("act_streamed_bytes_per_token_dim", 30.0, 5.0, 200.0),)
 TIME_PARAMS = (
     Param("mfu.hopper", 0.5, 0.1, 0.85),
     Param("mfu.ampere", 0.6, 0.1, 0.85),
@@ -120,7 +132,7 @@ def nelder_mead(
 
 
 def _objective(
-    rows: Sequence[PublishedRow], params: Sequence[Param], base: Calibration, what: str
+    rows: Sequence[PublishedRow | OffloadMemoryRow], params: Sequence[Param], base: Calibration, what: str
 ) -> Callable[[list[float]], float]:
     def f(z: list[float]) -> float:
         values = []
@@ -136,7 +148,12 @@ def _objective(
         err = 0.0
         for row in rows:
             b = est.breakdown(row.params, row.gpu)
-            pred, obs = (b.vram / 2**20, row.peak_mb) if what == "memory" else (b.seconds, row.seconds)
+            if what == "memory":
+                pred, obs = b.vram / 2**20, row.peak_mb
+            elif isinstance(row, PublishedRow):
+                pred, obs = b.seconds, row.seconds
+            else:
+                continue
             err += math.log(pred / obs) ** 2
         return err + penalty
 
@@ -162,12 +179,28 @@ def fit_stream_efficiency(rows: Sequence[StreamingRow]) -> float:
     return sum(ratios) / len(ratios) if ratios else Calibration().stream_link_efficiency
 
 
+def offload_rows(reference: Path) -> list[OffloadMemoryRow]:
+    """The streamed rows of ``offload_tradeoffs.csv``, with DiffSynth's persistent parameters in t2v-A14B blocks."""
+    d = derive(DEFAULT_MODEL_CATALOG.get("t2v-A14B"))
+    return read_offload_memory(
+        reference / "offload_tradeoffs.csv", block_params=d.block_params, nonblock_params=d.nonblock_params
+    )
+
+
 def fit(reference: Path) -> tuple[Calibration, dict[str, float]]:
     published = read_published(reference / "wan_published.csv")
     streaming = read_streaming(reference / "offload_tradeoffs.csv")
+    offloaded = offload_rows(reference)
     base = Calibration()
-    for params, what in ((MEMORY_PARAMS, "memory"), (TIME_PARAMS, "time")):
-        f = _objective(published, params, base, what)
+    stages: tuple[tuple[Sequence[PublishedRow | OffloadMemoryRow], Sequence[Param], str], ...] = (
+        (published, MEMORY_PARAMS, "memory"),
+        (offloaded, STREAMED_PARAMS, "memory"),
+        (published, TIME_PARAMS, "time"),
+    )
+    for rows, params, what in stages:
+        if not rows:
+            continue
+        f = _objective(rows, params, base, what)
         z = nelder_mead(f, [math.log(p.prior) for p in params])
         values = [min(max(math.exp(zi), p.low), p.high) for p, zi in zip(params, z, strict=True)]
         base = with_values(base, params, values)
@@ -176,7 +209,11 @@ def fit(reference: Path) -> tuple[Calibration, dict[str, float]]:
     mfu["default"] = min(mfu["hopper"], mfu["ampere"], mfu["ada"])
     base = msgspec.structs.replace(base, mfu=mfu, stream_link_efficiency=fit_stream_efficiency(streaming))
     rounded = _rounded(base)
-    return rounded, {"rows": float(len(published)), "streaming_rows": float(len(streaming))}
+    return rounded, {
+        "rows": float(len(published)),
+        "streaming_rows": float(len(streaming)),
+        "offload_memory_rows": float(len(offloaded)),
+    }
 
 
 def _rounded(cal: Calibration) -> Calibration:
@@ -206,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cal,
         source=(
             "fitted by `python -m vramgate.policy.fit` to wan_published.csv (peaks read as GiB) and the "
-            "DiffSynth-Studio rows of offload_tradeoffs.csv in shared/data/reference"
+            "streamed DiffSynth-Studio and diffusers rows of offload_tradeoffs.csv in shared/data/reference"
         ),
     )
     data = msgspec.json.format(CALIBRATION_CODEC.encode_json(cal), indent=2)
@@ -217,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{row.label:48s} vram {b.vram / 2**20 / row.peak_mb - 1:+7.1%}  time {b.seconds / row.seconds - 1:+7.1%}"
         )
+    for orow in offload_rows(args.reference):
+        b = est.breakdown(orow.params, orow.gpu)
+        print(f"{orow.label[:60]:60s} vram {b.vram / 2**20 / orow.peak_mb - 1:+7.1%}")
     print(f"wrote {args.out}")
     return 0
 

@@ -47,6 +47,9 @@ class DitSpec(_Schema, frozen=True):
     ``checkpoint_dtype`` is the dtype the weights have once loaded (Wan A14B/14B checkpoints load as fp32) and
     ``param_dtype`` the dtype ``--convert_model_dtype`` casts them to (and that FSDP computes in).
     ``expert_boundary`` maps a task to the timestep fraction at which the high-noise expert hands over.
+    ``token_timesteps`` is true when the model conditions every token on its own timestep (Wan2.2 TI2V-5B, whose
+    image frame stays clean): the runners that stream DiT blocks then also hold the time modulation for every
+    token, as Wan's own code does for every model.
     """
 
     dim: PosInt
@@ -63,6 +66,7 @@ class DitSpec(_Schema, frozen=True):
     checkpoint_dtype: ParamDtype = "bf16"
     param_dtype: ParamDtype = "bf16"
     expert_boundary: dict[str, Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]] = {}
+    token_timesteps: bool = False
 
 
 class VaeSpec(_Schema, frozen=True):
@@ -254,6 +258,7 @@ BUILTIN_MODELS: tuple[ModelProfile, ...] = (
             experts=1,
             checkpoint_dtype="bf16",
             param_dtype="bf16",
+            token_timesteps=True,
         ),
         vae=_WAN22_VAE,
         tasks=("t2v", "i2v"),
