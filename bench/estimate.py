@@ -5,7 +5,8 @@
 Prints, for every row of ``wan_published.csv``, the estimate's error on peak VRAM and on time, next to the
 replaced system's VRAM formula (base 6500/6000/4500 MB for t2v-A14B/i2v-A14B/ti2v-5B, x resolution factor
 480p 0.6 / 720p 1.0 / 1080p 2.4, x (1 + (steps-50)/50*0.3), x (1 + 0.15*loras)); then the DiffSynth-Studio
-streaming rows of ``offload_tradeoffs.csv``; then the cost of one ``estimate()`` call. Published GB are read as GiB.
+streaming rows of ``offload_tradeoffs.csv`` (time per step) and its rows that stream DiT blocks (VRAM, against the
+same baseline); then the cost of one ``estimate()`` call. Published GB are read as GiB.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from vramgate.messages import ResolvedOptions, RunParams
 from vramgate.messages.requests import ParamDtype
 from vramgate.policy._reference import REFERENCE_DIR, read_published, read_streaming
 from vramgate.policy.estimate import Estimator
+from vramgate.policy.fit import offload_rows
 
 BASE_MB = {"t2v-A14B": 6500.0, "i2v-A14B": 6000.0, "ti2v-5B": 4500.0}
 RES_FACTOR = {"480p": 0.6, "720p": 1.0, "1080p": 2.4}
@@ -91,6 +93,19 @@ def main() -> int:
             print(
                 f"  {srow.persistent_params:.0e} params resident ({srow.dtype}): published "
                 f"+{srow.seconds_per_step - base:.1f} s/step, estimate +{streamed - resident:.1f} s/step"
+            )
+
+    offloaded = offload_rows(args.reference)
+    if offloaded:
+        print("\nRunners that stream DiT blocks (offload_tradeoffs.csv, Wan2.1-T2V-14B 832x480x81; GiB):")
+        print("| runner and mode | published | estimate | VRAM err | baseline | baseline err |")
+        print("|---|---|---|---|---|---|")
+        for orow in offloaded:
+            req = estimator.estimate(orow.params, orow.gpu)
+            base = baseline_vram_mb(orow.params)
+            print(
+                f"| {orow.label[:70]} | {orow.peak_mb / 1024:.1f} | {req.vram_mb / 1024:.1f} | "
+                f"{req.vram_mb / orow.peak_mb - 1:+.1%} | {base / 1024:.1f} | {base / orow.peak_mb - 1:+.1%} |"
             )
 
     params = rows[1].params
