@@ -69,3 +69,30 @@ def test_check_rejects_an_unknown_gpu_name() -> None:
     assert result.exit_code == 2
     assert "unknown GPU" in result.output
     assert "H100-80GB" in result.output  # names the valid choices
+
+
+def test_monitor_json_streams_count_samples() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["monitor", "--json", "--count", "3", "--interval", "0.05", "--simulate", "24GB", "--no-nvml", "--no-torch"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert len(lines) == 3
+    samples = [decode_json(line.encode(), ResourceSample) for line in lines]
+    times = [sample.at for sample in samples]
+    assert times == sorted(times)
+    assert times[-1] - times[0] >= 0.09  # two intervals of 0.05 s
+    assert all(sample.devices[0].name == "24GB" and sample.devices[0].simulated for sample in samples)
+    assert all(sample.host is not None for sample in samples)
+
+
+def test_monitor_live_view_stops_after_count() -> None:
+    result = CliRunner().invoke(
+        main, ["monitor", "--count", "2", "--interval", "0.05", "--simulate", "H100-80GB"], catch_exceptions=False
+    )
+    assert result.exit_code == 0
+    assert "sample 2 of 2" in result.output
+    assert "H100-80GB" in result.output
+    assert "history" in result.output

@@ -5,6 +5,7 @@ from pathlib import Path
 import psutil
 
 from vramgate.hardware import MIB, HostProbe, cgroup_memory
+from vramgate.hardware.host import swap_memory
 
 
 def test_host_probe_matches_psutil(tmp_path: Path) -> None:
@@ -74,3 +75,14 @@ def test_no_cgroup_limit(tmp_path: Path) -> None:
     assert host is not None
     assert host.cgroup_limit_mb is None
     assert host.ram_total_mb == psutil.virtual_memory().total // MIB
+
+
+def test_swap_from_meminfo(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    lines = ["MemTotal:       24684000 kB", "SwapCached:  0 kB", "SwapTotal:       2097148 kB", "SwapFree:  1048574 kB"]
+    meminfo.write_text("\n".join(lines) + "\n")
+    assert swap_memory(meminfo) == (2097148 * 1024, (2097148 - 1048574) * 1024)
+    swap = psutil.swap_memory()
+    assert swap_memory() == (swap.total, swap.used) or abs(swap_memory()[1] - swap.used) < 16 * MIB
+    # an unreadable file falls back to psutil
+    assert swap_memory(tmp_path / "missing")[0] == swap.total

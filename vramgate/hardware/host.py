@@ -42,6 +42,27 @@ def cgroup_memory(root: Path = Path("/")) -> tuple[int, int | None] | None:
     return None
 
 
+def swap_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int]:
+    """Swap total and used bytes: the same figures as ``psutil.swap_memory()``, read from ``/proc/meminfo`` alone.
+
+    (psutil also parses ``/proc/vmstat`` for page-in/out counts, which costs more than the rest of a host sample.)
+    """
+    try:
+        with open(meminfo, "rb", buffering=0) as file:
+            data = file.read(1 << 16)
+        total = _meminfo_field(data, b"\nSwapTotal:")
+        free = _meminfo_field(data, b"\nSwapFree:")
+    except (OSError, ValueError):
+        swap = psutil.swap_memory()
+        return swap.total, swap.used
+    return total, total - free
+
+
+def _meminfo_field(data: bytes, key: bytes) -> int:
+    start = data.index(key) + len(key)
+    return int(data[start : data.index(b"\n", start)].split()[0]) * 1024
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (its affinity), else the logical CPU count, else 1."""
     try:
@@ -66,6 +87,9 @@ class HostProbe:
         self._cgroup_root = cgroup_root
         self._cpu_count = cpu_count()
         self._cpu_primed = False
+        # A container's memory limit is fixed for its life: only a limit below the host's RAM is read again.
+        cgroup = cgroup_memory(cgroup_root)
+        self._cgroup_limited = cgroup is not None and cgroup[0] < psutil.virtual_memory().total
 
     def _disk(self, warnings: list[str]) -> tuple[int | None, int | None]:
         path = self.disk_path
@@ -85,7 +109,7 @@ class HostProbe:
         vm = psutil.virtual_memory()
         total, available, used = vm.total, vm.available, vm.total - vm.available
         limit_mb: int | None = None
-        cgroup = cgroup_memory(self._cgroup_root)
+        cgroup = cgroup_memory(self._cgroup_root) if self._cgroup_limited else None
         if cgroup is not None and cgroup[0] < total:
             limit, usage = cgroup
             limit_mb = to_mb(limit)
@@ -94,8 +118,7 @@ class HostProbe:
             available = max(0, min(available, ceiling))
             used = total - available
         try:
-            swap = psutil.swap_memory()
-            swap_total, swap_used = swap.total, swap.used
+            swap_total, swap_used = swap_memory()
         except (OSError, RuntimeError) as error:
             warnings.append(f"host: cannot read swap: {error}")
             swap_total = swap_used = 0

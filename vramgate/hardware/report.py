@@ -49,15 +49,21 @@ def _optional(value: float | None, unit: str, digits: int = 0) -> str:
 def device_table(devices: Sequence[DeviceSample], *, history: dict[int, str] | None = None) -> Table:
     """One row per device: memory in GiB, a bar, and what the backend could tell (``-`` where unknown)."""
     table = Table(title="GPUs (memory in GiB)", title_justify="left", expand=False)
-    table.add_column("#", justify="right")
-    table.add_column("GPU", no_wrap=True, min_width=12)
+    table.add_column("#", justify="right", no_wrap=True, min_width=1)
+    table.add_column("GPU", no_wrap=True, min_width=9, overflow="ellipsis")
     table.add_column("backend", no_wrap=True, min_width=9)
-    table.add_column("used/total", justify="right", no_wrap=True)
-    table.add_column("free", justify="right")
+    table.add_column("used/total", justify="right", no_wrap=True, min_width=10)
+    table.add_column("free", justify="right", no_wrap=True, min_width=5)
     table.add_column("memory", no_wrap=True)
-    table.add_column("util temp power", justify="right")
+    extras_known = any(
+        value is not None
+        for device in devices
+        for value in (device.utilization_pct, device.temperature_c, device.power_w)
+    )
+    if extras_known:
+        table.add_column("util temp power", justify="right")
     if history is not None:
-        table.add_column("used, last samples", no_wrap=True)
+        table.add_column("history", no_wrap=True)
     for device in devices:
         name = device.name + (" [red](lost)[/red]" if device.lost else "")
         power = _optional(device.power_w, "W")
@@ -74,8 +80,9 @@ def device_table(devices: Sequence[DeviceSample], *, history: dict[int, str] | N
             f"{gib(device.used_mb)}/{gib(device.total_mb)}",
             gib(device.free_mb),
             bar(device.used_mb, device.total_mb, width=10),
-            extras,
         ]
+        if extras_known:
+            row.append(extras)
         if history is not None:
             row.append(history.get(device.index, ""))
         table.add_row(*row)
