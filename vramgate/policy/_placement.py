@@ -7,7 +7,7 @@ all resolved to that same plan, each with the plan's ``vram_mb`` free (all or no
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from vramgate.messages.plans import Plan
@@ -32,37 +32,78 @@ class Shadow(NamedTuple):
     extra: dict[int, int]
 
 
+class Group(NamedTuple):
+    """The devices (ascending positions) that resolved to one plan, with what the plan needs on each."""
+
+    plan: Plan
+    need_mb: int
+    world: int
+    positions: tuple[int, ...]
+
+
+def groups_of(plans: Sequence[Plan | None]) -> tuple[Group, ...]:
+    """A request's plans grouped by plan (a request's groups never change, so callers may keep them)."""
+    first = plans[0] if plans else None
+    if first is not None and all(plan is first for plan in plans):
+        need = first.requirement
+        return (Group(first, need.vram_mb, need.world_size, tuple(range(len(plans)))),)
+    positions: dict[int, list[int]] = {}
+    by_id: dict[int, Plan] = {}
+    for pos, plan in enumerate(plans):
+        if plan is not None:
+            key = id(plan)
+            if key not in positions:
+                positions[key] = []
+                by_id[key] = plan
+            positions[key].append(pos)
+    return tuple(
+        Group(plan, plan.requirement.vram_mb, plan.requirement.world_size, tuple(positions[key]))
+        for key, plan in by_id.items()
+    )
+
+
 def place(plans: Sequence[Plan | None], avail: Sequence[int], *, spread: bool) -> Placement | None:
     """The best placement of a request on ``avail`` MiB per device, or ``None`` when it does not fit.
 
     Best fit picks the devices left with the least slack (the fewest MiB over what the plan needs), keeping the
     large holes for large requests; spread picks those left with the most, keeping load even.
     """
-    groups: dict[int, list[int]] = {}
-    by_id: dict[int, Plan] = {}
-    for pos, plan in enumerate(plans):
-        if plan is not None and avail[pos] >= plan.requirement.vram_mb:
-            key = id(plan)
-            if key not in groups:
-                groups[key] = []
-                by_id[key] = plan
-            groups[key].append(pos)
+    return place_groups(groups_of(plans), avail, spread=spread)
+
+
+def place_groups(groups: Sequence[Group], avail: Sequence[int], *, spread: bool) -> Placement | None:
+    """:func:`place` for a request's :func:`groups_of`."""
     best: Placement | None = None
     best_score: tuple[int, tuple[int, ...]] | None = None
-    for key, positions in groups.items():
-        plan = by_id[key]
-        need = plan.requirement.vram_mb
-        world = plan.requirement.world_size
+    for plan, need, world, candidates in groups:
+        if world == 1:
+            # The common case: the one device with the least (best fit) or most (spread) slack, lowest first.
+            chosen_pos = -1
+            chosen_slack = 0
+            for pos in candidates:
+                slack = avail[pos] - need
+                if slack < 0:
+                    continue
+                if chosen_pos < 0 or (slack > chosen_slack if spread else slack < chosen_slack):
+                    chosen_pos, chosen_slack = pos, slack
+            if chosen_pos < 0:
+                continue
+            score: tuple[int, tuple[int, ...]] = (-chosen_slack if spread else chosen_slack, (chosen_pos,))
+            if best_score is None or score < best_score:
+                best_score = score
+                best = Placement((chosen_pos,), plan, need)
+            continue
+        positions = [pos for pos in candidates if avail[pos] >= need]
         if len(positions) < world:
             continue
         if spread:
             chosen = sorted(positions, key=lambda p: (need - avail[p], p))[:world]
-            slack = -min(avail[p] - need for p in chosen)
+            total = -min(avail[p] - need for p in chosen)
         else:
             chosen = sorted(positions, key=lambda p: (avail[p] - need, p))[:world]
-            slack = sum(avail[p] - need for p in chosen)
+            total = sum(avail[p] - need for p in chosen)
         ordered = tuple(sorted(chosen))
-        score = (slack, ordered)
+        score = (total, ordered)
         if best_score is None or score < best_score:
             best_score = score
             best = Placement(ordered, plan, need)
@@ -70,33 +111,32 @@ def place(plans: Sequence[Plan | None], avail: Sequence[int], *, spread: bool) -
 
 
 def shadow(
-    plans: Sequence[Plan | None],
+    groups: Sequence[Group],
     free: Sequence[int],
     usable: Sequence[bool],
     budgets: Sequence[int],
-    ends: Iterable[tuple[float, tuple[int, ...], int]],
+    ends: Sequence[tuple[float, tuple[int, ...], int]],
     *,
     now: float,
     spread: bool,
 ) -> Shadow:
-    """When the head (``plans``) can start as running leases end at their expected ``ends`` (time, positions, MiB
-    per position), assuming others' use stays as it is; and the memory its placement leaves over then.
+    """When the head (its :func:`groups_of`) can start as running leases end at their expected ``ends`` (time,
+    positions, MiB per position; in order of time), assuming others' use stays as it is; and the memory its
+    placement leaves over then.
 
     When it cannot start even after every lease has ended (others hold the memory, or the devices it needs are
     blocked), the time is unknown: ``inf``, and every device it could ever use is protected (``extra`` -1).
     """
     avail = [f if ok else UNUSABLE for f, ok in zip(free, usable, strict=True)]
-    timeline = sorted(ends)
+    timeline = ends
     for i, (end, positions, mb) in enumerate(timeline):
         for pos in positions:
             avail[pos] += mb
         if i + 1 < len(timeline) and timeline[i + 1][0] == end:
             continue
-        found = place(plans, avail, spread=spread)
+        found = place_groups(groups, avail, spread=spread)
         if found is not None:
             extra = {pos: avail[pos] - found.need_mb for pos in found.positions}
             return Shadow(max(end, now), extra)
-    protect = {
-        pos: -1 for pos, plan in enumerate(plans) if plan is not None and plan.requirement.vram_mb <= budgets[pos]
-    }
+    protect = {pos: -1 for group in groups for pos in group.positions if group.need_mb <= budgets[pos]}
     return Shadow(math.inf, protect)

@@ -28,6 +28,7 @@ class PlanResolver:
         self._ledgers = tuple(ledgers)
         self._catalog = catalog
         self._reoptimize = reoptimize
+        self._keys: dict[str, str] = {}
         self._gpu_keys = [self._gpu_key(d.gpu) for d in self._devices]
 
     def resolve(self, message: SubmitRequest) -> tuple[Plan | None, ...]:
@@ -46,7 +47,7 @@ class PlanResolver:
         resolved: list[Plan | None] = []
         for pos, device in enumerate(self._devices):
             gpu = self._gpu_keys[pos]
-            plan: Plan | None = by_index.get(device.index) or by_gpu.get(gpu) or anywhere
+            plan: Plan | None = (by_index and by_index.get(device.index)) or by_gpu.get(gpu) or anywhere
             if plan is None and message.fallback:
                 if gpu not in fallbacks:
                     fallbacks[gpu] = self._fallback(tuple(message.plans.values()), pos)
@@ -76,8 +77,13 @@ class PlanResolver:
         return gpu.memory_mib if gpu is not None else plan.requirement.vram_mb
 
     def _gpu_key(self, name: str) -> str:
-        found = self._catalog.find(name)
-        return found.name if found is not None else "".join(ch for ch in name.lower() if ch.isalnum())
+        key = self._keys.get(name)
+        if key is None:
+            found = self._catalog.find(name)
+            key = found.name if found is not None else "".join(ch for ch in name.lower() if ch.isalnum())
+            if len(self._keys) < 4096:  # names come from requests: keep the memo bounded
+                self._keys[name] = key
+        return key
 
     def fits_ever(self, plans: Sequence[Plan | None], *, with_lost: bool) -> bool:
         groups: dict[int, int] = {}

@@ -49,7 +49,7 @@ from vramgate.messages.lifecycle import (
 )
 from vramgate.messages.plans import Plan
 from vramgate.messages.resources import ResourceSample
-from vramgate.policy._placement import Placement, Shadow, place, shadow
+from vramgate.policy._placement import Group, Placement, Shadow, groups_of, place_groups, shadow
 from vramgate.policy._plans import PlanResolver, Reoptimizer
 from vramgate.policy._queue import DeadlineHeap, Key, SortedKeys
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
@@ -93,10 +93,28 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 class _Waiting:
     """A queued request."""
 
-    __slots__ = ("arrival", "deadline", "expected_s", "key", "min_mb", "plans", "priority", "request_id", "seq")
+    __slots__ = (
+        "arrival",
+        "deadline",
+        "expected_s",
+        "groups",
+        "key",
+        "min_mb",
+        "plans",
+        "priority",
+        "request_id",
+        "seq",
+    )
 
     def __init__(
-        self, request_id: str, priority: int, arrival: float, deadline: float, key: Key, plans: tuple[Plan | None, ...]
+        self,
+        request_id: str,
+        priority: int,
+        arrival: float,
+        deadline: float,
+        key: Key,
+        plans: tuple[Plan | None, ...],
+        groups: tuple[Group, ...],
     ) -> None:
         self.request_id = request_id
         self.priority = priority
@@ -105,6 +123,7 @@ class _Waiting:
         self.key = key
         self.seq = key[2]
         self.plans = plans
+        self.groups = groups
         given = [p.requirement for p in plans if p is not None]
         #: The least any of its plans needs per GPU, and the longest any of them is expected to run.
         self.min_mb = min((r.vram_mb for r in given), default=0)
@@ -114,12 +133,31 @@ class _Waiting:
 class _Lease:
     """A granted lease."""
 
-    __slots__ = ("admitted_at", "cancel_requested", "expected_end", "lease_id", "placement", "request_id", "seq")
+    __slots__ = (
+        "admitted_at",
+        "cancel_requested",
+        "devices",
+        "expected_end",
+        "lease_id",
+        "placement",
+        "request_id",
+        "seq",
+    )
 
-    def __init__(self, lease_id: str, request_id: str, placement: Placement, admitted_at: float, seq: int) -> None:
+    def __init__(
+        self,
+        lease_id: str,
+        request_id: str,
+        placement: Placement,
+        admitted_at: float,
+        seq: int,
+        devices: tuple[int, ...],
+    ) -> None:
         self.lease_id = lease_id
         self.request_id = request_id
         self.placement = placement
+        #: The device indices of ``placement.positions``.
+        self.devices = devices
         self.admitted_at = admitted_at
         self.expected_end = admitted_at + placement.plan.requirement.estimated_time_seconds
         self.cancel_requested = False
@@ -157,6 +195,8 @@ class AdmissionCore:
         self._deadlines = DeadlineHeap()
         self._leases: dict[str, _Lease] = {}
         self._lease_of_request: dict[str, str] = {}
+        #: The running leases' (expected end, positions, MiB per position), in order; ``None`` after a change.
+        self._ends: list[tuple[float, tuple[int, ...], int]] | None = None
         self._seq = 0
         self._lease_counter = 0
         self._now = -math.inf
@@ -249,7 +289,8 @@ class AdmissionCore:
             assert self._lease_of_request[lease.request_id] == lease.lease_id
         for ledger, total in zip(self._ledgers, per_device, strict=True):
             assert ledger.reserved_mb == total, (ledger.index, ledger.reserved_mb, total)
-            holders = sum(1 for lease in self._leases.values() if ledger.index in self._lease_devices(lease))
+            holders = sum(1 for lease in self._leases.values() if ledger.index in lease.devices)
+            assert all(lease.devices == self._lease_devices(lease.placement) for lease in self._leases.values())
             assert ledger.leases == holders, (ledger.index, ledger.leases, holders)
         assert len(self._lease_of_request) == len(self._leases)
         assert len(self._queue) == len(self._waiting) == len(self._by_seq)
@@ -300,8 +341,9 @@ class AdmissionCore:
             self._end(out, request_id, "rejected", problem.reason)
             return
         arrival = message.arrival if message.arrival is not None else now
+        groups = groups_of(plans)
         if not self._queue:
-            found = place(plans, self._free(now), spread=self._spread)
+            found = place_groups(groups, self._free(now), spread=self._spread)
             if found is not None:
                 self._admit(out, request_id, found, now, arrival, backfilled=False)
                 return
@@ -321,7 +363,7 @@ class AdmissionCore:
         self._seq += 1
         key = (self.config.aging * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
-        waiting = _Waiting(request_id, message.priority, arrival, deadline, key, plans)
+        waiting = _Waiting(request_id, message.priority, arrival, deadline, key, plans, groups)
         self._enqueue(waiting)
         head_key = self._queue.first()
         if head_key == key:
@@ -340,13 +382,14 @@ class AdmissionCore:
         if lease is None:
             return False
         del self._lease_of_request[lease.request_id]
+        self._ends = None
         for pos in lease.placement.positions:
             self._ledgers[pos].release(lease.lease_id, now)
         out.append(
             LeaseReleased(
                 request_id=lease.request_id,
                 lease_id=lease.lease_id,
-                devices=self._lease_devices(lease),
+                devices=lease.devices,
                 reservation_mb=lease.placement.need_mb,
             )
         )
@@ -437,50 +480,65 @@ class AdmissionCore:
         return [ledger.free_mb(now) for ledger in self._ledgers]
 
     def _shadow(self, head: _Waiting, free: list[int], now: float) -> Shadow:
-        usable = [not ledger.blocked(now) for ledger in self._ledgers]
+        ledgers = self._ledgers
+        usable = [ledger.admits(now) for ledger in ledgers]
         # What each device will have once leases end: the headroom, which may be below zero (others grew).
-        free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, self._ledgers, strict=True)]
-        ends = [
-            (max(lease.expected_end, now), lease.placement.positions, lease.placement.need_mb)
-            for lease in self._leases.values()
-        ]
-        budgets = [ledger.budget_mb for ledger in self._ledgers]
-        return shadow(head.plans, free, usable, budgets, ends, now=now, spread=self._spread)
+        free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, ledgers, strict=True)]
+        ends = self._ends
+        if ends is None:
+            ends = self._ends = sorted(
+                (lease.expected_end, lease.placement.positions, lease.placement.need_mb)
+                for lease in self._leases.values()
+            )
+        if ends and ends[0][0] < now:
+            # Leases past their expected end are expected to end now; they stay first, in one group.
+            ends = [(now, positions, mb) if end < now else (end, positions, mb) for end, positions, mb in ends]
+        budgets = [ledger.budget_mb for ledger in ledgers]
+        return shadow(head.groups, free, usable, budgets, ends, now=now, spread=self._spread)
 
     def _schedule(self, now: float, out: list[Message], only: _Waiting | None = None) -> None:
         """Admit the head while it fits; then backfill behind it (only ``only``, when given)."""
         free = self._free(now)
+        spread = self._spread
         if only is None:
             while self._queue:
                 head = self._by_seq[self._queue.first()[2]]
-                found = place(head.plans, free, spread=self._spread)
+                found = place_groups(head.groups, free, spread=spread)
                 if found is None:
                     break
                 self._dequeue(head)
                 self._admit(out, head.request_id, found, now, head.arrival, backfilled=False)
                 for pos in found.positions:
                     free[pos] -= found.need_mb
-        if not self._queue or not self.config.backfill or max(free) <= 0:
+        if not self._queue or not self.config.backfill:
             return
-        head = self._by_seq[self._queue.first()[2]]
+        top = max(free)
+        if top <= 0:
+            return
+        candidates: list[_Waiting]
         if only is not None:
             candidates = [only]
         else:
-            keys = list(islice(self._queue, 1, 1 + self.config.backfill_depth))
-            candidates = [self._by_seq[key[2]] for key in keys]
-        if not candidates:
-            return
-        protected = self._shadow(head, free, now)
-        # What a candidate that runs past the head's start may use: on the head's devices, only the spare.
-        guarded = [min(f, protected.extra[pos]) if pos in protected.extra else f for pos, f in enumerate(free)]
-        top, top_guarded = max(free), max(guarded)
+            by_seq = self._by_seq
+            candidates = [by_seq[key[2]] for key in islice(self._queue, 1, 1 + self.config.backfill_depth)]
+        head = self._by_seq[self._queue.first()[2]]
+        # The head's shadow is computed when the first candidate small enough to fit anywhere needs it.
+        protected: Shadow | None = None
+        guarded: list[int] = []
+        top_guarded = 0
         for waiting in candidates:
             if waiting.min_mb > top:
                 continue
+            if protected is None:
+                protected = self._shadow(head, free, now)
+                # What a candidate that runs past the head's start may use: on the head's devices, only the spare.
+                extra = protected.extra
+                guarded = [min(f, extra[pos]) if pos in extra else f for pos, f in enumerate(free)]
+                top_guarded = max(guarded)
             ends_before = now + waiting.expected_s <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
-            found = place(waiting.plans, free if ends_before else guarded, spread=self._spread)
+            found = place_groups(waiting.groups, free if ends_before else guarded, spread=spread)
             if found is None:
                 continue
             self._dequeue(waiting)
@@ -529,9 +587,10 @@ class AdmissionCore:
         lease_id = f"lease-{self._lease_counter}"
         for pos in found.positions:
             self._ledgers[pos].reserve(lease_id, found.need_mb, now)
-        lease = _Lease(lease_id, request_id, found, now, self._lease_counter)
+        lease = _Lease(lease_id, request_id, found, now, self._lease_counter, self._lease_devices(found))
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id
+        self._ends = None
         waited = float(max(0.0, now - arrival))
         self._counts["admitted"] += 1
         if backfilled:
@@ -542,15 +601,16 @@ class AdmissionCore:
             RequestAdmitted(
                 request_id=request_id,
                 lease_id=lease_id,
-                devices=self._lease_devices(lease),
+                devices=lease.devices,
                 reservation_mb=found.need_mb,
                 plan=found.plan,
                 waited_s=waited,
             )
         )
 
-    def _lease_devices(self, lease: _Lease) -> tuple[int, ...]:
-        return tuple(self._devices[pos].index for pos in lease.placement.positions)
+    def _lease_devices(self, placement: Placement) -> tuple[int, ...]:
+        devices = self._devices
+        return tuple([devices[pos].index for pos in placement.positions])
 
     def _reject(self, out: list[Message], request_id: str, code: RejectCode, reason: str) -> None:
         out.append(RequestRejected(request_id=request_id, code=code, reason=reason))

@@ -126,11 +126,22 @@ class DeviceLedger:
             return f"memory samples of device {self.index} are stale ({age:.1f} s old, limit {self._stale_after_s:g} s)"
         return ""
 
+    def admits(self, now: float) -> bool:
+        """Whether the device admits now (:meth:`blocked` is empty), without building the reason."""
+        if self.lost:
+            return False
+        stale = self._stale_after_s
+        return stale is None or (self.sample_at is not None and now - self.sample_at <= stale)
+
     def free_mb(self, now: float) -> int:
         """What can be reserved now: the headroom, or 0 when the device is blocked."""
-        if self.blocked(now):
+        if self.lost:
             return 0
-        return max(0, self.headroom_mb())
+        stale = self._stale_after_s
+        if stale is not None and (self.sample_at is None or now - self.sample_at > stale):
+            return 0
+        headroom = self.capacity_mb - self.margin_mb - self.others_mb - self.reserved_mb
+        return headroom if headroom > 0 else 0
 
     def sample_age_s(self, now: float) -> float | None:
         return None if self.sample_at is None else max(0.0, now - self.sample_at)

@@ -149,6 +149,7 @@ class Simulation:
         self._mem_version = [0] * len(devices)
         self._fault_rng = random.Random(f"samples:{seed}")
         self._digest = hashlib.sha256()
+        self._pending: list[str] = []  # event lines not yet hashed (hashed in batches: the same digest)
         self._first_arrival: float | None = None
         self._last_end = 0.0
         self._wake_pending: set[float] = set()
@@ -176,11 +177,18 @@ class Simulation:
         heapq.heappush(self._heap, (at, self._seq, kind, obj, version))
 
     def _log(self, text: str) -> None:
-        self._digest.update(f"{self.now!r} {text}\n".encode())
+        pending = self._pending
+        pending.append(f"{self.now!r} {text}\n")
+        if len(pending) >= 4096:
+            self._digest.update("".join(pending).encode())
+            pending.clear()
 
     @property
     def digest(self) -> str:
         """SHA-256 of every event the simulation processed, in order: equal digests mean identical runs."""
+        if self._pending:
+            self._digest.update("".join(self._pending).encode())
+            self._pending.clear()
         return self._digest.hexdigest()
 
     # ------------------------------------------------------------------ what policies may call
@@ -195,6 +203,10 @@ class Simulation:
     def sample_changed(self, index: int) -> int:
         """A number that changes whenever the sample of ``index`` is refreshed."""
         return self._sample_version[index]
+
+    def sample_versions(self) -> list[int]:
+        """:meth:`sample_changed` of every device (the engine's own list: read it, do not keep or change it)."""
+        return self._sample_version
 
     def measured_other_mb(self, index: int) -> int:
         """Memory the latest sample shows in use by anything but this system's runs (context, outside)."""
@@ -516,6 +528,8 @@ class Simulation:
                 self.timeline.points[device].append((last, used, self._committed[device]))
 
     def _refresh_samples(self) -> None:
+        if self._sample_version == self._mem_version:
+            return
         stale = self.faults.spec.stale_sample
         failing = self.faults.spec.failed_sample
         for d, gpu in enumerate(self.gpus):

@@ -179,14 +179,15 @@ class VramgatePolicy:
 
     def _sample(self, now: float) -> ResourceSample | None:
         sim = self.sim
-        changed = []
-        for i in range(len(self._sent)):
-            version = sim.sample_changed(i)
-            if version != self._sent[i]:
-                self._sent[i] = version
-                changed.append(sim.sample(i))
-        if not changed:
+        versions = sim.sample_versions()
+        sent = self._sent
+        if versions == sent:
             return None
+        changed = []
+        for i, version in enumerate(versions):
+            if version != sent[i]:
+                sent[i] = version
+                changed.append(sim.sample(i))
         return ResourceSample(at=now, devices=tuple(changed))
 
     def _flush(self, now: float) -> bool:
