@@ -128,7 +128,14 @@ def monitor_cpu(disk: str, seconds: float) -> None:
         probes: list[Probe] = [HostProbe(disk), SimulatedProbe(gpus)]
         return MonitorActor(probes, interval_s=1.0 / RATE_HZ)
 
-    for backend in ("asyncio", "trio"):
+    backends = ["asyncio"]
+    try:
+        import trio  # noqa: F401
+    except ImportError:
+        print("  (trio is not installed: asyncio only)")
+    else:
+        backends.append("trio")
+    for backend in backends:
         share = anyio.run(_cpu_share, monitor, seconds, backend=backend)
         base = anyio.run(_cpu_share, _Idle, seconds, backend=backend)
         thread = anyio.run(_cpu_share, _IdleThread, seconds, backend=backend)

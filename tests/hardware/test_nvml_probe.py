@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pynvml
 import pytest
@@ -162,3 +163,13 @@ def test_detect_uses_nvml_and_numbers_simulated_devices_after_it() -> None:
         ]
         assert sample.at == 2.0
     assert lib.shutdown_calls == 1
+
+
+def test_torch_warning_only_when_torch_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch not installed
+    with detect(nvml=_two_gpus(), torch=True, host=False) as asked:
+        assert asked.gpu_backend == "nvml"
+        assert any(warning.startswith("torch: not installed") for warning in asked.warnings)
+    with detect(nvml=_two_gpus(), host=False) as auto:  # NVML measures the GPUs; torch is optional
+        assert auto.gpu_backend == "nvml"
+        assert not any(warning.startswith("torch") for warning in auto.warnings)

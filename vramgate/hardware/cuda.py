@@ -8,7 +8,9 @@ parsed, and failing that the ordinal is assumed to be the NVML index (with a war
 
 ``torch.cuda.mem_get_info`` creates a CUDA context (hundreds of MiB) on a device that has none, so it is only
 called when ``mem_info`` is set (the default when NVML is not available). Without it the probe only contributes
-this process's allocator figures, which are attached to the NVML device of the same UUID.
+this process's allocator figures, which are attached to the NVML device of the same UUID. Note that the total
+``mem_get_info`` reports leaves out the memory the driver reserves (480 MiB on an H100 with driver 580), so a
+torch-measured device shows that much less total memory than NVML does.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def detect(
             module = None if torch in (True, "auto") else torch
             torch_probe = TorchProbe(module, mem_info=nvml_probe is None)
         except TorchUnavailable as error:
-            if nvml_probe is None or torch is not True:
+            if nvml_probe is None or torch != "auto":  # with NVML, torch is optional unless asked for
                 warnings.append(str(error))
         else:
             probes.append(torch_probe)
