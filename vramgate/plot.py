@@ -121,12 +121,11 @@ def timeline_from_records(records: Iterable[LogRecord[Message]], header: LogHead
             for sample in message.devices:
                 track = devices.get(sample.index)
                 if track is None:
-                    track = devices[sample.index] = DeviceTrack(
-                        index=sample.index,
-                        name=sample.name,
-                        capacity_mb=sample.total_mb,
-                        margin_mb=margin(sample.total_mb) if margin is not None else None,
-                    )
+                    track = devices[sample.index] = DeviceTrack(index=sample.index, name="", capacity_mb=0)
+                if not track.name or track.capacity_mb != sample.total_mb:
+                    track.name = sample.name
+                    track.capacity_mb = sample.total_mb
+                    track.margin_mb = margin(sample.total_mb) if margin is not None else None
                 track.used.append((t, sample.used_mb))
         elif isinstance(message, RequestQueued):
             if message.request_id not in queued:
