@@ -1,0 +1,115 @@
+"""Requests per second the example server accepts, against a bare FastAPI endpoint that does nothing.
+
+Both apps are driven in-process by httpx over the ASGI transport (no sockets), ``CONCURRENCY`` clients at a time,
+``REQUESTS`` POSTs each, best of ``ROUNDS``, in the same run. The server runs a real gate on a simulated
+H100-80GB with a large queue and the simulated runner with near-zero run time (the runs still happen, in the
+same process). Two server figures: answering at once (``position_timeout_s=0``) and the default, which waits for
+the request's queue position (one admission decision) before answering.
+
+    python bench/server.py [--requests 2000] [--concurrency 32] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig, MonitorConfig
+from vramgate.messages import GenerationRequest, RunOptions
+from vramgate.server import ServerSettings, create_app
+
+BODY = msgspec.json.encode(
+    GenerationRequest(
+        model="ti2v-5B",
+        width=320,
+        height=320,
+        frames=5,
+        steps=2,
+        options=RunOptions(t5_cpu=True, offload_model=True, sequential_offload=True),
+    )
+)
+
+
+def bare_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/generations", status_code=202)
+    async def accept(request: Request) -> Response:
+        return Response(content=b'{"request_id":"x","state":"queued"}', status_code=202, media_type="application/json")
+
+    return app
+
+
+def gate_app(position_timeout_s: float) -> Any:
+    config = GateConfig(
+        devices=DevicesConfig(use_real_gpus=False, simulate=("H100-80GB",)),
+        monitor=MonitorConfig(interval_s=0.05),
+        admission=AdmissionSettings(queue_limit=1_000_000, ram_budget="4TiB"),
+    )
+    settings = ServerSettings(
+        runner="simulated", time_scale=1e-6, min_run_s=0.0, position_timeout_s=position_timeout_s, finished_limit=1000
+    )
+    return create_app(config, settings=settings, metrics=False)
+
+
+async def drive(app: Any, requests: int, concurrency: int) -> float:
+    """Accepted requests per second."""
+    accepted = 0
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        per_client = requests // concurrency
+
+        async def one() -> None:
+            nonlocal accepted
+            for _ in range(per_client):
+                response = await client.post("/v1/generations", content=BODY)
+                accepted += response.status_code == 202
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(one)
+        elapsed = time.perf_counter() - start
+    assert accepted == per_client * concurrency, accepted
+    return accepted / elapsed
+
+
+async def measure(make: Callable[[], Any], requests: int, concurrency: int, rounds: int) -> float:
+    best = 0.0
+    for _ in range(rounds):
+        app = make()
+        async with app.router.lifespan_context(app):
+            best = max(best, await drive(app, requests, concurrency))
+    return best
+
+
+async def main(requests: int, concurrency: int, rounds: int) -> None:
+    figures: dict[str, float] = {}
+    runs: dict[str, Callable[[], Awaitable[float]]] = {
+        "bare FastAPI endpoint": lambda: measure(bare_app, requests, concurrency, rounds),
+        "vramgate server, answers at once": lambda: measure(lambda: gate_app(0.0), requests, concurrency, rounds),
+        "vramgate server, waits for position": lambda: measure(lambda: gate_app(1.0), requests, concurrency, rounds),
+    }
+    for name, run in runs.items():
+        figures[name] = await run()
+    bare = figures["bare FastAPI endpoint"]
+    print(f"in-process httpx over ASGI, {requests} POSTs x {concurrency} concurrent, best of {rounds}")
+    for name, rate in figures.items():
+        print(f"{name:38s} {rate:8.0f} req/s   {rate / bare:6.2f} of bare")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    anyio.run(main, args.requests, args.concurrency, args.rounds)
