@@ -102,3 +102,34 @@ class AdmissionStatistics(Message, frozen=True):
     failed: int
     mean_wait_s: float
     max_wait_s: float
+
+
+class LeaseSnapshot(Message, frozen=True):
+    """A live lease, as a restarted admission core takes it back: what ``RequestAdmitted`` said, and when.
+
+    ``admitted_at`` is the time it was granted (its expected end is that plus the plan's estimated time);
+    ``cancel_requested`` marks a running request whose client has cancelled it.
+    """
+
+    lease_id: Ident
+    request_id: Ident
+    devices: tuple[int, ...]
+    reservation_mb: MB
+    plan: Plan
+    admitted_at: Seconds
+    cancel_requested: bool = False
+
+
+class AdmissionSnapshot(Message, frozen=True):
+    """What an admission core must know to go on after a restart: its live leases and its waiting requests.
+
+    ``waiting`` holds the waiting requests' submits in queue order, each with its ``arrival`` set, so that their
+    order, aging and deadlines are kept. ``lease_counter`` is the number of the last lease granted (restored
+    leases named ``lease-<n>`` raise it too), so that no lease id is used twice. Ledger figures are not kept:
+    the next ``ResourceSample`` gives them again.
+    """
+
+    leases: tuple[LeaseSnapshot, ...] = ()
+    waiting: tuple[SubmitRequest, ...] = ()
+    lease_counter: Annotated[int, msgspec.Meta(ge=0)] = 0
+    taken_at: Seconds | None = None

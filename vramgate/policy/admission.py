@@ -30,11 +30,13 @@ import msgspec
 from vramgate.errors import ConfigError, InvalidParameter
 from vramgate.messages._base import Message
 from vramgate.messages.admission import (
+    AdmissionSnapshot,
     AdmissionStatistics,
     AdmissionTick,
     CancelRequest,
     DeviceLedgerStatistics,
     DeviceLost,
+    LeaseSnapshot,
     ReleaseLease,
     SubmitRequest,
 )
@@ -99,6 +101,7 @@ class _Waiting:
         "expected_s",
         "groups",
         "key",
+        "message",
         "min_mb",
         "plans",
         "priority",
@@ -115,7 +118,10 @@ class _Waiting:
         key: Key,
         plans: tuple[Plan | None, ...],
         groups: tuple[Group, ...],
+        message: SubmitRequest,
     ) -> None:
+        #: The submit it came with (for snapshots).
+        self.message = message
         self.request_id = request_id
         self.priority = priority
         self.arrival = arrival
@@ -200,6 +206,8 @@ class AdmissionCore:
         self._seq = 0
         self._lease_counter = 0
         self._now = -math.inf
+        #: When the latest scheduling pass ran (a sample that changes nothing it saw needs no new pass).
+        self._pass_at = -math.inf
         self._counts: dict[str, int] = dict.fromkeys(
             ("submitted", "admitted", "backfilled", "rejected", "timed_out", "cancelled", "completed", "failed"), 0
         )
@@ -297,6 +305,110 @@ class AdmissionCore:
         assert not (self._waiting.keys() & self._lease_of_request.keys())
         assert len(self._queue) <= self.config.queue_limit
 
+    # ================================================================== snapshot and restore
+
+    def snapshot(self, now: float | None = None) -> AdmissionSnapshot:
+        """The live leases and the waiting requests (in queue order), from which :meth:`restore` rebuilds a core."""
+        leases = tuple(
+            LeaseSnapshot(
+                lease_id=lease.lease_id,
+                request_id=lease.request_id,
+                devices=lease.devices,
+                reservation_mb=lease.placement.need_mb,
+                plan=lease.placement.plan,
+                admitted_at=max(0.0, lease.admitted_at),
+                cancel_requested=lease.cancel_requested,
+            )
+            for lease in sorted(self._leases.values(), key=lambda lease: lease.seq)
+        )
+        waiting = tuple(self._submit_of(self._by_seq[key[2]]) for key in self._queue)
+        taken_at = now if now is not None else (self._now if math.isfinite(self._now) else None)
+        return AdmissionSnapshot(
+            leases=leases,
+            waiting=waiting,
+            lease_counter=self._lease_counter,
+            taken_at=None if taken_at is None else max(0.0, taken_at),
+        )
+
+    def restore(self, snapshot: AdmissionSnapshot, now: float) -> list[Message]:
+        """Take back the leases and waiting requests of ``snapshot`` (a crashed core's, or one its shell kept).
+
+        The core must be new (no lease, nothing waiting). Leases keep their ids and devices, and their memory is
+        reserved again without a fit check (it is in use already); waiting requests keep their order, arrival and
+        deadline. Nothing is admitted until the devices admit again (with ``stale_after_s``, a fresh sample each).
+        Returns the events this caused: rejections of waiting requests no device can take any more, admissions
+        when the devices admit already, and the ends of requests whose wait expired meanwhile.
+        """
+        if self._leases or self._queue:
+            raise InvalidParameter("snapshot", "restore", "the core must be new: it already holds leases or requests")
+        now = max(now, self._now)
+        self._now = now
+        out: list[Message] = []
+        seen: set[str] = set()
+        for item in snapshot.leases:
+            self._restore_lease(item, seen)
+        self._lease_counter = max(self._lease_counter, snapshot.lease_counter)
+        for message in snapshot.waiting:
+            if message.request_id in seen:
+                raise InvalidParameter("request_id", message.request_id, "appears twice in the snapshot")
+            seen.add(message.request_id)
+            self._restore_waiting(message, now, out)
+        self._expire(now, out)
+        if self._queue:
+            self._schedule(now, out)
+        return out
+
+    def _restore_lease(self, item: LeaseSnapshot, seen: set[str]) -> None:
+        if item.request_id in seen or item.lease_id in self._leases:
+            raise InvalidParameter("lease_id", item.lease_id, "the lease or its request appears twice in the snapshot")
+        seen.add(item.request_id)
+        positions: list[int] = []
+        for index in item.devices:
+            pos = self._position.get(index)
+            if pos is None:
+                raise InvalidParameter("devices", index, "no such device", valid=str(sorted(self._position)))
+            positions.append(pos)
+        if not positions or len(set(positions)) != len(positions):
+            raise InvalidParameter("devices", item.devices, "a lease needs one or more distinct devices")
+        placement = Placement(tuple(sorted(positions)), item.plan, item.reservation_mb)
+        number = item.lease_id.removeprefix("lease-")
+        seq = int(number) if number.isdigit() else 0
+        self._lease_counter = max(self._lease_counter, seq)
+        lease = _Lease(item.lease_id, item.request_id, placement, item.admitted_at, seq, self._lease_devices(placement))
+        lease.cancel_requested = item.cancel_requested
+        for pos in placement.positions:
+            self._ledgers[pos].restore(item.lease_id, item.reservation_mb, item.admitted_at)
+        self._leases[item.lease_id] = lease
+        self._lease_of_request[item.request_id] = item.lease_id
+        self._ends = None
+
+    def _restore_waiting(self, message: SubmitRequest, now: float, out: list[Message]) -> None:
+        request_id = message.request_id
+        if not message.plans:
+            self._reject(out, request_id, "bad_request", "the request has no plan")
+            return
+        plans = self._plans.resolve(message)
+        problem = self._plans.never_fits(plans, message)
+        if problem is not None:
+            out.append(problem)
+            self._counts["rejected"] += 1
+            self._end(out, request_id, "rejected", problem.reason)
+            return
+        if len(self._queue) >= self.config.queue_limit:
+            self._reject(out, request_id, "queue_full", "the admission queue was full when it was restored")
+            return
+        arrival = message.arrival if message.arrival is not None else now
+        self._seq += 1
+        key = (self.config.aging * arrival - message.priority, arrival, self._seq)
+        deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
+        self._enqueue(_Waiting(request_id, message.priority, arrival, deadline, key, plans, groups_of(plans), message))
+
+    def _submit_of(self, waiting: _Waiting) -> SubmitRequest:
+        message = waiting.message
+        if message.arrival == waiting.arrival:
+            return message
+        return msgspec.structs.replace(message, arrival=max(0.0, waiting.arrival))
+
     # ================================================================== input
 
     def handle(self, message: Message, now: float) -> list[Message]:
@@ -305,15 +417,14 @@ class AdmissionCore:
         self._now = now
         out: list[Message] = []
         dirty = self._expire(now, out)
-        if isinstance(message, SubmitRequest):
+        if isinstance(message, ResourceSample):
+            dirty = self._sample(message, now, out) or dirty
+        elif isinstance(message, SubmitRequest):
             self._submit(message, now, out)
         elif isinstance(message, ReleaseLease):
             dirty = self._release(message, now, out) or dirty
         elif isinstance(message, CancelRequest):
             dirty = self._cancel(message, out) or dirty
-        elif isinstance(message, ResourceSample):
-            self._sample(message, now, out)
-            dirty = True
         elif isinstance(message, DeviceLost):
             self._device_lost(message, now, out)
             dirty = True
@@ -363,7 +474,7 @@ class AdmissionCore:
         self._seq += 1
         key = (self.config.aging * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
-        waiting = _Waiting(request_id, message.priority, arrival, deadline, key, plans, groups)
+        waiting = _Waiting(request_id, message.priority, arrival, deadline, key, plans, groups, message)
         self._enqueue(waiting)
         head_key = self._queue.first()
         if head_key == key:
@@ -442,19 +553,32 @@ class AdmissionCore:
 
     # ------------------------------------------------------------------ samples, devices
 
-    def _sample(self, message: ResourceSample, now: float, out: list[Message]) -> None:
+    def _sample(self, message: ResourceSample, now: float, out: list[Message]) -> bool:
+        """Take a sample; ``True`` when it may let a waiting request in: it changed a ledger's figures, or it
+        refreshed a device that was stale when the latest pass ran (a sample that only confirms what that pass
+        saw changes nothing for it)."""
         at = min(message.at, now)
         newly_lost = False
+        changed = False
+        position = self._position
+        ledgers = self._ledgers
+        pass_at = self._pass_at
         for device in message.devices:
-            pos = self._position.get(device.index)
+            pos = position.get(device.index)
             if pos is None:
                 continue
-            ledger = self._ledgers[pos]
+            ledger = ledgers[pos]
             was_lost = ledger.lost
+            before = (ledger.others_mb, ledger.capacity_mb)
+            if was_lost or not ledger.admits(pass_at):
+                changed = True
             ledger.observe(device, at)
-            newly_lost = newly_lost or (ledger.lost and not was_lost)
+            if ledger.lost != was_lost or (ledger.others_mb, ledger.capacity_mb) != before:
+                changed = True
+                newly_lost = newly_lost or ledger.lost
         if newly_lost:
             self._reject_unplaceable(out)
+        return changed
 
     def _device_lost(self, message: DeviceLost, now: float, out: list[Message]) -> None:
         pos = self._position.get(message.index)
@@ -498,6 +622,7 @@ class AdmissionCore:
 
     def _schedule(self, now: float, out: list[Message], only: _Waiting | None = None) -> None:
         """Admit the head while it fits; then backfill behind it (only ``only``, when given)."""
+        self._pass_at = now
         free = self._free(now)
         spread = self._spread
         if only is None:

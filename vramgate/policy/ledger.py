@@ -97,6 +97,8 @@ class DeviceLedger:
         self._decay_s = others_decay_s
         self._held: dict[str, _Held] = {}
         self._released: list[_Held] = []
+        #: No reservation held now began after this time (so at or after it, all of ``reserved_mb`` was held).
+        self._newest_since = -math.inf
 
     # ------------------------------------------------------------------ figures
 
@@ -162,6 +164,19 @@ class DeviceLedger:
             )
         self._held[lease_id] = _Held(mb, now)
         self.reserved_mb += mb
+        self._newest_since = max(self._newest_since, now)
+
+    def restore(self, lease_id: str, mb: int, since: float) -> None:
+        """Take back a reservation granted before a restart, held since ``since``.
+
+        Unlike :meth:`reserve` it does not refuse: the memory is already in use by a running lease. If what is
+        restored exceeds what the device can give, nothing more is admitted here until enough is released.
+        """
+        if lease_id in self._held:
+            raise ValueError(f"lease {lease_id} already holds memory on device {self.index}")
+        self._held[lease_id] = _Held(mb, since)
+        self.reserved_mb += mb
+        self._newest_since = max(self._newest_since, since)
 
     def release(self, lease_id: str, now: float) -> int:
         """Return what ``lease_id`` held (0 when it held nothing here)."""
@@ -176,6 +191,8 @@ class DeviceLedger:
 
     def _reserved_at(self, at: float) -> int:
         """The reservations that were held at time ``at``."""
+        if at >= self._newest_since and not self._released:
+            return self.reserved_mb
         total = sum(h.mb for h in self._held.values() if h.since <= at)
         total += sum(h.mb for h in self._released if h.since <= at < h.until)
         return total
@@ -188,22 +205,29 @@ class DeviceLedger:
 
     def observe(self, sample: DeviceSample, at: float) -> None:
         """Take a sample measured at ``at``. A sample older than the latest one is ignored."""
-        if self.sample_at is not None and at < self.sample_at:
-            return
         previous_at = self.sample_at
+        if previous_at is not None and at < previous_at:
+            return
         self.sample_at = at
-        self._released = [h for h in self._released if h.until > at]
+        if self._released:
+            self._released = [h for h in self._released if h.until > at]
         if sample.lost:
             self.mark_lost("the monitor reports it lost")
             return
-        self.lost = False
-        self.lost_reason = ""
-        if sample.total_mb > 0:
-            self.capacity_mb = min(self.config.capacity_mb, sample.total_mb)
-        ours = 0
-        if sample.torch is not None:
-            ours = min(sample.torch.reserved_mb, self._reserved_at(at), sample.used_mb)
-        raw = max(0, sample.used_mb - ours)
+        if self.lost:
+            self.lost = False
+            self.lost_reason = ""
+        total = sample.total_mb
+        if total > 0:
+            capacity = self.config.capacity_mb
+            self.capacity_mb = total if total < capacity else capacity
+        used = sample.used_mb
+        torch = sample.torch
+        raw = used
+        if torch is not None:
+            raw = max(0, used - min(torch.reserved_mb, self._reserved_at(at), used))
+        elif raw < 0:
+            raw = 0
         self.others_raw_mb = raw
         if previous_at is None or raw >= self.others_mb or self._decay_s <= 0:
             self.others_mb = raw

@@ -204,6 +204,15 @@ class Simulation:
         """A number that changes whenever the sample of ``index`` is refreshed."""
         return self._sample_version[index]
 
+    def sample_current(self, index: int) -> bool:
+        """Whether the latest sample of ``index`` still shows what the device holds (no refresh was missed)."""
+        return self._sample_version[index] == self._mem_version[index]
+
+    def current_versions(self) -> list[int]:
+        """The version each device's sample has once refreshed: equal to :meth:`sample_versions`'s entry when the
+        sample is current (the engine's own list: read it, do not keep or change it)."""
+        return self._mem_version
+
     def sample_versions(self) -> list[int]:
         """:meth:`sample_changed` of every device (the engine's own list: read it, do not keep or change it)."""
         return self._sample_version

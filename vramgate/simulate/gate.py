@@ -7,9 +7,15 @@ when idle), and is submitted to the real :class:`~vramgate.policy.admission.Admi
 true peak on its device, so an estimate that is too low makes vramgate run out of memory as well: the policy
 never sees the truth.
 
-When the admission core crashes (a fault), a new core is built, the live leases are submitted to it again pinned
-to their devices (before any sample, so that their memory is not mistaken for other processes'), then the
-latest samples, then every waiting request in its original order: no request is lost.
+The policy plays the monitor as well: with every message it gives the core, it delivers the samples that changed,
+and again, stamped with the time as a monitor's next tick would be, those that did not change but that the core
+would otherwise find older than ``stale_after_s``. A sample the engine failed to refresh (a stale or failing
+sample fault) is not re-stamped, so the core's staleness check sees it age.
+
+When the admission core crashes (a fault), a new core is built and restored from an
+:class:`~vramgate.messages.admission.AdmissionSnapshot` the policy keeps from what the core told it (the live
+leases it granted and the requests still waiting, in their order), then given the latest samples: no lease and no
+request is lost.
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ import msgspec
 
 from vramgate.errors import VramgateError
 from vramgate.messages._base import Message
-from vramgate.messages.admission import AdmissionTick, CancelRequest, ReleaseLease, SubmitRequest
+from vramgate.messages.admission import (
+    AdmissionSnapshot,
+    AdmissionTick,
+    CancelRequest,
+    LeaseSnapshot,
+    ReleaseLease,
+    SubmitRequest,
+)
 from vramgate.messages.lifecycle import RequestAdmitted, RequestEnded
 from vramgate.messages.plans import Plan
 from vramgate.messages.requests import GenerationRequest
@@ -34,10 +47,9 @@ from vramgate.simulate._model import Job, Run
 if TYPE_CHECKING:
     from vramgate.simulate.engine import Simulation
 
-#: Samples reach the core at every decision, so a device is never refused for stale samples in the simulation
-#: (stale and failing samples are injected as faults instead, and the ledger keeps its last figures). A rebuilt
-#: core also needs this to take back the live leases before its first sample.
-SIMULATED_ADMISSION = AdmissionConfig(stale_after_s=None, queue_limit=10_000_000)
+#: The default admission settings (samples older than 10 s stop admission on their device), with a queue long
+#: enough for any trace: the simulator measures waiting, not rejections for a full queue.
+SIMULATED_ADMISSION = AdmissionConfig(queue_limit=10_000_000)
 
 
 class VramgatePolicy:
@@ -56,7 +68,10 @@ class VramgatePolicy:
         self._jobs: dict[str, Job] = {}
         self._runs: dict[str, Run] = {}  # lease id -> run
         self._waiting: dict[str, Job] = {}
+        self._submitted: dict[str, SubmitRequest] = {}  # request id -> its submit, while it waits
         self._sent: list[int] = []
+        self._sent_at: list[float] = []
+        self._refresh_due = math.inf
         self._deadline = math.inf
         self.rebuilds = 0
         self.lost_leases = 0
@@ -81,7 +96,7 @@ class VramgatePolicy:
                 idle_others = sim.measured_other_mb(i)
                 self._budgets[spec.name] = max(0, spec.memory_mib - default_margin_mb(spec.memory_mib) - idle_others)
         self._core = AdmissionCore(self._devices, self.config)
-        self._sent = [-1] * len(sim.specs)
+        self._forget_samples()
 
     # ------------------------------------------------------------------ events from the engine
 
@@ -104,39 +119,41 @@ class VramgatePolicy:
         self._handle(ReleaseLease(lease_id=run.lease_id, outcome=outcome, reason=reason), now)  # type: ignore[arg-type]
 
     def pump(self, now: float) -> None:
-        # New samples matter now only to waiting requests; otherwise they go in before the next decision.
-        if self.core.queue_length and self._flush(now):
+        # New samples matter now only to waiting requests; otherwise they go in before the next decision (as do
+        # the re-stamped ones: they change nothing but the samples' age, which matters only to a decision).
+        if self.core.queue_length and self.sim.sample_versions() != self._sent and self._flush(now):
             return
         if now >= self._deadline:
             self._handle(AdmissionTick(), now)
 
     def core_crash(self, now: float) -> None:
-        """The core crashed: rebuild it from the live leases, the latest samples and the waiting requests."""
+        """The core crashed: restore a new one from the leases and waiting requests it had, then sample it."""
         self.rebuilds += 1
+        snapshot = self.snapshot(now)
         self._core = AdmissionCore(self._devices, self.config)
-        self._sent = [-1] * len(self.sim.specs)
-        live = sorted(self._runs.values(), key=lambda r: (r.started, r.job.index))
-        self._runs = {}
-        for run in live:
-            job = run.job
-            plan = msgspec.structs.replace(self._plan_of(run), budget_mb=None)
-            message = SubmitRequest(
-                request_id=job.request_id,
-                plans={str(d): plan for d in run.devices},
-                priority=job.priority,
-                arrival=job.arrival,
-                fallback=False,
-            )
-            admitted = [m for m in self.core.handle(message, now) if isinstance(m, RequestAdmitted)]
-            if not admitted:
-                self.lost_leases += 1
-                continue
-            run.lease_id = admitted[0].lease_id
-            self._runs[run.lease_id] = run
+        self._forget_samples()
+        self._apply(self.core.restore(snapshot, now), now)
+        core = self.core
+        self.lost_leases += sum(
+            1 for lease_id, run in self._runs.items() if core.lease_of(run.job.request_id) != lease_id
+        )
         self._flush(now)
-        waiting = sorted(self._waiting.values(), key=lambda j: (j.arrival, j.index))
-        for job in waiting:
-            self._submit(job, self._plans_for(job.request), now)
+
+    def snapshot(self, now: float) -> AdmissionSnapshot:
+        """What the policy knows the core holds: the leases it granted that are live, and the waiting submits."""
+        leases = tuple(
+            LeaseSnapshot(
+                lease_id=lease_id,
+                request_id=run.job.request_id,
+                devices=run.devices,
+                reservation_mb=run.planned_mb,
+                plan=self._plan_of(run),
+                admitted_at=run.started,
+            )
+            for lease_id, run in self._runs.items()
+        )
+        waiting = tuple(self._submitted[request_id] for request_id in self._waiting)
+        return AdmissionSnapshot(leases=leases, waiting=waiting, taken_at=now)
 
     def open_leases(self) -> int:
         """Leases the core still holds plus requests it still has waiting (0 once every request has ended)."""
@@ -175,40 +192,66 @@ class VramgatePolicy:
             deadline = job.arrival + job.request.max_wait_s
             self._deadline = min(self._deadline, deadline)
             self.sim.wake_at(deadline)
+        self._submitted[job.request_id] = message
         self._handle(message, now)
 
-    def _sample(self, now: float) -> ResourceSample | None:
+    def _forget_samples(self) -> None:
+        """A new core has seen no sample: the next delivery gives it every device."""
+        devices = len(self.sim.specs)
+        self._sent = [-1] * devices
+        self._sent_at = [-math.inf] * devices
+        self._refresh_due = -math.inf
+
+    def _sample(self, now: float, *, ages: bool = True) -> ResourceSample | None:
+        """The changed samples, and with ``ages`` the unchanged ones the core would find stale, re-stamped."""
         sim = self.sim
         versions = sim.sample_versions()
         sent = self._sent
-        if versions == sent:
+        if versions == sent and (not ages or now < self._refresh_due):
             return None
+        stale = self.config.stale_after_s
+        refresh = stale if stale is not None and ages else math.inf
+        sent_at = self._sent_at
+        due = now - refresh
+        current = sim.current_versions()
         changed = []
         for i, version in enumerate(versions):
-            if version != sent[i]:
+            if version != sent[i] or (sent_at[i] <= due and version == current[i]):
                 sent[i] = version
+                sent_at[i] = now
                 changed.append(sim.sample(i))
+        if ages:
+            self._refresh_due = min(sent_at) + refresh
+        if not changed:
+            return None
         return ResourceSample(at=now, devices=tuple(changed))
 
-    def _flush(self, now: float) -> bool:
-        """Give the core the samples that changed since it last had them; ``False`` when none did."""
-        sample = self._sample(now)
+    def _flush(self, now: float, *, ages: bool = True) -> bool:
+        """Give the core the samples that changed since it last had them (with ``ages``, and those it would find
+        stale); ``False`` when there were none."""
+        sample = self._sample(now, ages=ages)
         if sample is None:
             return False
         self._deliver(sample, now)
         return True
 
     def _handle(self, message: Message, now: float) -> None:
-        """Handle a decision message, with the latest samples delivered first."""
-        self._flush(now)
+        """Handle a decision message, with the latest samples delivered first. Samples' ages matter only to a
+        decision that places work: a submit, or anything while requests wait."""
+        self._flush(now, ages=bool(self.core.queue_length) or isinstance(message, SubmitRequest))
         self._deliver(message, now)
 
     def _deliver(self, message: Message, now: float) -> None:
+        self._apply(self.core.handle(message, now), now)
+
+    def _apply(self, events: list[Message], now: float) -> None:
+        """Act on the core's events: start admitted runs, record ends."""
         sim = self.sim
-        for out in self.core.handle(message, now):
+        for out in events:
             if isinstance(out, RequestAdmitted):
                 job = self._jobs[out.request_id]
                 self._waiting.pop(out.request_id, None)
+                self._submitted.pop(out.request_id, None)
                 run = sim.start(
                     job, out.devices, out.plan.params, out.reservation_mb, lease_id=out.lease_id, level=out.plan.level
                 )
@@ -217,6 +260,7 @@ class VramgatePolicy:
             elif isinstance(out, RequestEnded):
                 job = self._jobs.pop(out.request_id)
                 self._waiting.pop(out.request_id, None)
+                self._submitted.pop(out.request_id, None)
                 if out.state == "rejected" and job.first_start is None:
                     sim.reject_upfront(job, out.reason)
                 else:
