@@ -1,6 +1,11 @@
 """Generate simulator traces (JSON Lines), seeded: the same arguments always write the same bytes.
 
-    python bench/gen_trace.py --kind mixed --requests 600 --seed 1 > bench/traces/mixed-8xh100.jsonl
+    python bench/gen_trace.py --kind mixed --requests 600 --seed 1 --rate 33 > bench/traces/mixed-8xh100.jsonl
+
+The shipped steady trace arrives at 33 requests per hour on 8 H100s: the vramgate policy's plans for this mix take
+612 GPU-seconds per request on average (``python bench/simulate.py`` prints the offered load), so 8 GPUs serve
+about 47 an hour and 33 is about 75 % of that, a load that is sustainable (any rate at or above capacity makes
+every policy that completes everything queue without bound).
 
 Kinds: ``burst`` (every request within the first ``--span`` seconds), ``mixed`` (steady Poisson arrivals at
 ``--rate`` per hour), ``day`` (24 h of Poisson arrivals whose rate follows a diurnal curve peaking in the

@@ -41,12 +41,24 @@ class Group(NamedTuple):
     positions: tuple[int, ...]
 
 
+#: Groups of plans shared by every device, by (plan id, devices); each entry holds its plan, so the id stays its own.
+_SHARED: dict[tuple[int, int], tuple[Group]] = {}
+_SHARED_LIMIT = 4096
+
+
 def groups_of(plans: Sequence[Plan | None]) -> tuple[Group, ...]:
     """A request's plans grouped by plan (a request's groups never change, so callers may keep them)."""
     first = plans[0] if plans else None
     if first is not None and all(plan is first for plan in plans):
-        need = first.requirement
-        return (Group(first, need.vram_mb, need.world_size, tuple(range(len(plans)))),)
+        # One plan for every device (the common case): requests that share the plan share the groups too.
+        shared_key = (id(first), len(plans))
+        shared = _SHARED.get(shared_key)
+        if shared is None or shared[0].plan is not first:
+            if len(_SHARED) >= _SHARED_LIMIT:
+                _SHARED.clear()
+            need = first.requirement
+            shared = _SHARED[shared_key] = (Group(first, need.vram_mb, need.world_size, tuple(range(len(plans)))),)
+        return shared
     positions: dict[int, list[int]] = {}
     by_id: dict[int, Plan] = {}
     for pos, plan in enumerate(plans):
