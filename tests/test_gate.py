@@ -14,7 +14,7 @@ from vramgate.config import AdmissionSettings, CleanupConfig, DevicesConfig, Gat
 from vramgate.errors import BadRequest, DoesNotFit, QueueFull, WaitTimeout
 from vramgate.gate import Gate, Lease, RequestCancelled, open_gate
 from vramgate.hardware import SimulatedGpu, SimulatedOutOfMemory, detect
-from vramgate.messages import GenerationRequest, Message, RequestAdmitted, RequestEnded, RunFinished
+from vramgate.messages import GenerationRequest, Message, RequestAdmitted, RequestEnded, RunFinished, RunOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -252,9 +252,10 @@ async def test_outside_consumer_holds_back_admission() -> None:
         clock.advance(0.05)  # the monitor samples the outside use
         while gate.statistics().devices[0].ledger.others_mb < 70_000:
             await anyio.sleep(0.001)
-        ticket = await gate.submit(A14B_480P)
-        while ticket.state != "queued":
-            await anyio.sleep(0.001)
+        # 720p A14B cannot fit the 7 GiB others leave: it is planned for the device as others leave it, and waits
+        ticket = await gate.submit(GenerationRequest(model="t2v-A14B", width=1280, height=720, frames=81, steps=40))
+        await gate.wait_idle()
+        assert ticket.state == "queued"
         assert ticket.lease is None
         device.remove_outside("other-process")
         for _ in range(200):  # others' use is believed to drop slowly (smoothing): let time pass
@@ -267,11 +268,32 @@ async def test_outside_consumer_holds_back_admission() -> None:
             pass
 
 
+async def test_a_plan_that_fits_beside_others_runs_now() -> None:
+    clock = ManualClock()
+    async with _gate(clock=clock) as (gate, devices):
+        devices[0].add_outside("other-process", 40_000)
+        clock.advance(0.05)
+        while gate.statistics().devices[0].ledger.others_mb < 40_000:
+            await anyio.sleep(0.001)
+        async with gate.admit(A14B_480P) as lease:
+            # the plan fits what the other process leaves: it offloads instead of waiting
+            assert lease.reservation_mb <= 81_559 - 40_000 - 4078
+            assert lease.plan.suggestions
+
+
 async def test_two_gpu_kinds_get_their_own_plans() -> None:
     async with _gate(("RTX4090-24GB", "H100-80GB")) as (gate, _):
-        big = await gate.submit(GenerationRequest(model="t2v-A14B", width=1280, height=720, frames=81, steps=40))
+        resident = GenerationRequest(
+            model="t2v-A14B",
+            width=1280,
+            height=720,
+            frames=81,
+            steps=40,
+            options=RunOptions(offload_model=False, resident_blocks=40, sequential_offload=False),
+        )
+        big = await gate.submit(resident)
         lease_big = await big.wait_admitted()
-        assert lease_big.device == 1  # 720p A14B only fits the H100
+        assert lease_big.device == 1  # an A14B expert kept resident only fits the H100
         small = await gate.submit(A14B_480P)
         lease_small = await small.wait_admitted()
         assert lease_small.device == 0  # the 4090 runs the 480p plan with offloading

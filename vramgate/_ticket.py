@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
 
@@ -48,6 +47,34 @@ class Ticket:
     from the replay buffer (the state, position and progress fields always hold the latest).
     """
 
+    __slots__ = (
+        "_changed",
+        "_dropped",
+        "_events",
+        "_gate",
+        "_history",
+        "abandoned",
+        "admitted",
+        "admitted_at",
+        "cancel_requested",
+        "end_sent",
+        "ended",
+        "finished",
+        "holds_slot",
+        "in_admission",
+        "lease",
+        "pipeline_running",
+        "plan",
+        "position",
+        "progress",
+        "progress_at",
+        "rejected",
+        "request",
+        "request_id",
+        "state",
+        "submitted_at",
+    )
+
     def __init__(self, gate: Gate, request: GenerationRequest, *, history: int = 256) -> None:
         self._gate = gate
         self.request = request
@@ -64,9 +91,11 @@ class Ticket:
         self.submitted_at = gate.clock.now()
         self.admitted_at: float | None = None
         self.progress_at: float | None = None
-        self._events: collections.deque[Message] = collections.deque(maxlen=history)
+        self._events: list[Message] = []
+        self._history = history
         self._dropped = 0
-        self._changed = anyio.Event()
+        # Created only when someone waits: a queue of 100,000 tickets should not hold 100,000 events.
+        self._changed: anyio.Event | None = None
         #: the client stopped waiting (the gate releases a lease granted meanwhile)
         self.abandoned = False
         #: someone asked to cancel the request (a running one ends cancelled when its lease is released)
@@ -82,9 +111,12 @@ class Ticket:
     # ------------------------------------------------------------------ fed by the gate's router
 
     def _push(self, event: Message) -> None:
-        if len(self._events) == self._events.maxlen:
+        events = self._events
+        events.append(event)
+        if len(events) > self._history:
+            # Keep the first events (acceptance, plan) and the latest; drop the oldest progress in between.
+            del events[2]
             self._dropped += 1
-        self._events.append(event)
         if isinstance(event, RequestQueued):
             self.state = "queued"
             self.position = event.position
@@ -107,8 +139,16 @@ class Ticket:
             self.state = "ended"
             self.position = None
             self.ended = event
-        self._changed.set()
-        self._changed = anyio.Event()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
+
+    async def _wait_change(self) -> None:
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = anyio.Event()
+        await changed.wait()
 
     # ------------------------------------------------------------------ for the server
 
@@ -128,19 +168,24 @@ class Ticket:
         return max(0.0, self.plan.requirement.estimated_time_seconds - (now - self.admitted_at))
 
     async def __aiter__(self) -> AsyncIterator[Message]:
-        index = 0
+        seen = 0  # events pushed so far that this iterator has yielded (or that were dropped before it could)
         while True:
-            offset = self._dropped
-            events = list(self._events)
-            start = max(0, index - offset)
-            for event in events[start:]:
+            total = len(self._events) + self._dropped
+            if seen < total:
+                # Pushed event k sits at list index k (k < 2) or k - dropped (the first two are never dropped).
+                index = seen if seen < 2 else seen - self._dropped
+                if index < 2 <= seen:
+                    seen = self._dropped + 2  # dropped before this iterator reached it
+                    continue
+                event = self._events[index]
+                seen += 1
                 yield event
                 if isinstance(event, RequestEnded):
                     return
-            index = offset + len(events)
+                continue
             if self.state == "ended":
                 return
-            await self._changed.wait()
+            await self._wait_change()
 
     async def wait_admitted(self) -> Lease:
         """Wait until the request is admitted and return its lease.
@@ -152,13 +197,13 @@ class Ticket:
         while self.lease is None:
             if self.ended is not None:
                 raise self._ending_error()
-            await self._changed.wait()
+            await self._wait_change()
         return self.lease
 
     async def wait_ended(self) -> RequestEnded:
         """Wait for the request's terminal state."""
         while self.ended is None:
-            await self._changed.wait()
+            await self._wait_change()
         return self.ended
 
     async def cancel(self, reason: str = "cancelled by the client") -> None:

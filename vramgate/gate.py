@@ -124,11 +124,6 @@ class Gate:
         self.latest_sample = first_sample
         self._simulated = {gpu.index: gpu for gpu in devices.simulated}
         self._device_configs = _device_configs(config, first_sample)
-        self._gpu_of = {d.index: d.gpu for d in self._device_configs}
-        self._budgets: dict[str, int] = {}
-        for device in self._device_configs:
-            budget = device.capacity_mb - device.effective_margin_mb
-            self._budgets[device.gpu] = max(self._budgets.get(device.gpu, 0), budget)
         self.ram_budget_mb = _ram_budget(config, first_sample)
         self._tickets: dict[str, Ticket] = {}
         self._counter = 0
@@ -137,7 +132,7 @@ class Gate:
         self._admission: AdmissionActor | None = None
         self._cleanup_actor: CleanupActor | None = None
         self._closing = False
-        self._plan_cache: dict[bytes, Message] = {}
+        self._answers: dict[bytes, Message] = {}
         self._counts = dict.fromkeys(
             (
                 "submitted",
@@ -274,6 +269,23 @@ class Gate:
         """Wait until every message sent so far was handled (a release has reached the ledger, say)."""
         await self._require_system().wait_idle()
 
+    def plan_budgets(self, *, others: bool = True) -> dict[str, int]:
+        """VRAM per GPU that a plan may need, for each kind of GPU: the best device's capacity less its safety
+        margin and (with ``others``) less what others use on it now, rounded down to 256 MiB so that small
+        changes in others' use do not re-plan every request. A plan within it can be admitted once this system's
+        own leases end (and, without ``others``, once other processes leave)."""
+        admission = self._admission
+        if admission is None:
+            return {}
+        budgets: dict[str, int] = {}
+        for ledger in admission.admission.statistics().devices:
+            if ledger.lost:
+                continue
+            used = ledger.others_mb if others else 0
+            budget = max(0, ledger.capacity_mb - ledger.margin_mb - used) // 256 * 256
+            budgets[ledger.gpu] = max(budgets.get(ledger.gpu, 0), budget)
+        return budgets
+
     def retry_after_s(self) -> float:
         """When the queue is expected to have room again, from the queue and the running leases' expected ends."""
         admission = self._admission
@@ -357,7 +369,10 @@ class Gate:
         from vramgate.policy.optimize import Optimizer
 
         request = params if isinstance(params, GenerationRequest) else msgspec.convert(params, GenerationRequest)
-        gpu, budget = max(self._budgets.items(), key=lambda item: item[1]) if self._budgets else ("H100-80GB", 0)
+        budgets = self.plan_budgets()
+        if not budgets:
+            raise DoesNotFit("the gate manages no usable GPU")
+        gpu, budget = max(budgets.items(), key=lambda item: (item[1], item[0]))
         plan = Optimizer(self.estimator).optimize(
             request, gpu=gpu, budget_mb=budget, ram_budget_mb=self.ram_budget_mb, max_level=request.max_level
         )
@@ -412,12 +427,13 @@ class Gate:
         ticket.pipeline_running = True
         try:
             await router.tell(RequestAccepted(request_id=rid, request=request), sender=ROUTER)
-            if not self._budgets:
-                await self._reject(ticket, "does_not_fit", "the gate manages no GPU")
+            budgets = self.plan_budgets()
+            if not budgets:
+                await self._reject(ticket, "does_not_fit", "the gate manages no usable GPU")
                 return
-            largest = max(self._budgets.items(), key=lambda item: (item[1], item[0]))[0]
-            estimated = await system.ref(ESTIMATOR).ask(
-                EstimateRequirement(request=request, gpu=largest, request_id=rid), timeout=ASK_TIMEOUT_S, sender=ROUTER
+            largest = max(budgets.items(), key=lambda item: (item[1], item[0]))[0]
+            estimated = await self._ask_cached(
+                ESTIMATOR, EstimateRequirement(request=_anonymous(request), gpu=largest), rid
             )
             if isinstance(estimated, RequestRejected):
                 await router.tell(estimated, sender=ROUTER)
@@ -425,17 +441,27 @@ class Gate:
                 return
             plans: dict[str, Plan] = {}
             closest: PlanDoesNotFit | None = None
-            for gpu, budget in sorted(self._budgets.items()):
-                answer = await self._plan(request, gpu, budget)
-                if isinstance(answer, PlanOptimized):
-                    plans[gpu] = answer.plan
-                elif isinstance(answer, PlanDoesNotFit):
-                    if closest is None or answer.needed_mb < closest.needed_mb:
-                        closest = answer
-                elif isinstance(answer, RequestRejected):
-                    await router.tell(answer, sender=ROUTER)
-                    await self._end(ticket, "rejected", answer.reason)
-                    return
+            # Plan for what the devices have now (less others' use); if nothing fits that, plan for the devices
+            # as they are when others leave, and wait for them (bounded by the request's max_wait_s).
+            attempts = [budgets]
+            when_others_leave = self.plan_budgets(others=False)
+            if when_others_leave != budgets:
+                attempts.append(when_others_leave)
+            for attempt in attempts:
+                for gpu, budget in sorted(attempt.items()):
+                    answer = await self._plan(request, gpu, budget)
+                    if isinstance(answer, PlanOptimized):
+                        plans[gpu] = answer.plan
+                    elif isinstance(answer, PlanDoesNotFit):
+                        if closest is None or answer.needed_mb < closest.needed_mb:
+                            closest = answer
+                    elif isinstance(answer, RequestRejected):
+                        await router.tell(answer, sender=ROUTER)
+                        await self._end(ticket, "rejected", answer.reason)
+                        return
+                if plans:
+                    budgets = attempt
+                    break
             if not plans:
                 assert closest is not None
                 await router.tell(
@@ -451,7 +477,7 @@ class Gate:
                 )
                 await self._end(ticket, "rejected", closest.reason)
                 return
-            chosen = plans[max(plans, key=lambda g: (self._budgets[g], g))]
+            chosen = plans[max(plans, key=lambda g: (budgets[g], g))]
             await router.tell(PlanOptimized(request_id=rid, plan=chosen), sender=ROUTER)
             if ticket.abandoned or ticket.cancel_requested:
                 await self._end(ticket, "cancelled", "cancelled before it was queued")
@@ -477,29 +503,28 @@ class Gate:
             ticket.pipeline_running = False
 
     async def _plan(self, request: GenerationRequest, gpu: str, budget: int) -> Message:
-        """The optimizer's answer for ``request`` on ``gpu``; identical questions are answered from a cache."""
-        system = self._require_system()
-        ask = OptimizePlan(
-            request=msgspec.structs.replace(request, request_id="", priority=0, max_wait_s=None, prompt=""),
-            gpu=gpu,
-            budget_mb=budget,
-            ram_budget_mb=self.ram_budget_mb,
-        )
-        key = _KEY.encode(ask)
-        cached = self._plan_cache.get(key)
-        if cached is None:
-            cached = await system.ref(OPTIMIZER).ask(ask, timeout=ASK_TIMEOUT_S, sender=ROUTER)
-            if len(self._plan_cache) >= 4096:
-                self._plan_cache.clear()
-            self._plan_cache[key] = cached
-        rid = request.request_id
-        if isinstance(cached, PlanOptimized):
-            return PlanOptimized(request_id=rid, plan=msgspec.structs.replace(cached.plan, request_id=rid))
-        if isinstance(cached, PlanDoesNotFit):
-            return msgspec.structs.replace(cached, request_id=rid)
-        if isinstance(cached, RequestRejected):
-            return msgspec.structs.replace(cached, request_id=rid)
-        return cached
+        """The optimizer's answer for ``request`` on ``gpu`` within ``budget`` MiB per GPU."""
+        ask = OptimizePlan(request=_anonymous(request), gpu=gpu, budget_mb=budget, ram_budget_mb=self.ram_budget_mb)
+        return await self._ask_cached(OPTIMIZER, ask, request.request_id)
+
+    async def _ask_cached(self, actor: str, ask: Message, rid: str) -> Message:
+        """Ask a core a question that does not depend on the request's id, priority or prompt.
+
+        Cores are deterministic, so an identical question gets the identical answer until the cores learn from a
+        run (which clears the cache); the answer is re-addressed to ``rid``.
+        """
+        key = _KEY.encode((actor, ask))
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = await self._require_system().ref(actor).ask(ask, timeout=ASK_TIMEOUT_S, sender=ROUTER)
+            if len(self._answers) >= 4096:
+                self._answers.clear()
+            self._answers[key] = answer
+        if isinstance(answer, PlanOptimized):
+            return PlanOptimized(request_id=rid, plan=msgspec.structs.replace(answer.plan, request_id=rid))
+        if hasattr(answer, "request_id"):
+            return msgspec.structs.replace(answer, request_id=rid)
+        return answer
 
     async def _shrink(self, request: GenerationRequest, plan: Plan, attempt: int) -> GenerationRequest:
         """After an OOM: a request pinned to a plan that needs less VRAM (raises the OOM's typed rejection)."""
@@ -537,13 +562,14 @@ class Gate:
         elif isinstance(message, CleanupReport):
             self._counts["cleanups"] += 1
             self._cleanup_freed_mb += message.freed_mb
-        for listener in self._listeners:
-            listener(message)
         rid = getattr(message, "request_id", None)
         ticket = self._tickets.get(rid) if isinstance(rid, str) else None
+        if ticket is not None:
+            ticket._push(message)
+        for listener in self._listeners:
+            listener(message)
         if ticket is None:
             return
-        ticket._push(message)
         if isinstance(message, RequestAdmitted):
             self._release_slot(ticket)
             self._counts["admitted"] += 1
@@ -649,7 +675,7 @@ class Gate:
             lesson = ObserveRun(finished=finished, plan=lease.plan)
             await system.ref(ESTIMATOR).tell(lesson, sender=ROUTER)
             await system.ref(OPTIMIZER).tell(lesson, sender=ROUTER)
-            self._plan_cache.clear()
+            self._answers.clear()
         if self.config.cleanup.after_run:
             await system.ref(CLEANUP).tell(finished, sender=ROUTER)
         await system.ref(ADMISSION).tell(
@@ -662,6 +688,8 @@ class Gate:
         simulated = self.simulated_device(lease.device)
         if simulated is not None:
             peak = simulated.peak_mb(lease.lease_id)
+            if peak == 0:  # the run allocated nothing on the device: nothing was observed
+                return ObservedPeak()
             return ObservedPeak(torch_peak_allocated_mb=peak, torch_peak_reserved_mb=peak)
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
@@ -692,6 +720,13 @@ class Gate:
 
 
 _KEY = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def _anonymous(request: GenerationRequest) -> GenerationRequest:
+    """The request without what does not change its estimate or plan (id, priority, wait bound, prompt)."""
+    if not (request.request_id or request.priority or request.max_wait_s is not None or request.prompt):
+        return request
+    return msgspec.structs.replace(request, request_id="", priority=0, max_wait_s=None, prompt="")
 
 
 def _pinned_request(request: GenerationRequest, plan: Plan, attempt: int) -> GenerationRequest:
