@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -56,11 +57,20 @@ class _Events:
         return states
 
 
+async def _until(condition: Callable[[], object]) -> None:
+    """Let the actors run until ``condition()`` holds (at most 5 s)."""
+    with anyio.fail_after(5):
+        while True:
+            if condition():
+                return
+            await anyio.sleep(0.001)
+
+
 async def _run_on(lease: Lease, fraction: float = 0.9) -> None:
     device = lease.simulated
     assert device is not None
     device.allocate(lease.lease_id, int(lease.reservation_mb * fraction))
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     device.free(lease.lease_id)
 
 
@@ -124,8 +134,7 @@ async def test_queue_full_backpressure_and_cancel() -> None:
         lease = await blocker.wait_admitted()
         queued = [await gate.submit(A14B_480P), await gate.submit(A14B_480P)]
         for ticket in queued:
-            while ticket.state != "queued":
-                await anyio.sleep(0.001)
+            await _until(lambda t=ticket: t.state == "queued")
         assert gate.queue_length == 2
         with pytest.raises(QueueFull) as info:
             gate.submit_nowait(A14B_480P)
@@ -142,9 +151,7 @@ async def test_queue_full_backpressure_and_cancel() -> None:
             assert third == []
             # ... and proceeds once a queued request leaves (cancelled)
             await queued[0].cancel()
-            with anyio.fail_after(5):
-                while not third:
-                    await anyio.sleep(0.001)
+            await _until(lambda: third)
         ended = await queued[0].wait_ended()
         assert ended.state == "cancelled"
         with pytest.raises(RequestCancelled):
@@ -176,6 +183,12 @@ async def test_cancelling_the_waiter_removes_the_request() -> None:
             pass
 
 
+async def _allocate_too_much(lease: Lease) -> None:
+    device = lease.simulated
+    assert device is not None
+    device.allocate(lease.lease_id, device.total_mb * 2)
+
+
 async def test_every_exit_path_releases_the_lease() -> None:
     async with _gate() as (gate, _):
         events = _Events(gate)
@@ -186,10 +199,7 @@ async def test_every_exit_path_releases_the_lease() -> None:
             async with gate.admit(SMALL):
                 await anyio.sleep(10)
         with pytest.raises(SimulatedOutOfMemory):
-            async with gate.admit(SMALL) as lease:
-                device = lease.simulated
-                assert device is not None
-                device.allocate(lease.lease_id, device.total_mb * 2)
+            await gate.run(SMALL, _allocate_too_much)
         await gate.wait_idle()
         stats = gate.statistics()
         assert stats.devices[0].ledger.reserved_mb == 0
@@ -232,8 +242,7 @@ async def test_max_wait_times_out() -> None:
             GenerationRequest(model="t2v-A14B", width=1280, height=720, frames=81, steps=40), max_wait_s=5.0
         )
         ticket = await gate.submit(impatient)
-        while ticket.state != "queued":
-            await anyio.sleep(0.001)
+        await _until(lambda: ticket.state == "queued")
         clock.advance(6.0)
         with anyio.fail_after(5):
             ended = await ticket.wait_ended()
@@ -250,8 +259,7 @@ async def test_outside_consumer_holds_back_admission() -> None:
         device = devices[0]
         device.add_outside("other-process", 70_000)
         clock.advance(0.05)  # the monitor samples the outside use
-        while gate.statistics().devices[0].ledger.others_mb < 70_000:
-            await anyio.sleep(0.001)
+        await _until(lambda: gate.statistics().devices[0].ledger.others_mb >= 70_000)
         # 720p A14B cannot fit the 7 GiB others leave: it is planned for the device as others leave it, and waits
         ticket = await gate.submit(GenerationRequest(model="t2v-A14B", width=1280, height=720, frames=81, steps=40))
         await gate.wait_idle()
@@ -273,8 +281,7 @@ async def test_a_plan_that_fits_beside_others_runs_now() -> None:
     async with _gate(clock=clock) as (gate, devices):
         devices[0].add_outside("other-process", 40_000)
         clock.advance(0.05)
-        while gate.statistics().devices[0].ledger.others_mb < 40_000:
-            await anyio.sleep(0.001)
+        await _until(lambda: gate.statistics().devices[0].ledger.others_mb >= 40_000)
         async with gate.admit(A14B_480P) as lease:
             # the plan fits what the other process leaves: it offloads instead of waiting
             assert lease.reservation_mb <= 81_559 - 40_000 - 4078
@@ -309,8 +316,7 @@ async def test_ticket_events_follow_the_request() -> None:
         lease = await ticket.wait_admitted()
         async with gate.hold(lease):
             await lease.progress(25, 50)
-            while ticket.progress is None:
-                await anyio.sleep(0.001)
+            await _until(lambda: ticket.progress is not None)
             assert ticket.eta_s() is not None
         kinds = [type(event).__name__ async for event in ticket]
         assert kinds[0] == "RequestAccepted"
