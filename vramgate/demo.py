@@ -9,6 +9,7 @@ The message log it writes replays to the same decisions (``vramgate replay LOG``
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.resources
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -215,6 +216,9 @@ async def run_demo(
         runner: Callable[[Lease], Awaitable[int]] = SimulatedRun(clock, time_scale=time_scale, min_seconds=0.3)
     else:
         console.print(f"running on this machine's GPUs with a torch workload; time compressed {1 / time_scale:g}x")
+        # Load torch before the gate detects the devices, so that its allocator figures tell this process's
+        # runs apart from other processes' use.
+        await anyio.to_thread.run_sync(importlib.import_module, "torch")
         runner = TorchWorkload(time_scale=time_scale)
     started = anyio.current_time()
     async with open_gate(config, clock=clock) as gate:
