@@ -59,7 +59,7 @@ from vramgate.messages import (
     decode_json,
 )
 from vramgate.messages.admission import AdmissionStatistics, CancelRequest, ReleaseLease, SubmitRequest
-from vramgate.messages.estimation import EstimateRequirement, ObserveRun
+from vramgate.messages.estimation import CorrectionLearned, EstimateRequirement, ObserveRun
 from vramgate.messages.gate import DeviceStatistics, GateStatistics
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.policy.admission import AdmissionConfig
@@ -133,6 +133,7 @@ class Gate:
         self._cleanup_actor: CleanupActor | None = None
         self._closing = False
         self._answers: dict[bytes, Message] = {}
+        self._corrections: dict[tuple[str, str], float] = {}
         self._counts = dict.fromkeys(
             (
                 "submitted",
@@ -559,6 +560,14 @@ class Gate:
         """Called by the router actor for every message it receives."""
         if isinstance(message, ResourceSample):
             self.latest_sample = message
+        elif isinstance(message, CorrectionLearned):
+            # The estimator answers each lesson with its correction. Cached plans were made with the previous
+            # one; drop them when it moved by more than half a percent (well inside the safety margin).
+            key = (message.model, message.gpu)
+            previous = self._corrections.get(key, 1.0)
+            if abs(message.factor - previous) > 0.005 * previous:
+                self._corrections[key] = message.factor
+                self._answers.clear()
         elif isinstance(message, CleanupReport):
             self._counts["cleanups"] += 1
             self._cleanup_freed_mb += message.freed_mb
@@ -675,7 +684,6 @@ class Gate:
             lesson = ObserveRun(finished=finished, plan=lease.plan)
             await system.ref(ESTIMATOR).tell(lesson, sender=ROUTER)
             await system.ref(OPTIMIZER).tell(lesson, sender=ROUTER)
-            self._answers.clear()
         if self.config.cleanup.after_run:
             await system.ref(CLEANUP).tell(finished, sender=ROUTER)
         await system.ref(ADMISSION).tell(
