@@ -123,6 +123,8 @@ class AdmissionSettings(_Section, frozen=True):
 class CleanupConfig(_Section, frozen=True):
     after_run: bool = True
     aggressive: bool = False
+    #: At most one post-run cleanup per this many seconds; runs ending closer together share one.
+    min_interval_s: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
     #: Clean up proactively when a device's free memory stays below this fraction of capacity ...
     proactive_below_fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.05
     #: ... for this long, while torch holds at least ``proactive_min_unused`` reserved but unused.

@@ -851,6 +851,7 @@ async def open_gate(
             below_fraction=config.cleanup.proactive_below_fraction,
             after_s=config.cleanup.proactive_after_s,
             min_unused_mb=parse_size_mb(config.cleanup.proactive_min_unused, field="cleanup.proactive_min_unused"),
+            min_interval_s=config.cleanup.min_interval_s,
         )
         gate._cleanup_actor = cleanup
         system.spawn(cleanup, name=CLEANUP)

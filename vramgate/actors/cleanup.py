@@ -4,6 +4,10 @@ An edge actor (it has effects): :func:`vramgate.cleanup.cleanup_memory` runs in 
 ``torch.cuda.empty_cache()`` never block the event loop. Its :class:`~vramgate.messages.CleanupReport` goes to the
 actor named ``reports_to`` (the gate's router), where it is counted and recorded.
 
+Post-run cleanups are coalesced: at most one every ``min_interval_s`` seconds of the system's clock; runs that end
+within that interval share the next one (a full gc pass holds the interpreter, so a busy server must not pay for
+one per run).
+
 Proactive cleanup: when a device's free memory stays below ``below_fraction`` of its capacity for ``after_s``
 seconds (judged on the monitor's samples) while torch holds at least ``min_unused_mb`` reserved but unused on
 it, the cache is emptied without waiting for a run to end.
@@ -21,7 +25,7 @@ from vramgate.actors.actor import Actor
 from vramgate.actors.envelope import Envelope
 from vramgate.cleanup import cleanup_memory, torch_reserved_unused_mb
 from vramgate.messages import CleanupReport, Message, ResourceSample, RunFinished
-from vramgate.messages.lifecycle import CleanupRequest
+from vramgate.messages.lifecycle import CleanupRequest, DeferredCleanup
 
 #: Reports how much memory torch holds reserved but unused on a device (``None`` without torch/CUDA).
 UnusedProbe = Callable[[int], "int | None"]
@@ -41,6 +45,7 @@ class CleanupActor(Actor[Message]):
         min_unused_mb: int = 512,
         unused_probe: UnusedProbe = torch_reserved_unused_mb,
         cuda_ordinal: Callable[[int], int | None] = lambda index: index,
+        min_interval_s: float = 1.0,
     ) -> None:
         self.reports_to = reports_to
         self.after_run = after_run
@@ -50,18 +55,37 @@ class CleanupActor(Actor[Message]):
         self.min_unused_mb = min_unused_mb
         self.unused_probe = unused_probe
         self.cuda_ordinal = cuda_ordinal
+        self.min_interval_s = min_interval_s
         self._low_since: dict[int, float] = {}
+        self._last_post_run: float | None = None
+        self._deferred: list[str] = []
         self.cleanups = 0
         self.freed_mb = 0
 
     async def receive(self, message: Message, envelope: Envelope) -> None:
         if isinstance(message, RunFinished):
             if self.after_run:
-                await self._run(None, message.request_id, "post_run", self.aggressive, envelope)
+                await self._post_run(message.request_id, envelope)
+        elif isinstance(message, DeferredCleanup):
+            pending, self._deferred = self._deferred, []
+            if pending:
+                self._last_post_run = self.context.clock.now()
+                await self._run(None, pending[-1], "post_run", self.aggressive, envelope)
         elif isinstance(message, CleanupRequest):
             await self._run(message.device, None, "manual", message.aggressive, envelope)
         elif isinstance(message, ResourceSample):
             await self._proactive(message, envelope)
+
+    async def _post_run(self, request_id: str, envelope: Envelope) -> None:
+        now = self.context.clock.now()
+        last = self._last_post_run
+        if last is None or now - last >= self.min_interval_s:
+            self._last_post_run = now
+            await self._run(None, request_id, "post_run", self.aggressive, envelope)
+            return
+        if not self._deferred:
+            self.context.send_later(last + self.min_interval_s - now, DeferredCleanup())
+        self._deferred.append(request_id)
 
     async def _run(
         self,

@@ -132,6 +132,10 @@ class CleanupRequest(Message, frozen=True):
     aggressive: bool = False
 
 
+class DeferredCleanup(Message, frozen=True):
+    """The cleanup actor's timer: run the post-run cleanup that runs ended within the last interval share."""
+
+
 class LeaseReleased(Message, frozen=True):
     """The reservation of a lease was returned to the ledger."""
 
