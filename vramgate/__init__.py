@@ -4,8 +4,11 @@ A request flows through preflight -> optimize -> admit -> run -> post-run cleanu
 and talk only through the typed messages in :mod:`vramgate.messages`.
 """
 
+from vramgate._ticket import Lease, RequestCancelled, RequestFailed, Ticket
 from vramgate._version import __version__
+from vramgate.actors import ActorRef, ActorSystem, Recorder
 from vramgate.clock import Clock, ManualClock, MonotonicClock
+from vramgate.config import GateConfig, load_config
 from vramgate.errors import (
     ActorCrashed,
     ActorStopped,
@@ -26,6 +29,7 @@ from vramgate.errors import (
     VramgateError,
     WaitTimeout,
 )
+from vramgate.gate import Gate, open_gate
 from vramgate.messages import (
     GenerationRequest,
     LoraSpec,
@@ -37,8 +41,21 @@ from vramgate.messages import (
     SystemResourceInfo,
     VRAMInfo,
 )
+from vramgate.replay import replay
 
 __all__ = [
+    "ActorRef",
+    "ActorSystem",
+    "Gate",
+    "GateConfig",
+    "Lease",
+    "Recorder",
+    "RequestCancelled",
+    "RequestFailed",
+    "Ticket",
+    "load_config",
+    "open_gate",
+    "replay",
     "ActorCrashed",
     "ActorStopped",
     "AskTimeout",
