@@ -111,3 +111,39 @@ def test_registered_kinds_are_used(tmp_path: Path) -> None:
     assert out.splitlines()[0] == f"{path}:2: $: Object missing required field `request_id`"
     count, problems = check(b'{"model": "m", "width": 1, "height": 1}', Kind(len, "whole", whole_file=True))
     assert (count, problems) == (1, [])
+
+
+def test_config_kind_names_the_bad_key(tmp_path: Path) -> None:
+    path = tmp_path / "gate.toml"
+    path.write_text('[admission]\nqueue_limit = 10\nmargin = "2GX"\n')
+    code, out = run(path, "--kind", "config")
+    assert code == 1
+    assert "$.admission" in out
+    assert "unknown unit 'GX'" in out
+    path.write_text("[admission]\nqueue_limit = 10\n")
+    assert run(path, "--kind", "config")[0] == 0
+
+
+def test_trace_kind_reports_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    path.write_text(
+        '{"type": "arrival", "at": 0, "request": {"model": "ti2v-5B", "width": 1280, "height": 704}}\n'
+        '{"type": "outside", "at": 1, "device": 0, "mb": -5, "until": 2}\n'
+    )
+    code, out = run(path, "--kind", "trace")
+    assert code == 1
+    assert ":2:" in out
+    assert "$.mb" in out
+    shipped = Path(__file__).parent.parent / "bench" / "traces" / "burst-24gb.jsonl"
+    assert run(shipped, "--kind", "trace")[0] == 0
+
+
+def test_profile_kind_checks_json_and_toml(tmp_path: Path) -> None:
+    profiles = Path(__file__).parent / "policy" / "profiles"
+    for profile in profiles.iterdir():
+        assert run(profile, "--kind", "profile")[0] == 0, profile
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "dit": {"dim": -1}}')
+    code, out = run(bad, "--kind", "profile")
+    assert code == 1
+    assert "$.dit" in out

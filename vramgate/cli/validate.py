@@ -62,10 +62,38 @@ class _LogLines:
         return value
 
 
+def _config(data: bytes) -> object:
+    """A gate configuration file (TOML), as :func:`vramgate.config.load_config` reads it, without the environment."""
+    import tempfile
+
+    from vramgate.config import load_config
+
+    with tempfile.NamedTemporaryFile(suffix=".toml") as handle:
+        handle.write(data)
+        handle.flush()
+        return load_config(handle.name, environ={})
+
+
+def _trace_line(data: bytes) -> object:
+    from vramgate.messages.trace import TraceLine
+
+    return codec_for(TraceLine).decode_json(data)  # type: ignore[arg-type]
+
+
+def _profile(data: bytes) -> object:
+    from vramgate.policy.models import decode_profile
+
+    text = data.lstrip()
+    return decode_profile(data, toml=not text.startswith(b"{"))
+
+
 #: name -> kind. Other modules add theirs with :func:`register_kind`.
 KINDS: dict[str, Kind] = {
     "request": Kind(GenerationRequest, "generation request bodies (GenerationRequest)"),
     "log": Kind(_LogLines, "a message log: a LogHeader line, then LogRecord lines", stateful=True),
+    "config": Kind(_config, "a gate configuration file (TOML)", whole_file=True),
+    "trace": Kind(_trace_line, "a simulator trace: arrival and outside records, one a line"),
+    "profile": Kind(_profile, "a model profile (JSON or TOML)", whole_file=True),
 }
 
 
