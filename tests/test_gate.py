@@ -346,3 +346,21 @@ async def test_admitted_events_match_the_ledger() -> None:
                 pass
         await gate.wait_idle()
         assert sorted(len(states) for states in events.ended().values()) == [1] * len(tickets)
+
+
+async def test_the_replaced_managers_calls_on_a_gate() -> None:
+    async with _gate(("RTX4090-24GB",)) as (gate, _):
+        ok, why = gate.check_vram_availability(20_000)
+        assert ok, why
+        ok, why = gate.check_vram_availability(23_000)
+        assert not ok
+        assert "margin" in why
+        requirement = gate.estimate_resource_requirements("ti2v-5B", "720p", steps=50)
+        assert requirement.gpu == "RTX4090-24GB"
+        params, suggestions = gate.optimize_parameters_for_resources(SMALL)
+        assert params.frames == 121
+        assert "offload_model" in [s.parameter for s in suggestions]
+        assert all(s.quality_impact == "none" for s in suggestions)
+        report = await gate.cleanup_memory(aggressive=True)
+        assert report.actions[0].startswith("gc.collect x3")
+        assert gate.statistics().cleanups == 1

@@ -870,6 +870,7 @@ async def open_gate(
             if gate._admission is not None:
                 # Admission starts from the sample taken at opening, not from nothing.
                 await system.ref(ADMISSION).tell(first, sender=ROUTER)
+                await system.wait_idle()
             try:
                 yield gate
             finally:
