@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from vramgate.hardware import SimulatedGpu
 
 State = Literal["preflight", "queued", "admitted", "ended"]
+
+_MIB = 1 << 20
 
 
 class RequestCancelled(VramgateError):
@@ -235,6 +238,10 @@ class Lease:
 
     ``report(...)`` records the observed peak and outcome (optional: without it the gate takes torch's peak
     figures, or a simulated device's, and judges the outcome from how the lease block ended).
+
+    ``pin()`` takes the reservation on the devices at once, so that other processes cannot have it before the run
+    allocates it; the gate pins when the lease is granted if ``[run] pin_reservation`` says so, and unpins when
+    it releases the lease. :attr:`pinned_mb` is what is pinned on each device now (0: nothing).
     """
 
     def __init__(self, gate: Gate, ticket: Ticket, admitted: RequestAdmitted) -> None:
@@ -251,6 +258,9 @@ class Lease:
         self.reported_outcome: Outcome | None = None
         self.reported_peak: ObservedPeak | None = None
         self.reported_error = ""
+        self.pinned_mb = 0
+        #: why the last :meth:`pin` pinned nothing ("" when it pinned, or was never called)
+        self.pin_error = ""
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} {self.request_id} on {self.devices} {self.reservation_mb} MiB>"
@@ -269,6 +279,66 @@ class Lease:
     def simulated(self) -> SimulatedGpu | None:
         """The simulated GPU this lease runs on, or ``None`` for a real one."""
         return self._gate.simulated_device(self.device)
+
+    def pin(self) -> int:
+        """Take the reservation on every device of the lease now; returns the MiB pinned on each (0: none).
+
+        On a simulated GPU the reservation is allocated under the lease's id
+        (:meth:`~vramgate.hardware.SimulatedGpu.pin`): an outside consumer that does not fit beside it is
+        refused, and the run's own allocations under the lease's id draw from the pinned block first. On a real
+        CUDA device (torch must be imported by the process) the reservation is allocated once through torch's
+        caching allocator and freed, so this process keeps the segment reserved for the run's allocations; the
+        post-run cleanup's ``empty_cache()`` gives it back. Pinning is all or nothing and best effort: when the
+        block does not fit now (or a device cannot be pinned) nothing stays pinned on a simulated device, 0 is
+        returned and :attr:`pin_error` says why; the lease itself is unchanged. Pinning again returns the pin.
+        """
+        if self.pinned_mb or self.released:
+            return self.pinned_mb
+        mb = self.reservation_mb
+        if mb <= 0:
+            return 0
+        from vramgate.hardware import SimulatedDeviceLost, SimulatedOutOfMemory
+
+        pinned: list[SimulatedGpu] = []
+        real: list[int] = []
+        error = ""
+        for index in self.devices:
+            device = self._gate.simulated_device(index)
+            if device is None:
+                real.append(index)
+                continue
+            try:
+                device.pin(self.lease_id, mb)
+            except (SimulatedOutOfMemory, SimulatedDeviceLost) as exc:
+                error = str(exc)
+                break
+            pinned.append(device)
+        if not error and real:
+            error = _pin_torch(real, mb)
+        if error:
+            for device in pinned:
+                device.unpin(self.lease_id)
+            self.pin_error = error
+            return 0
+        self.pin_error = ""
+        self.pinned_mb = mb
+        return mb
+
+    def unpin(self) -> int:
+        """Give the pinned block back (the gate does on release); returns the MiB that were pinned on each device.
+
+        On a simulated GPU the unused part of the pin is free at once. On a real device the segment stays in
+        torch's cache until an ``empty_cache()`` (the post-run cleanup's), as any run's cached memory does.
+        """
+        mb = self.pinned_mb
+        if not mb:
+            return 0
+        self.pinned_mb = 0
+        for index in self.devices:
+            device = self._gate.simulated_device(index)
+            if device is not None:
+                device.unpin(self.lease_id)
+        return mb
 
     def report(
         self,
@@ -297,3 +367,27 @@ class Lease:
     def progress_nowait(self, step: int, total_steps: int) -> None:
         """Report progress without waiting; dropped when the gate is busy (progress is advisory)."""
         self._gate._progress_nowait(self, step, total_steps)
+
+
+def _pin_torch(devices: Sequence[int], mb: int) -> str:
+    """Reserve ``mb`` MiB in torch's caching allocator on each CUDA device; returns why not ("" when done).
+
+    The block is allocated and freed at once: the allocator keeps the segment for this process, and the
+    allocator's peak figures are reset so that the run's observed peak does not include the pin.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return "pinning a real device needs torch with CUDA in this process"
+    from vramgate.gate import is_oom
+
+    for index in devices:
+        device = torch.device("cuda", index)
+        try:
+            block = torch.empty(mb * _MIB, dtype=torch.uint8, device=device)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            return f"device {index}: {mb} MiB does not fit now: {exc}"
+        del block
+        torch.cuda.reset_peak_memory_stats(device)
+    return ""

@@ -138,6 +138,16 @@ class CleanupConfig(_Section, frozen=True):
 class RunConfig(_Section, frozen=True):
     retry_on_oom: bool = False
     max_oom_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
+    #: Pin each lease's reservation on its devices when it is granted, so that other processes cannot take the
+    #: memory before the run allocates it (:meth:`vramgate.Lease.pin`). ``"auto"``: on simulated devices only;
+    #: ``true`` also on real CUDA devices (through torch's caching allocator: opt-in, see the README).
+    pin_reservation: bool | Literal["auto"] = "auto"
+
+    def pins(self, *, simulated: bool) -> bool:
+        """Whether a lease on a simulated (or real) device is pinned."""
+        if self.pin_reservation == "auto":
+            return simulated
+        return self.pin_reservation
 
 
 class GateConfig(_Section, frozen=True):

@@ -584,9 +584,11 @@ class Gate:
             self._counts["admitted"] += 1
             self._wait_total_s += message.waited_s
             self._wait_max_s = max(self._wait_max_s, message.waited_s)
-            ticket.lease = Lease(self, ticket, message)
+            lease = ticket.lease = Lease(self, ticket, message)
             if ticket.abandoned:
-                await self._release(ticket.lease, "cancelled", "the client stopped waiting")
+                await self._release(lease, "cancelled", "the client stopped waiting")
+            elif self._pins(lease):
+                lease.pin()
         elif isinstance(message, RequestRejected):
             self._counts["rejected"] += 1
         elif isinstance(message, RequestEnded):
@@ -659,12 +661,18 @@ class Gate:
         text = lease.reported_error or (f"{type(error).__name__}: {error}" if error is not None else "")
         await self._release(lease, outcome, text)
 
+    def _pins(self, lease: Lease) -> bool:
+        """Whether ``[run] pin_reservation`` pins this lease (``"auto"``: when all its devices are simulated)."""
+        simulated = all(self.simulated_device(index) is not None for index in lease.devices)
+        return self.config.run.pins(simulated=simulated)
+
     async def _release(self, lease: Lease, outcome: Outcome, error: str) -> None:
+        pinned = lease.unpin() > 0  # on every exit: the run is over, its block goes back first
         if lease.released or self._system is None or self._system.state != "running":
             return
         lease.released = True
         system = self._system
-        observed = self._observed(lease)
+        observed = self._observed(lease, pinned=pinned)
         finished = RunFinished(
             request_id=lease.request_id,
             lease_id=lease.lease_id,
@@ -690,7 +698,7 @@ class Gate:
             ReleaseLease(lease_id=lease.lease_id, outcome=outcome, reason=error[:500]), sender=ROUTER
         )
 
-    def _observed(self, lease: Lease) -> ObservedPeak:
+    def _observed(self, lease: Lease, *, pinned: bool = False) -> ObservedPeak:
         if lease.reported_peak is not None:
             return lease.reported_peak
         simulated = self.simulated_device(lease.device)
@@ -702,6 +710,8 @@ class Gate:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             mib = 1 << 20
+            if pinned:  # the pinned segment is reserved whatever the run used: only allocations tell
+                return ObservedPeak(torch_peak_allocated_mb=int(torch.cuda.max_memory_allocated(lease.device)) // mib)
             return ObservedPeak(
                 torch_peak_allocated_mb=int(torch.cuda.max_memory_allocated(lease.device)) // mib,
                 torch_peak_reserved_mb=int(torch.cuda.max_memory_reserved(lease.device)) // mib,

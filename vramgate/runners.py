@@ -35,7 +35,9 @@ class SimulatedRun:
     """Run a lease on its simulated GPU: allocate, make progress step by step, free.
 
     ``time_scale`` compresses the plan's estimated seconds (0.01: a 1,000 s run takes 10 s); the run takes at
-    least ``min_seconds``. ``clock`` paces the steps (the gate's clock, virtual in tests).
+    least ``min_seconds``. ``clock`` paces the steps (the gate's clock, virtual in tests). The run allocates
+    under the lease's id, so on a pinned lease it draws from the pinned block first, and its peak (what the gate
+    reports as observed) is its own allocation, not the pin.
     """
 
     def __init__(self, clock: Clock, *, time_scale: float = 0.01, min_seconds: float = 0.0) -> None:
@@ -97,7 +99,10 @@ class TorchWorkload:
             torch.cuda.synchronize(device)
             peak_reserved = int(torch.cuda.max_memory_reserved(device)) // _MIB
             peak_allocated = int(torch.cuda.max_memory_allocated(device)) // _MIB
-            lease.report(peak_vram_mb=peak_reserved, torch_peak_allocated_mb=peak_allocated)
+            if lease.pinned_mb:  # the pinned segment is reserved whatever the run used: report allocations only
+                lease.report(torch_peak_allocated_mb=peak_allocated)
+            else:
+                lease.report(peak_vram_mb=peak_reserved, torch_peak_allocated_mb=peak_allocated)
         finally:
             del block
             torch.cuda.empty_cache()

@@ -5,6 +5,12 @@ overhead, allocations made by this system's runs (by owner), and outside consume
 and removes over time (optionally expiring at a time on the injected clock). An allocation past capacity raises
 :class:`SimulatedOutOfMemory`; an allocation of exactly the free memory succeeds. Everything is deterministic:
 the only notion of time is the injected clock, read when outside consumers may have expired.
+
+An owner may *pin* a block (:meth:`SimulatedGpu.pin`): the block is taken from the device at once, as a caching
+allocator's reserved segment is, so outside consumers cannot have it, and the owner's own allocations draw from
+it first; only what the owner holds above the pin takes more of the device (and may run out of memory). An
+owner's footprint on the device is ``max(allocated, pinned)``. Samples show the footprints as torch's
+``reserved`` and the allocations as torch's ``allocated``; :meth:`SimulatedGpu.peak_mb` follows allocations only.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class SimulatedGpu:
 
     __slots__ = (
         "_allocated",
+        "_allocated_mb",
         "_clock",
         "_context_mb",
         "_lost",
@@ -67,6 +74,8 @@ class SimulatedGpu:
         "_outside",
         "_outside_mb",
         "_peaks",
+        "_pins",
+        "_reserved_peak_mb",
         "_total_peak_mb",
         "index",
         "name",
@@ -102,11 +111,14 @@ class SimulatedGpu:
         self._clock = clock
         self._context_mb = context_overhead_mb
         self._allocated: dict[str, int] = {}
-        self._ours_mb = 0
+        self._allocated_mb = 0  # the owners' allocations
+        self._pins: dict[str, int] = {}
+        self._ours_mb = 0  # the owners' footprints: max(allocated, pinned) each
         self._outside: dict[str, tuple[int, float | None]] = {}
         self._outside_mb = 0
         self._peaks: dict[str, int] = {}
         self._total_peak_mb = 0
+        self._reserved_peak_mb = 0
         self._lost = False
 
     def __repr__(self) -> str:
@@ -128,8 +140,18 @@ class SimulatedGpu:
 
     @property
     def allocated_mb(self) -> int:
-        """MiB allocated by this system's runs (all owners)."""
+        """MiB allocated by this system's runs (all owners), not counting pinned memory they do not use."""
+        return self._allocated_mb
+
+    @property
+    def reserved_mb(self) -> int:
+        """MiB this system holds on the device: each owner's allocations or its pin, whichever is larger."""
         return self._ours_mb
+
+    @property
+    def pinned_mb(self) -> int:
+        """MiB pinned by owners (used or not)."""
+        return sum(self._pins.values())
 
     @property
     def outside_mb(self) -> int:
@@ -154,14 +176,17 @@ class SimulatedGpu:
         """This system's allocations by owner (a copy)."""
         return dict(self._allocated)
 
+    def pins(self) -> dict[str, int]:
+        """Pinned blocks by owner (a copy)."""
+        return dict(self._pins)
+
     def outside(self) -> dict[str, int]:
         """Outside consumers that have not expired, by name (a copy)."""
         self._expire()
         return {name: mb for name, (mb, _) in self._outside.items()}
 
-    def allocate(self, owner: str, mb: int) -> None:
-        """Allocate ``mb`` MiB for ``owner``; raises :class:`SimulatedOutOfMemory` past capacity."""
-        _check_mb("mb", mb)
+    def _grow(self, owner: str, mb: int) -> None:
+        """Take ``mb`` more MiB of the device for ``owner``, or raise :class:`SimulatedOutOfMemory`."""
         if self._lost:
             raise SimulatedDeviceLost(self.index)
         free = self.free_mb
@@ -169,19 +194,33 @@ class SimulatedGpu:
             raise SimulatedOutOfMemory(
                 device=self.index, owner=owner, requested_mb=mb, free_mb=free, total_mb=self.total_mb
             )
-        held = self._allocated.get(owner, 0) + mb
-        self._allocated[owner] = held
         self._ours_mb += mb
+        if self._ours_mb > self._reserved_peak_mb:
+            self._reserved_peak_mb = self._ours_mb
+
+    def allocate(self, owner: str, mb: int) -> None:
+        """Allocate ``mb`` MiB for ``owner``; raises :class:`SimulatedOutOfMemory` past capacity.
+
+        An owner with a pin draws from it first: only what it holds above the pin takes free memory.
+        """
+        _check_mb("mb", mb)
+        before = self._allocated.get(owner, 0)
+        pinned = self._pins.get(owner, 0)
+        held = before + mb
+        self._grow(owner, max(held, pinned) - max(before, pinned))
+        self._allocated[owner] = held
+        self._allocated_mb += mb
         if held > self._peaks.get(owner, 0):
             self._peaks[owner] = held
-        if self._ours_mb > self._total_peak_mb:
-            self._total_peak_mb = self._ours_mb
+        if self._allocated_mb > self._total_peak_mb:
+            self._total_peak_mb = self._allocated_mb
 
     def free(self, owner: str, mb: int | None = None) -> int:
         """Release ``mb`` MiB of ``owner``'s allocation (all of it when ``mb`` is ``None``); returns MiB released.
 
         Releasing more than the owner holds, or for an owner that holds nothing, is an
-        :class:`~vramgate.errors.InvalidParameter` error (it would hide an accounting bug).
+        :class:`~vramgate.errors.InvalidParameter` error (it would hide an accounting bug). Memory freed inside
+        the owner's pin stays pinned (the device's free memory grows only by what was held above the pin).
         """
         held = self._allocated.get(owner)
         if held is None:
@@ -195,8 +234,37 @@ class SimulatedGpu:
             del self._allocated[owner]
         else:
             self._allocated[owner] = held - amount
-        self._ours_mb -= amount
+        pinned = self._pins.get(owner, 0)
+        self._ours_mb -= max(held, pinned) - max(held - amount, pinned)
+        self._allocated_mb -= amount
         return amount
+
+    def pin(self, owner: str, mb: int) -> None:
+        """Take ``mb`` MiB of the device for ``owner`` now, before it allocates (see the module documentation).
+
+        What the owner already holds counts towards the pin. Raises :class:`SimulatedOutOfMemory` when the
+        block does not fit (nothing is pinned then), and :class:`~vramgate.errors.InvalidParameter` when the
+        owner already has a pin.
+        """
+        _check_mb("mb", mb)
+        if owner in self._pins:
+            raise InvalidParameter("owner", owner, f"already pins {self._pins[owner]} MiB on this device")
+        held = self._allocated.get(owner, 0)
+        self._grow(owner, max(0, mb - held))
+        self._pins[owner] = mb
+
+    def unpin(self, owner: str) -> int:
+        """Drop ``owner``'s pin; returns the MiB this gives back to the device (the unused part of the pin).
+
+        Unpinning an owner without a pin returns 0, so a release path may call it on every exit.
+        """
+        pinned = self._pins.pop(owner, None)
+        if pinned is None:
+            return 0
+        held = self._allocated.get(owner, 0)
+        back = max(0, pinned - held)
+        self._ours_mb -= back
+        return back
 
     def add_outside(self, name: str, mb: int, *, until: float | None = None) -> None:
         """An outside consumer (another process) takes ``mb`` MiB, until time ``until`` on the clock if given.
@@ -228,7 +296,10 @@ class SimulatedGpu:
     # ------------------------------------------------------------------ torch-like peak tracking
 
     def peak_mb(self, owner: str | None = None) -> int:
-        """The most ``owner`` held since its last :meth:`reset_peak` (all owners together when ``None``)."""
+        """The most ``owner`` allocated since its last :meth:`reset_peak` (all owners together when ``None``).
+
+        A pin is not an allocation: this is what the owner itself used, as torch's ``max_memory_allocated``.
+        """
         if owner is None:
             return self._total_peak_mb
         return self._peaks.get(owner, 0)
@@ -236,7 +307,8 @@ class SimulatedGpu:
     def reset_peak(self, owner: str | None = None) -> None:
         """Start a new peak measurement at what ``owner`` (or, with ``None``, all owners) holds now."""
         if owner is None:
-            self._total_peak_mb = self._ours_mb
+            self._total_peak_mb = self._allocated_mb
+            self._reserved_peak_mb = self._ours_mb
         else:
             self._peaks[owner] = self._allocated.get(owner, 0)
 
@@ -247,9 +319,11 @@ class SimulatedGpu:
         self._lost = True
 
     def recover(self) -> None:
-        """The device is back (after a reset): allocations are gone, outside consumers stay."""
+        """The device is back (after a reset): allocations and pins are gone, outside consumers stay."""
         self._lost = False
         self._allocated.clear()
+        self._pins.clear()
+        self._allocated_mb = 0
         self._ours_mb = 0
 
     # ------------------------------------------------------------------ sampling
@@ -269,7 +343,6 @@ class SimulatedGpu:
                 lost=True,
             )
         used = self.used_mb
-        ours = self._ours_mb
         return DeviceSample(
             index=self.index,
             name=self.name,
@@ -279,11 +352,11 @@ class SimulatedGpu:
             free_mb=self.total_mb - used,
             used_mb=used,
             torch=TorchMemory(
-                allocated_mb=ours,
-                reserved_mb=ours,
-                active_mb=ours,
+                allocated_mb=self._allocated_mb,
+                reserved_mb=self._ours_mb,
+                active_mb=self._allocated_mb,
                 peak_allocated_mb=self._total_peak_mb,
-                peak_reserved_mb=self._total_peak_mb,
+                peak_reserved_mb=self._reserved_peak_mb,
             ),
             simulated=True,
         )
