@@ -196,7 +196,7 @@ async def run_demo(
     *,
     log_path: str = "vramgate-demo.jsonl",
     simulate: bool | None = None,
-    time_scale: float = 0.01,
+    time_scale: float = 0.007,
     requests: Sequence[GenerationRequest] | None = None,
     console: Console | None = None,
     live: bool = True,

@@ -14,7 +14,7 @@ from vramgate.demo import run_demo, summary_table
 @click.option("--simulate/--no-simulate", default=None, help="Force simulated GPUs (default: when none is found).")
 @click.option(
     "--time-scale",
-    default=0.01,
+    default=0.007,
     show_default=True,
     type=click.FloatRange(min=1e-6, max=1.0),
     help="Compress run time: demo seconds per estimated GPU second.",
