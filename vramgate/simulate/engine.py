@@ -6,7 +6,12 @@ Execution model:
 * the runs on a GPU share its compute: each of ``k`` runs progresses at ``1/k`` speed (a run on several GPUs at
   the speed of its most crowded one);
 * an allocation past capacity is an out-of-memory error that kills the run that made it at that moment; the GPU
-  time it had used is wasted.
+  time it had used is wasted;
+* a policy may *pin* a run's planned memory when it starts it (vramgate does; the baselines do not): the block is
+  taken from the device at once (:meth:`~vramgate.hardware.SimulatedGpu.pin`), so an outside consumer that
+  arrives later and does not fit beside it is refused, and the run's allocations draw from it first; only what
+  the run needs above its pin may still run out of memory. A pin that does not fit when the run starts is not
+  taken (counted in ``pin_failures``), and the run goes on unprotected.
 
 The engine is plain synchronous code: a heap of events ordered by (time, sequence number), so the same trace,
 policy, seed and faults always give the same events in the same order. Policies see the devices only through
@@ -76,6 +81,7 @@ class Counters:
         "oom_events",
         "outside_denied_mb",
         "overcommits",
+        "pin_failures",
         "runs",
         "stale_samples",
         "useful_gpu_s",
@@ -89,6 +95,7 @@ class Counters:
         self.wasted_gpu_s = 0.0
         self.useful_gpu_s = 0.0
         self.outside_denied_mb = 0
+        self.pin_failures = 0
         self.stale_samples = 0
         self.failed_samples = 0
         self.device_losses = 0
@@ -218,9 +225,10 @@ class Simulation:
         return self._sample_version
 
     def measured_other_mb(self, index: int) -> int:
-        """Memory the latest sample shows in use by anything but this system's runs (context, outside)."""
+        """Memory the latest sample shows in use by anything but this system's runs (context, outside); what the
+        runs hold, pinned blocks included, is torch's ``reserved``."""
         sample = self._samples[index]
-        ours = sample.torch.allocated_mb if sample.torch is not None else 0
+        ours = sample.torch.reserved_mb if sample.torch is not None else 0
         return max(0, sample.used_mb - ours)
 
     def is_running(self, index: int) -> int:
@@ -245,8 +253,11 @@ class Simulation:
         *,
         lease_id: str = "",
         level: str = "none",
+        pin: bool = False,
     ) -> Run:
-        """Start a run of ``job`` with ``params`` on ``devices``; ``planned_mb`` is what the policy counts per GPU."""
+        """Start a run of ``job`` with ``params`` on ``devices``; ``planned_mb`` is what the policy counts per GPU.
+
+        With ``pin``, ``planned_mb`` is pinned on each device at once (see the module documentation)."""
         if job.state is not None or (job.run is not None and job.run.alive):
             raise AssertionError(f"{job.request_id}: started while {job.state or 'running'}")
         now = self.now
@@ -268,6 +279,8 @@ class Simulation:
         milestones.sort()
         run = Run(job, devices, params, planned_mb, true_peak, work, now, milestones, lease_id=lease_id, level=level)
         run.updated = now
+        if pin and planned_mb > 0:
+            self._pin(run)
         job.run = run
         job.attempts += 1
         if job.first_start is None:
@@ -433,6 +446,25 @@ class Simulation:
 
     # ------------------------------------------------------------------ runs
 
+    def _pin(self, run: Run) -> None:
+        """Pin the run's planned memory on each of its devices: all of them, or none."""
+        owner = run.job.request_id
+        pinned: list[int] = []
+        for d in run.devices:
+            self._account(d)
+            try:
+                self.gpus[d].pin(owner, run.planned_mb)
+            except (CapacityError, SystemFault):
+                for p in pinned:
+                    self.gpus[p].unpin(owner)
+                self.counters.pin_failures += 1
+                self._log(f"pin-failed {owner} {d} {run.planned_mb}")
+                return
+            pinned.append(d)
+        for d in pinned:
+            self._mem_version[d] += 1
+        self._log(f"pin {owner} {run.devices} {run.planned_mb}")
+
     def _reschedule(self, devices: tuple[int, ...]) -> None:
         now = self.now
         seen: set[int] = set()
@@ -511,6 +543,7 @@ class Simulation:
             gpu = self.gpus[d]
             if not gpu.lost:
                 gpu.free(owner)
+                gpu.unpin(owner)
             self._mem_version[d] += 1
             if self.timeline is not None:
                 self.timeline.bars.append((d, run.started, now, outcome, owner))
@@ -575,5 +608,6 @@ class Simulation:
         return sum(self._area) / (span * total)
 
     def leaked_allocations(self) -> int:
-        """Runs still holding memory or still registered on a device after the simulation (must be 0)."""
-        return sum(len(runs) for runs in self._runs) + sum(len(gpu.allocations()) for gpu in self.gpus)
+        """Runs still holding or pinning memory, or still registered on a device, after the simulation (must be 0)."""
+        held = sum(len(gpu.allocations()) + len(gpu.pins()) for gpu in self.gpus)
+        return sum(len(runs) for runs in self._runs) + held

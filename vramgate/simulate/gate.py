@@ -3,9 +3,11 @@
 Each request gets one plan per GPU model from the real :class:`~vramgate.policy.optimize.Optimizer` (at the
 budget a dedicated device offers: capacity less the safety margin and what the monitor shows in use by others
 when idle), and is submitted to the real :class:`~vramgate.policy.admission.AdmissionCore`, which is fed
-``ResourceSample`` messages built from the simulated devices' samples. The engine allocates each admitted run's
-true peak on its device, so an estimate that is too low makes vramgate run out of memory as well: the policy
-never sees the truth.
+``ResourceSample`` messages built from the simulated devices' samples. Each admitted run's reservation is pinned
+on its devices when it starts, as the gate does (``[run] pin_reservation``), so outside consumers that arrive
+later cannot take it. The engine allocates each run's true peak on its device (inside the pin, and beyond it when
+the truth is larger), so an estimate that is too low makes vramgate run out of memory as well: the policy never
+sees the truth.
 
 The policy plays the monitor as well: with every message it gives the core, it delivers the samples that changed,
 and again, stamped with the time as a monitor's next tick would be, those that did not change but that the core
@@ -57,9 +59,12 @@ class VramgatePolicy:
 
     name = "vramgate"
 
-    def __init__(self, optimizer: Optimizer, config: AdmissionConfig = SIMULATED_ADMISSION) -> None:
+    def __init__(
+        self, optimizer: Optimizer, config: AdmissionConfig = SIMULATED_ADMISSION, *, pin: bool = True
+    ) -> None:
         self.optimizer = optimizer
         self.config = config
+        self.pin = pin
         self._sim: Simulation | None = None
         self._core: AdmissionCore | None = None
         self._devices: tuple[DeviceConfig, ...] = ()
@@ -253,7 +258,13 @@ class VramgatePolicy:
                 self._waiting.pop(out.request_id, None)
                 self._submitted.pop(out.request_id, None)
                 run = sim.start(
-                    job, out.devices, out.plan.params, out.reservation_mb, lease_id=out.lease_id, level=out.plan.level
+                    job,
+                    out.devices,
+                    out.plan.params,
+                    out.reservation_mb,
+                    lease_id=out.lease_id,
+                    level=out.plan.level,
+                    pin=self.pin,
                 )
                 run.extra["plan"] = out.plan
                 self._runs[out.lease_id] = run

@@ -13,11 +13,13 @@ from vramgate.simulate.engine import Simulation
 class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
     """The metrics of one policy on one trace (times in seconds, memory use as a fraction of capacity).
 
-    ``overcommits``: starts after which the memory the policy had committed on a device (its own per-run
-    figures) plus what its latest sample showed in use by others exceeded the capacity. ``bound_makespan_s``: the
-    shortest makespan possible ignoring memory (the total work, as given on the fastest device, over the devices,
-    and no shorter than any single request's arrival plus run time). ``terminal_violations``: requests without
-    exactly one terminal state. ``digest``: SHA-256 of the event sequence.
+        ``overcommits``: starts after which the memory the policy had committed on a device (its own per-run
+        figures) plus what its latest sample showed in use by others exceeded the capacity. ``bound_makespan_s``: the
+        shortest makespan possible ignoring memory (the total work, as given on the fastest device, over the devices,
+        and no shorter than any single request's arrival plus run time). ``terminal_violations``: requests without
+        exactly one terminal state. ``digest``: SHA-256 of the event sequence. ``outside_denied_mb``: memory outside
+    consumers asked for and were refused because it was not free (pinned blocks make more of them refused).
+    ``pin_failures``: runs whose planned memory could not be pinned when they started (they ran unprotected).
     """
 
     policy: str
@@ -44,6 +46,8 @@ class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
     leaked_leases: int
     terminal_violations: int
     digest: str
+    outside_denied_mb: int = 0
+    pin_failures: int = 0
     wall_s: float = 0.0
 
     @property
@@ -114,5 +118,7 @@ def collect(sim: Simulation, *, wall_s: float = 0.0) -> PolicyResult:
         leaked_leases=sim.policy.open_leases() + sim.leaked_allocations(),
         terminal_violations=sum(1 for job in jobs if job.terminals != 1),
         digest=sim.digest,
+        outside_denied_mb=c.outside_denied_mb,
+        pin_failures=c.pin_failures,
         wall_s=wall_s,
     )
