@@ -185,14 +185,22 @@ class SimulatedGpu:
         self._expire()
         return {name: mb for name, (mb, _) in self._outside.items()}
 
-    def _grow(self, owner: str, mb: int) -> None:
-        """Take ``mb`` more MiB of the device for ``owner``, or raise :class:`SimulatedOutOfMemory`."""
+    def _grow(self, owner: str, mb: int, *, requested_mb: int, spare_mb: int = 0) -> None:
+        """Take ``mb`` more MiB of the device for ``owner``, or raise :class:`SimulatedOutOfMemory`.
+
+        The error names the ``requested_mb`` and what the owner had: the free memory plus ``spare_mb`` (the
+        unused part of its pin).
+        """
         if self._lost:
             raise SimulatedDeviceLost(self.index)
         free = self.free_mb
         if mb > free:
             raise SimulatedOutOfMemory(
-                device=self.index, owner=owner, requested_mb=mb, free_mb=free, total_mb=self.total_mb
+                device=self.index,
+                owner=owner,
+                requested_mb=requested_mb,
+                free_mb=free + spare_mb,
+                total_mb=self.total_mb,
             )
         self._ours_mb += mb
         if self._ours_mb > self._reserved_peak_mb:
@@ -207,7 +215,7 @@ class SimulatedGpu:
         before = self._allocated.get(owner, 0)
         pinned = self._pins.get(owner, 0)
         held = before + mb
-        self._grow(owner, max(held, pinned) - max(before, pinned))
+        self._grow(owner, max(held, pinned) - max(before, pinned), requested_mb=mb, spare_mb=max(0, pinned - before))
         self._allocated[owner] = held
         self._allocated_mb += mb
         if held > self._peaks.get(owner, 0):
@@ -250,7 +258,7 @@ class SimulatedGpu:
         if owner in self._pins:
             raise InvalidParameter("owner", owner, f"already pins {self._pins[owner]} MiB on this device")
         held = self._allocated.get(owner, 0)
-        self._grow(owner, max(0, mb - held))
+        self._grow(owner, max(0, mb - held), requested_mb=mb, spare_mb=held)
         self._pins[owner] = mb
 
     def unpin(self, owner: str) -> int:
