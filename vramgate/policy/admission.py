@@ -382,17 +382,24 @@ class AdmissionCore:
         self._lease_of_request[item.request_id] = item.lease_id
         self._ends = None
 
-    def _restore_waiting(self, message: SubmitRequest, now: float, out: list[Message]) -> None:
-        request_id = message.request_id
+    def _placeable_plans(self, message: SubmitRequest, out: list[Message]) -> tuple[Plan | None, ...] | None:
+        """The plan each device would run, or ``None`` after rejecting a request that no device can ever take."""
         if not message.plans:
-            self._reject(out, request_id, "bad_request", "the request has no plan")
-            return
+            self._reject(out, message.request_id, "bad_request", "the request has no plan")
+            return None
         plans = self._plans.resolve(message)
         problem = self._plans.never_fits(plans, message)
         if problem is not None:
             out.append(problem)
             self._counts["rejected"] += 1
-            self._end(out, request_id, "rejected", problem.reason)
+            self._end(out, message.request_id, "rejected", problem.reason)
+            return None
+        return plans
+
+    def _restore_waiting(self, message: SubmitRequest, now: float, out: list[Message]) -> None:
+        request_id = message.request_id
+        plans = self._placeable_plans(message, out)
+        if plans is None:
             return
         if len(self._queue) >= self.config.queue_limit:
             self._reject(out, request_id, "queue_full", "the admission queue was full when it was restored")
@@ -441,15 +448,8 @@ class AdmissionCore:
         if request_id in self._waiting or request_id in self._lease_of_request:
             raise InvalidParameter("request_id", request_id, "a request with this id is already waiting or running")
         self._counts["submitted"] += 1
-        if not message.plans:
-            self._reject(out, request_id, "bad_request", "the request has no plan")
-            return
-        plans = self._plans.resolve(message)
-        problem = self._plans.never_fits(plans, message)
-        if problem is not None:
-            out.append(problem)
-            self._counts["rejected"] += 1
-            self._end(out, request_id, "rejected", problem.reason)
+        plans = self._placeable_plans(message, out)
+        if plans is None:
             return
         arrival = message.arrival if message.arrival is not None else now
         groups = groups_of(plans)
