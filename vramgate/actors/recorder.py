@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import IO
 
 from vramgate.actors.envelope import Envelope
-from vramgate.messages import LogHeader, LogRecord, log_line_codec
+from vramgate.messages import LogHeader, log_line_codec
 
 
 class Recorder:
@@ -43,16 +43,7 @@ class Recorder:
     def record(self, envelope: Envelope) -> None:
         """Append one message."""
         buffer = self._buffer
-        buffer += self._encode(
-            LogRecord(
-                seq=envelope.seq,
-                at=envelope.at,
-                sender=envelope.sender,
-                recipient=envelope.recipient,
-                message=envelope.message,
-                correlation_id=envelope.correlation_id,
-            )
-        )
+        buffer += self._encode(envelope.to_record())
         buffer += b"\n"
         self.records += 1
         if len(buffer) >= self._limit:
