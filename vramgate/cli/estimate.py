@@ -17,43 +17,12 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from vramgate.cli._request import build_request, positive
 from vramgate.errors import VramgateError
-from vramgate.messages import GenerationRequest, ResourceRequirement
+from vramgate.messages import ResourceRequirement
 from vramgate.messages.codec import encode_json
 from vramgate.policy.estimate import Estimator
-from vramgate.policy.models import ModelCatalog, parse_size
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be positive, got {value}", param_hint=name)
-
-
-def _request(
-    model: str, size: str, frames: int | None, steps: int | None, task: str | None, lora: int, options: dict[str, Any]
-) -> GenerationRequest:
-    try:
-        width, height = parse_size(size)
-    except ValueError as exc:
-        raise click.BadParameter(f"{exc} (use WIDTHxHEIGHT, e.g. 1280x720)", param_hint="--size") from exc
-    _positive("--frames", frames)
-    _positive("--steps", steps)
-    if lora < 0:
-        raise click.BadParameter(f"must be 0 or more, got {lora}", param_hint="--lora")
-    raw: dict[str, Any] = {
-        "model": model,
-        "width": width,
-        "height": height,
-        "frames": frames,
-        "steps": steps,
-        "task": task,
-        "lora": [{"name": f"lora{i + 1}"} for i in range(lora)],
-        "options": options,
-    }
-    try:
-        return msgspec.convert({k: v for k, v in raw.items() if v is not None}, GenerationRequest)
-    except (msgspec.ValidationError, ValueError) as exc:
-        raise click.UsageError(f"invalid request: {exc}") from exc
+from vramgate.policy.models import ModelCatalog
 
 
 def _gib(mb: int) -> str:
@@ -120,8 +89,8 @@ def command(
     **flags: Any,
 ) -> None:
     """Estimate peak VRAM per GPU, peak host RAM and time of one run, split into components."""
-    _positive("--gpus", gpus)
-    _positive("--ulysses", flags.get("ulysses"))
+    positive("--gpus", gpus)
+    positive("--ulysses", flags.get("ulysses"))
     if flags.get("resident_blocks") is not None and flags["resident_blocks"] < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--resident-blocks")
     options = {k: v for k, v in flags.items() if v is not None}
@@ -132,7 +101,7 @@ def command(
         for path in profiles:
             catalog.load_file(path)
         estimator = Estimator(catalog)
-        request = _request(model, size, frames, steps, task, lora, options)
+        request = build_request(model, size, frames, steps, task, lora, options)
         spec = estimator.gpus.get(gpu)
         params = estimator.resolve(request)
         requirement = estimator.estimate(params, spec)

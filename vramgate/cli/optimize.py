@@ -10,49 +10,14 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from vramgate.cli._request import build_request
 from vramgate.errors import VramgateError
-from vramgate.messages import GenerationRequest, Plan
+from vramgate.messages import Plan
 from vramgate.messages.requests import LEVELS, OptimizationLevel
 from vramgate.policy._explain import fmt_mb, fmt_seconds
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuSpec
-from vramgate.policy.models import ModelCatalog, parse_size
+from vramgate.policy.models import ModelCatalog
 from vramgate.policy.optimize import Optimizer, summary
-
-
-def _size(value: str) -> tuple[int, int]:
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--size") from exc
-
-
-def _build(
-    model: str,
-    size: str,
-    frames: int | None,
-    steps: int | None,
-    task: str | None,
-    lora: int,
-    level: str,
-    options: dict[str, Any],
-) -> GenerationRequest:
-    width, height = _size(size)
-    pinned = {k: v for k, v in options.items() if v is not None}
-    raw: dict[str, Any] = {
-        "model": model,
-        "width": width,
-        "height": height,
-        "frames": frames,
-        "steps": steps,
-        "task": task,
-        "lora": [{"name": f"lora{i + 1}"} for i in range(lora)],
-        "max_level": level,
-        "options": pinned or None,
-    }
-    try:
-        return msgspec.convert({k: v for k, v in raw.items() if v is not None}, GenerationRequest)
-    except (msgspec.ValidationError, ValueError) as exc:
-        raise click.UsageError(f"invalid request: {exc}") from exc
 
 
 def generate_flags(plan: Plan) -> str:
@@ -181,7 +146,7 @@ def command(
         "gpus": gpus,
     }
     max_level: OptimizationLevel = level  # type: ignore[assignment]  # click.Choice(LEVELS)
-    request = _build(model, size, frames, steps, task, lora, level, options)
+    request = build_request(model, size, frames, steps, task, lora, options, max_level=level)
     try:
         optimizer = _optimizer(profile)
         spec: GpuSpec = DEFAULT_GPU_CATALOG.get(gpu_name) if gpu_name else DEFAULT_GPU_CATALOG.get(f"{vram_mb}MiB")
