@@ -6,15 +6,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import msgspec
 import pytest
 
+from vramgate._ticket import Lease
 from vramgate.demo import demo_requests
 from vramgate.messages import GenerationRequest, LoraSpec, RunOptions
 from vramgate.messages.codec import encode_json
 from vramgate.server.openapi import request_table
 
-from ._helpers import SMALL, app_for, serving
+from ._helpers import SMALL, app_for, serving, sim_config, wait_state
 
 pytestmark = pytest.mark.anyio
 
@@ -238,6 +241,62 @@ async def test_real_bodies_and_answers_match_the_published_schemas() -> None:
             assert answer.status_code == 422, body
             check(answer.json(), {"$ref": "#/components/schemas/ErrorBody"}, schemas)
             assert answer.json()["path"] == path
+
+
+class HeldRun:
+    """A runner that holds its lease until released."""
+
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+
+    async def __call__(self, lease: Lease) -> int:
+        await self.release.wait()
+        return 0
+
+
+def conforms(document: dict[str, Any], path: str, method: str, response: httpx.Response) -> None:
+    """``response`` is an answer the document lists for the operation, with the body and headers it says."""
+    listed = document["paths"][path][method]["responses"]
+    assert str(response.status_code) in listed, f"{method} {path} answered {response.status_code}: not documented"
+    spec = listed[str(response.status_code)]
+    for header in spec.get("headers", {}):
+        assert header.lower() in response.headers
+    schema = spec["content"]["application/json"]["schema"]
+    check(response.json(), schema, document["components"]["schemas"])
+
+
+async def test_every_answer_the_server_gives_is_documented() -> None:
+    runner = HeldRun()
+    async with serving(app_for(sim_config(queue_limit=1), runner=runner)) as client:
+        document = (await client.get("/openapi.json")).json()
+        post, one = "/v1/generations", "/v1/generations/{request_id}"
+        running = await client.post(post, json=SMALL)
+        conforms(document, post, "post", running)
+        await wait_state(client, running.json()["request_id"], {"running"})
+        queued = await client.post(post, json=SMALL)
+        conforms(document, post, "post", queued)
+        rid = queued.json()["request_id"]
+        await wait_state(client, rid, {"queued"})
+        full = await client.post(post, json=SMALL)
+        assert full.status_code == 429
+        conforms(document, post, "post", full)
+        too_large = await client.post(post, content=b" " * 70_000, headers={"content-type": "application/json"})
+        assert too_large.status_code == 413
+        conforms(document, post, "post", too_large)
+        conforms(document, one, "get", await client.get(f"/v1/generations/{rid}"))
+        conforms(document, one, "get", await client.get("/v1/generations/gnope"))
+        conforms(document, one + "/events", "get", await client.get("/v1/generations/gnope/events"))
+        cancelled = await client.delete(f"/v1/generations/{rid}")
+        assert cancelled.status_code == 202
+        conforms(document, one, "delete", cancelled)
+        await wait_state(client, rid, {"cancelled"})
+        again = await client.delete(f"/v1/generations/{rid}")
+        assert again.status_code == 409
+        conforms(document, one, "delete", again)
+        conforms(document, one, "delete", await client.delete("/v1/generations/gnope"))
+        conforms(document, "/v1/devices", "get", await client.get("/v1/devices"))
+        conforms(document, "/healthz", "get", await client.get("/healthz"))
+        runner.release.set()
 
 
 def test_readme_request_table_is_the_generated_one() -> None:
