@@ -9,6 +9,7 @@ from the same schema.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -180,11 +181,12 @@ def describe(document: Schema) -> Schema:
         operation = document.get("paths", {}).get(path, {}).get(method)
         if operation is None:
             continue
+        spec = copy.deepcopy(spec)
         operation["summary"] = spec["summary"]
         if "requestBody" in spec:
             operation["requestBody"] = spec["requestBody"]
         # The routes take raw bodies and string ids: FastAPI's own validation answer never happens.
-        operation["responses"] = dict(spec["responses"])
+        operation["responses"] = spec["responses"]
     if f'"{REF.format(name="HTTPValidationError")}"' not in json.dumps(document.get("paths", {})):
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
