@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import anyio
 import pytest
 from rich.console import Console
 
+from vramgate._live import memory
 from vramgate.demo import demo_requests, run_demo, summary_table
 from vramgate.replay import replay
 
@@ -28,6 +30,16 @@ async def test_demo_runs_and_its_log_replays(tmp_path: Path) -> None:
     )
     console.print(summary_table(result))
     assert "demo-01" in console.file.getvalue()  # type: ignore[attr-defined]
+    narrow = Console(file=io.StringIO(), width=80, color_system=None)
+    narrow.print(summary_table(result, 80))
+    text: str = narrow.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text
+    for row in result.rows:  # each row's id and end on one line, its reason whole (wrapped), figures with units
+        assert re.search(rf"^{row.request_id}\s+{row.state}\s", text, re.MULTILINE), text
+        assert " ".join(row.reason.split()) in " ".join(text.split()) or row.state == "completed"
+        if row.reservation_mb is not None:
+            assert memory(row.reservation_mb) in text
+            assert memory(row.reservation_mb).endswith(" GiB")
     states = [row.state for row in result.rows]
     assert states.count("rejected") == 1
     assert states.count("completed") == 5

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import anyio
 import msgspec
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from vramgate._live import STATE_STYLE, Cell, Column, LiveRow, LiveSnapshot, LiveView, fit_table, memory, seconds
 from vramgate._ticket import Lease, Ticket
 from vramgate.clock import MonotonicClock
 from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig, MonitorConfig
 from vramgate.errors import VramgateError
 from vramgate.gate import Gate, open_gate
 from vramgate.hardware import detect
-from vramgate.hardware.report import bar, gib
 from vramgate.messages import GenerationRequest
 from vramgate.messages.codec import codec_for
 from vramgate.runners import SimulatedRun, TorchWorkload
@@ -101,7 +101,9 @@ def _changes(lease: Lease) -> str:
     return ", ".join(f"{s.parameter}={s.suggested}" for s in lease.plan.suggestions) or "as requested"
 
 
-class _Demo:
+class DemoRun:
+    """The demo's requests through one gate: a task per request, and their rows as they go."""
+
     def __init__(self, gate: Gate, runner: Callable[[Lease], Awaitable[int]], requests: Sequence[GenerationRequest]):
         self.gate = gate
         self.runner = runner
@@ -148,48 +150,48 @@ class _Demo:
             if ledger.reserved_mb + ledger.others_mb + ledger.margin_mb > ledger.capacity_mb:
                 self.over_commits += 1
 
-    def view(self, started: float) -> Group:
+    def live_row(self, row: DemoRow) -> LiveRow:
+        """The row as the live view shows it, with the request's queue position as it is now."""
+        ticket = self.tickets.get(row.request_id)
+        state = row.state
+        position = None
+        step = total = None
+        eta = None
+        if state == "submitted":
+            ticket_state = ticket.state if ticket is not None else "preflight"
+            state = {"preflight": "planning", "admitted": "running"}.get(ticket_state, ticket_state)
+            if state == "queued":
+                position = self.gate.queue_position(row.request_id)
+        if state == "running" and ticket is not None:
+            if ticket.progress is not None:
+                step, total = ticket.progress.step, ticket.progress.total_steps
+            eta = ticket.eta_s()
+        return LiveRow(
+            request_id=row.request_id,
+            model=row.model,
+            size=row.size,
+            priority=row.priority,
+            state=state,
+            position=position,
+            device=row.device,
+            reservation_mb=row.reservation_mb,
+            waited_s=row.waited_s,
+            step=step,
+            total_steps=total,
+            eta_s=eta,
+            plan=row.changes or row.reason,
+        )
+
+    def snapshot(self, started: float) -> LiveSnapshot:
+        """The demo now, for the live view."""
         stats = self.gate.statistics()
-        devices = Table(title="devices", expand=False)
-        for column in ("device", "GPU", "reserved", "measured use", "", "leases", "free for admission"):
-            devices.add_column(column)
-        for device in stats.devices:
-            ledger = device.ledger
-            used = device.measured_used_mb or 0
-            devices.add_row(
-                f"{ledger.index}{' (sim)' if device.simulated else ''}",
-                ledger.gpu,
-                gib(ledger.reserved_mb),
-                gib(used),
-                bar(max(used, ledger.reserved_mb), ledger.capacity_mb),
-                str(ledger.leases),
-                gib(ledger.free_mb),
-            )
-        table = Table(title=f"requests (queue {stats.queue_length}, running {stats.running})", expand=False)
-        for column in ("id", "model", "size", "prio", "state", "dev", "progress", "plan"):
-            table.add_column(column, overflow="ellipsis", no_wrap=True)
-        for rid, row in sorted(self.rows.items()):
-            ticket = self.tickets.get(rid)
-            progress = ""
-            if ticket is not None and ticket.progress is not None and row.state == "running":
-                p = ticket.progress
-                eta = ticket.eta_s()
-                progress = f"{p.step}/{p.total_steps}" + (f" eta {eta:.0f}s" if eta is not None else "")
-            state = ticket.state if ticket is not None and row.state == "submitted" else row.state
-            if ticket is not None and ticket.state == "queued" and ticket.position is not None:
-                state = f"queued #{ticket.position}"
-            table.add_row(
-                rid,
-                row.model,
-                row.size,
-                str(row.priority),
-                state,
-                "" if row.device is None else str(row.device),
-                progress,
-                row.changes or row.reason[:60],
-            )
-        elapsed = Text(f"{anyio.current_time() - started:.1f} s", style="dim")
-        return Group(devices, table, elapsed)
+        return LiveSnapshot(
+            devices=stats.devices,
+            rows=tuple(self.live_row(row) for row in self.rows.values()),
+            queue_length=stats.queue_length,
+            running=stats.running,
+            elapsed_s=anyio.current_time() - started,
+        )
 
 
 async def run_demo(
@@ -222,8 +224,8 @@ async def run_demo(
         runner = TorchWorkload(time_scale=time_scale)
     started = anyio.current_time()
     async with open_gate(config, clock=clock) as gate:
-        demo = _Demo(gate, runner, burst)
-        display = Live(demo.view(started), console=console, refresh_per_second=4) if live else None
+        demo = DemoRun(gate, runner, burst)
+        display = Live(LiveView(demo.snapshot(started)), console=console, refresh_per_second=4) if live else None
         with display if display is not None else contextlib.nullcontext():
             async with anyio.create_task_group() as tg:
                 for index, request in enumerate(burst, start=1):
@@ -241,13 +243,13 @@ async def run_demo(
     )
 
 
-async def _refresh(demo: _Demo, started: float, display: Live) -> None:
+async def _refresh(demo: DemoRun, started: float, display: Live) -> None:
     while True:
         await anyio.sleep(0.25)
-        display.update(demo.view(started))
+        display.update(LiveView(demo.snapshot(started)))
 
 
-async def _watch(demo: _Demo, count: int, scope: anyio.CancelScope) -> None:
+async def _watch(demo: DemoRun, count: int, scope: anyio.CancelScope) -> None:
     """Check the ledger while the demo runs; stop the refresher when every request has ended."""
     while True:
         demo.check()
@@ -258,22 +260,41 @@ async def _watch(demo: _Demo, count: int, scope: anyio.CancelScope) -> None:
         await anyio.sleep(0.05)
 
 
-def summary_table(result: DemoResult) -> Table:
-    """The demo's summary: each request's end, wait, device, reservation and plan (or why it did not run)."""
-    table = Table(title="summary", expand=False)
-    for column in ("id", "model", "size", "prio", "state", "dev", "waited", "reserved", "peak", "plan / reason"):
-        table.add_column(column, overflow="fold")
-    for row in result.rows:
-        table.add_row(
+SUMMARY_COLUMNS = (
+    Column("id"),
+    Column("model"),
+    Column("size"),
+    Column("prio", "right"),
+    Column("state"),
+    Column("dev", "right"),
+    Column("waited", "right"),
+    Column("reserved", "right"),
+    Column("peak", "right"),
+    Column("plan / reason", flexible=24, wrap=True),
+)
+SUMMARY_ORDER = (0, 4, 6, 7, 8, 5, 9, 1, 2, 3)
+
+
+def summary_table(result: DemoResult, width: int = 200) -> Table:
+    """The demo's summary: each request's end, wait, device, reservation and plan (or why it did not run).
+
+    Columns that do not fit ``width`` are left out (the id, the state and the plan or reason stay).
+    """
+    cells: list[list[Cell]] = [
+        [
             row.request_id,
             row.model,
             row.size,
             str(row.priority),
-            row.state,
+            Text(row.state, style=STATE_STYLE.get(row.state, "")),
             "" if row.device is None else str(row.device),
-            "" if row.waited_s is None else f"{row.waited_s:.1f} s",
-            gib(row.reservation_mb),
-            gib(row.peak_mb),
+            "" if row.waited_s is None else seconds(row.waited_s),
+            memory(row.reservation_mb),
+            memory(row.peak_mb),
             row.changes if row.state == "completed" else (row.reason or row.changes),
-        )
+        ]
+        for row in result.rows
+    ]
+    table = fit_table(SUMMARY_COLUMNS, cells, SUMMARY_ORDER, width)
+    table.title = "summary"
     return table

@@ -294,6 +294,14 @@ class Gate:
             return 1.0
         return admission.admission.retry_after(self.clock.now())
 
+    def queue_position(self, request_id: str) -> int | None:
+        """The 1-based position of a waiting request in the admission queue now, or ``None`` when it is not waiting.
+
+        A ticket's ``position`` is where its request was queued; this is where it is as the queue moves.
+        """
+        admission = self._admission
+        return None if admission is None else admission.admission.queue_position(request_id)
+
     def statistics(self) -> GateStatistics:
         """Per-device ledgers and samples, the queue, waits, admissions, rejections, OOMs and cleanups."""
         admission = self._admission

@@ -43,7 +43,7 @@ def command(log_path: str, simulate: bool | None, time_scale: float, requests_pa
             console=console,
             live=not no_live,
         )
-        console.print(summary_table(result))
+        console.print(summary_table(result, console.width))
         states: dict[str, int] = {}
         for row in result.rows:
             states[row.state] = states.get(row.state, 0) + 1

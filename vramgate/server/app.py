@@ -28,6 +28,7 @@ from vramgate.config import GateConfig
 from vramgate.errors import ActorStopped, BadRequest, DecodeError, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet
 from vramgate.server._records import Record
+from vramgate.server.openapi import install_openapi
 from vramgate.server.runners import Runner
 from vramgate.server.schema import Accepted, ErrorBody
 from vramgate.server.service import GenerationService, ServerSettings, open_service
@@ -177,6 +178,7 @@ def create_app(
             return _error(404, "not_found", "metrics are off")
         return Response(content=exporter.render(), media_type=exporter.content_type)
 
+    install_openapi(app)
     return app
 
 

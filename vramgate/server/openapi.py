@@ -1,0 +1,264 @@
+"""The example server's OpenAPI document, built from the msgspec types it decodes and encodes.
+
+FastAPI cannot see the bodies (the routes read and write raw bytes through msgspec), so :func:`install_openapi`
+replaces the app's ``openapi()`` with FastAPI's own document plus JSON schemas that msgspec generates from
+:class:`~vramgate.messages.GenerationRequest` and the response structs in :mod:`vramgate.server.schema`. The
+meaning of each request field lives in :data:`FIELD_DOCS`; :func:`request_table` renders the README's table
+from the same schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from vramgate.messages import GenerationRequest, LoraSpec, RunOptions
+from vramgate.server.schema import Accepted, DevicesBody, ErrorBody, GenerationStatus, Health
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+Schema = dict[str, Any]
+
+REF = "#/components/schemas/{name}"
+#: The structs a client sends: their ``type`` tag may be left out.
+REQUEST_TYPES: tuple[type[msgspec.Struct], ...] = (GenerationRequest, LoraSpec, RunOptions)
+RESPONSE_TYPES: tuple[type[msgspec.Struct], ...] = (Accepted, ErrorBody, GenerationStatus, DevicesBody, Health)
+
+#: What each request field means; the schema's types, bounds and defaults come from the structs themselves.
+FIELD_DOCS: dict[type[msgspec.Struct], dict[str, str]] = {
+    GenerationRequest: {
+        "model": "model profile: `t2v-A14B`, `i2v-A14B` or `ti2v-5B`",
+        "width": "frame width in pixels",
+        "height": "frame height in pixels",
+        "request_id": "the caller's id (the example server ignores it and gives its own)",
+        "task": "`t2v` or `i2v`; null: the model's default task",
+        "frames": "frames to generate (4k+1 for Wan); null: from `duration_s`, else the model's default",
+        "duration_s": "clip length in seconds, instead of `frames`",
+        "fps": "frames per second with `duration_s`; null: the model's",
+        "steps": "denoising steps; null: the model's default",
+        "guidance_scale": "classifier-free guidance scale; null: the model's default",
+        "lora": "LoRA adapters applied to the DiT (`lora[].*` below)",
+        "priority": "higher runs first",
+        "max_level": "how far the optimizer may go: `none` changes nothing, `basic` memory techniques only (no "
+        "quality loss), `aggressive` also fewer steps and shorter clips, `maximum` also smaller model sizes",
+        "options": "run options (`options.*` below); a value given is pinned, the optimizer never changes it",
+        "max_wait_s": "end as `timed_out` if not admitted within this many seconds",
+        "prompt": "the text prompt (it does not change the memory a run needs)",
+    },
+    LoraSpec: {
+        "name": "adapter name",
+        "rank": "adapter rank: its size is estimated from it when `size_mb` is not given",
+        "scale": "adapter strength",
+        "size_mb": "adapter size in MiB",
+    },
+    RunOptions: {
+        "offload_model": "move each model to the CPU after its phase (`generate.py --offload_model`)",
+        "convert_model_dtype": "convert the weights to the model's param dtype (`generate.py --convert_model_dtype`)",
+        "t5_cpu": "run the text encoder on the CPU",
+        "vae_tiling": "decode the video in tiles",
+        "dit_fsdp": "shard the DiT across `gpus`",
+        "t5_fsdp": "shard the text encoder across `gpus`",
+        "ulysses": "sequence-parallel degree",
+        "gpus": "world size of a multi-GPU run",
+        "resident_blocks": "offload DiT blocks, keeping this many on the GPU",
+        "sequential_offload": "stream every layer to the GPU as it runs",
+        "dit_dtype": "the DiT weights' dtype",
+    },
+}
+
+_NOTE = (
+    "Give either `frames` or `duration_s`, not both; `fps` needs `duration_s`. Unknown fields are errors. "
+    'The `type` tag may be left out (if given, it is the struct\'s name, e.g. `"GenerationRequest"`).'
+)
+
+
+def components() -> dict[str, Schema]:
+    """JSON schemas of every request and response body, by name, with each request field's meaning."""
+    _, schemas = msgspec.json.schema_components((*REQUEST_TYPES, *RESPONSE_TYPES), ref_template=REF)
+    for struct in REQUEST_TYPES:
+        schema = schemas[struct.__name__]
+        schema["required"] = [name for name in schema.get("required", []) if name != "type"]
+        for name, meaning in FIELD_DOCS[struct].items():
+            schema["properties"][name]["description"] = meaning
+    request = schemas[GenerationRequest.__name__]
+    request["description"] = f"{request.get('description', '')}\n\n{_NOTE}".strip()
+    return schemas
+
+
+def _ref(struct: type[msgspec.Struct]) -> Schema:
+    return {"$ref": REF.format(name=struct.__name__)}
+
+
+def _body(struct: type[msgspec.Struct], description: str, **extra: Any) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": _ref(struct)}}, **extra}
+
+
+def _error(description: str, example: Schema, **extra: Any) -> Schema:
+    body = _body(ErrorBody, description, **extra)
+    body["content"]["application/json"]["example"] = example
+    return body
+
+
+_NOT_FOUND = _error("no such request (or it ended long ago)", {"error": "not_found", "detail": "no such request"})
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer", "minimum": 1}}
+}
+
+#: What each route takes and answers, by path and method.
+OPERATIONS: dict[tuple[str, str], Schema] = {
+    ("/v1/generations", "post"): {
+        "summary": "Submit a generation",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": _ref(GenerationRequest),
+                    "example": {"model": "ti2v-5B", "width": 832, "height": 480, "frames": 33, "steps": 10},
+                }
+            },
+        },
+        "responses": {
+            "202": _body(Accepted, "accepted: the server's id for the request, its state and queue position"),
+            "413": _error("the body is larger than the server accepts", {"error": "too_large", "detail": "..."}),
+            "422": _error(
+                "not a valid request: `path` names the field",
+                {"error": "invalid_request", "detail": "Expected `int`, got `str`", "path": "$.width"},
+            ),
+            "429": _error(
+                "the queue is full: try again after `Retry-After` seconds (`retry_after_s` unrounded)",
+                {"error": "queue_full", "detail": "...", "retry_after_s": 12.5},
+                headers=_RETRY_AFTER,
+            ),
+            "503": _error("the gate is closing", {"error": "unavailable", "detail": "..."}),
+        },
+    },
+    ("/v1/generations/{request_id}", "get"): {
+        "summary": "A generation's status",
+        "responses": {
+            "200": _body(GenerationStatus, "state, device, reservation, plan, progress, ETA, outcome or reason"),
+            "404": _NOT_FOUND,
+        },
+    },
+    ("/v1/generations/{request_id}", "delete"): {
+        "summary": "Cancel a generation",
+        "responses": {
+            "202": _body(GenerationStatus, "cancelled (a queued request left the queue; a running one is stopped)"),
+            "409": _body(GenerationStatus, "it had already ended: its final status"),
+            "404": _NOT_FOUND,
+        },
+    },
+    ("/v1/generations/{request_id}/events", "get"): {
+        "summary": "A generation's lifecycle events",
+        "responses": {
+            "200": {
+                "description": "server-sent events, `event:` the message type and `data:` the message as JSON, "
+                "until `RequestEnded`",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            "404": _NOT_FOUND,
+        },
+    },
+    ("/v1/devices", "get"): {
+        "summary": "Devices and their ledgers",
+        "responses": {"200": _body(DevicesBody, "each device's admission ledger and the latest sample")},
+    },
+    ("/healthz", "get"): {
+        "summary": "Liveness",
+        "responses": {"200": _body(Health, "serving"), "503": _body(Health, "closing")},
+    },
+}
+
+
+def describe(document: Schema) -> Schema:
+    """``document`` (FastAPI's OpenAPI document of the app) with every body and answer this module knows."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(components())
+    for (path, method), spec in OPERATIONS.items():
+        operation = document.get("paths", {}).get(path, {}).get(method)
+        if operation is None:
+            continue
+        spec = copy.deepcopy(spec)
+        operation["summary"] = spec["summary"]
+        if "requestBody" in spec:
+            operation["requestBody"] = spec["requestBody"]
+        # The routes take raw bodies and string ids: FastAPI's own validation answer never happens.
+        operation["responses"] = spec["responses"]
+    if f'"{REF.format(name="HTTPValidationError")}"' not in json.dumps(document.get("paths", {})):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return document
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make ``app.openapi()`` (and ``/openapi.json``, ``/docs``) describe the bodies and answers."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(default())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _number(value: float) -> str:
+    return "2**40" if value == 1 << 40 else str(value)
+
+
+def _bounds(schema: Schema) -> str:
+    low = f"[{_number(schema['minimum'])}" if "minimum" in schema else ""
+    low = f"({_number(schema['exclusiveMinimum'])}" if "exclusiveMinimum" in schema else low
+    high = f"{_number(schema['maximum'])}]" if "maximum" in schema else ""
+    if low and high:
+        return f" in {low}, {high}"
+    if low:
+        return f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
+    return f" <= {high[:-1]}" if high else ""
+
+
+def type_text(schema: Schema) -> str:
+    """A short human form of a field's JSON schema: ``integer in (0, 16384]``, ``list of LoraSpec``, ..."""
+    if "anyOf" in schema:
+        options = [s for s in schema["anyOf"] if s != {"type": "null"}]
+        nullable = len(options) < len(schema["anyOf"])
+        text = " or ".join(type_text(s) for s in options)
+        return f"{text} or null" if nullable else text
+    if "$ref" in schema:
+        return f"`{schema['$ref'].rsplit('/', 1)[-1]}`"
+    if "enum" in schema:
+        return "one of " + ", ".join(f"`{value}`" for value in schema["enum"])
+    kind = schema.get("type", "any")
+    if kind == "array":
+        return f"list of {type_text(schema['items'])}"
+    if kind == "string":
+        low, high = schema.get("minLength"), schema.get("maxLength")
+        text = "string"
+        if low is not None or high is not None:
+            text += f" of {low}-{high} chars" if low is not None and high is not None else f" of <= {high} chars"
+        return f"{text} matching `{schema['pattern']}`" if "pattern" in schema else text
+    return f"{kind}{_bounds(schema)}"
+
+
+def request_rows() -> list[tuple[str, str, str, str]]:
+    """``(name, type, default, meaning)`` for every field a request body may have, nested ones as ``lora[].x``."""
+    schemas = components()
+    rows: list[tuple[str, str, str, str]] = []
+    for struct, prefix in ((GenerationRequest, ""), (LoraSpec, "lora[]."), (RunOptions, "options.")):
+        schema = schemas[struct.__name__]
+        required = set(schema.get("required", ()))
+        for field in msgspec.structs.fields(struct):
+            prop = schema["properties"][field.encode_name]
+            default = "required" if field.name in required else f"`{json.dumps(prop['default'])}`"
+            rows.append((prefix + field.name, type_text(prop), default, prop["description"]))
+    return rows
+
+
+def request_table() -> str:
+    """The README's table of request fields, in Markdown."""
+    lines = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{name}` | {kind} | {default} | {meaning} |" for name, kind, default, meaning in request_rows()]
+    return "\n".join(lines)
