@@ -159,11 +159,27 @@ class Ticket:
     def done(self) -> bool:
         return self.state == "ended"
 
+    @property
+    def reason(self) -> str:
+        """What a queued request waits for now (``"behind 3 requests; waiting for 3,200 MiB on gpu0: held by 2
+        running leases"``); ``""`` once it is admitted or ended."""
+        if self.state != "queued":
+            return ""
+        standing = self._gate.standing(self.request_id)
+        return standing.reason if standing is not None else ""
+
     def eta_s(self) -> float | None:
-        """Seconds until the run is expected to end: from its progress when it reports any, else the plan."""
+        """Seconds until the run is expected to end: from its progress when it reports any, else the plan; for a
+        queued request, from when admission expects it to start (``None`` when that is unknown: others' use,
+        not this gate's leases, holds the memory it waits for)."""
+        now = self._gate.clock.now()
+        if self.state == "queued" and self.plan is not None:
+            standing = self._gate.standing(self.request_id)
+            if standing is None or standing.starts_at is None:
+                return None
+            return max(0.0, standing.starts_at - now) + self.plan.requirement.estimated_time_seconds
         if self.state != "admitted" or self.admitted_at is None or self.plan is None:
             return None
-        now = self._gate.clock.now()
         progress = self.progress
         if progress is not None and progress.step > 0 and self.progress_at is not None:
             per_step = (self.progress_at - self.admitted_at) / progress.step

@@ -62,6 +62,7 @@ from vramgate.messages.admission import AdmissionStatistics, CancelRequest, Rele
 from vramgate.messages.estimation import CorrectionLearned, EstimateRequirement, ObserveRun
 from vramgate.messages.gate import DeviceStatistics, GateStatistics
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
+from vramgate.policy._standing import Standing
 from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
@@ -272,9 +273,10 @@ class Gate:
 
     def plan_budgets(self, *, others: bool = True) -> dict[str, int]:
         """VRAM per GPU that a plan may need, for each kind of GPU: the best device's capacity less its safety
-        margin and (with ``others``) less what others use on it now, rounded down to 256 MiB so that small
-        changes in others' use do not re-plan every request. A plan within it can be admitted once this system's
-        own leases end (and, without ``others``, once other processes leave)."""
+        margin and less what others use on it now (with ``others``) or what they never gave back (without:
+        the ledger's ``attainable_mb``), rounded down to 256 MiB so that small changes in others' use do not
+        re-plan every request. A plan within it can be admitted once this system's own leases end (and, without
+        ``others``, once the other processes that may leave have left)."""
         admission = self._admission
         if admission is None:
             return {}
@@ -282,7 +284,7 @@ class Gate:
         for ledger in admission.admission.statistics().devices:
             if ledger.lost:
                 continue
-            used = ledger.others_mb if others else 0
+            used = ledger.others_mb if others else ledger.permanent_mb
             budget = max(0, ledger.capacity_mb - ledger.margin_mb - used) // 256 * 256
             budgets[ledger.gpu] = max(budgets.get(ledger.gpu, 0), budget)
         return budgets
@@ -319,6 +321,7 @@ class Gate:
                 )
             )
         ratios = sorted(self._estimate_ratios)
+        stall = admission.admission.stalled(self.clock.now()) if admission is not None else None
         return GateStatistics(
             devices=tuple(devices),
             queue_length=core_stats.queue_length if core_stats is not None else 0,
@@ -330,8 +333,15 @@ class Gate:
             cleanup_freed_mb=self._cleanup_freed_mb,
             estimate_ratio_p50=ratios[len(ratios) // 2] if ratios else None,
             estimate_ratio_max=ratios[-1] if ratios else None,
+            queue_stalled_s=max(0.0, self.clock.now() - stall[0]) if stall is not None else None,
+            stall_reason=stall[1] if stall is not None else "",
             **self._counts,
         )
+
+    def standing(self, request_id: str) -> Standing | None:
+        """Where a waiting request stands in admission's queue: position, what it waits for, expected start."""
+        admission = self._admission
+        return admission.admission.standing(request_id, self.clock.now()) if admission is not None else None
 
     def ticket(self, request_id: str) -> Ticket | None:
         """The ticket of a request that has not ended yet."""

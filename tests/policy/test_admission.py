@@ -61,7 +61,7 @@ def test_a_request_that_does_not_fit_waits_and_is_admitted_when_memory_returns()
     [queued] = d.send(submit("b", 50000), 1.0)
     assert isinstance(queued, RequestQueued)
     assert queued.position == 1
-    assert f"needs 50000 MiB per GPU; the most free on a device is {BUDGET - 50000} MiB" in queued.reason
+    assert queued.reason == f"waiting for {50000 - (BUDGET - 50000):,} MiB on gpu0: held by 1 running lease"
     assert d.core.queue_position("b") == 1
     events = d.send(ReleaseLease(lease_id="lease-1"), 4.0)
     released, ended, admitted = events
@@ -204,6 +204,7 @@ def test_a_full_queue_rejects_at_once_with_a_retry_after_estimate() -> None:
 
 def test_retry_after_without_any_estimate_uses_the_default() -> None:
     d = core(queue_limit=1, retry_after_default_s=7.0)
+    d.send(sample(0.0, {0: 0}), 0.0)  # the device was empty: what others take later may leave again
     d.send(submit("run", BUDGET, seconds=0.0), 0.0)
     d.send(submit("q", BUDGET), 0.0)
     assert d.core.retry_after(50.0) == pytest.approx(0.1)  # the running lease is overdue: room any moment

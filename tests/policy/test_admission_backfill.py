@@ -58,14 +58,51 @@ def test_without_backfilling_nothing_passes_the_head() -> None:
     assert queued.position == 2
 
 
-def test_a_head_blocked_by_others_protects_every_device_it_could_use() -> None:
+def test_a_head_blocked_by_others_does_not_hold_back_what_fits_behind_it() -> None:
     d = core(stale_after_s=60.0)
-    d.send(sample(0.0, {0: 40000}, ours={0: 0}), 0.0)
-    d.send(submit("head", 60000), 0.0)  # waits for the outside consumer: its start is unknown
-    [queued] = d.send(submit("short", 1000, seconds=1.0), 1.0)
+    d.send(sample(0.0, {0: 0}, ours={0: 0}), 0.0)
+    d.send(sample(1.0, {0: 40000}, ours={0: 0}), 1.0)  # an outside consumer arrives; it may leave again
+    [queued] = d.send(submit("head", 60000), 1.0)  # waits for the outside consumer: its start is unknown
     assert isinstance(queued, RequestQueued)
-    assert admitted_ids(d.send(sample(2.0, {0: 0}, ours={0: 0}), 2.0)) == []  # the drop is believed slowly
-    assert admitted_ids(d.send(sample(200.0, {0: 0}, ours={0: 0}), 200.0)) == ["head", "short"]
+    assert "held by others (40,000 MiB outside this gate's leases)" in queued.reason
+    assert admitted_ids(d.send(submit("short", 1000, seconds=1.0), 2.0)) == ["short"]
+    assert d.core.queue_position("head") == 1
+    d.send(ReleaseLease(lease_id="lease-1"), 3.0)
+    assert admitted_ids(d.send(sample(4.0, {0: 0}, ours={0: 0}), 4.0)) == []  # the drop is believed slowly
+    assert admitted_ids(d.send(sample(200.0, {0: 0}, ours={0: 0}), 200.0)) == ["head"]
+
+
+def test_once_others_have_left_the_head_is_protected_again() -> None:
+    d = core(stale_after_s=None)
+    d.send(sample(0.0, {0: 0}, ours={0: 0}), 0.0)
+    d.send(submit("running", 50000, seconds=100.0), 0.0)
+    d.send(sample(0.5, {0: 70000}, ours={0: 50000}), 0.5)  # 20 GiB outside: the head cannot start at 100
+    d.send(submit("head", 60000, seconds=10.0), 1.0)
+    assert admitted_ids(d.send(submit("long", 5000, seconds=500.0), 1.0)) == ["long"]
+    d.send(sample(300.0, {0: 55000}, ours={0: 55000}), 300.0)  # the outside consumer is gone
+    # The head starts when "running" ends (expected at 100, so now), leaving 12,481 MiB: a long request that
+    # fits the 22,481 MiB free now but not that spare may not pass it.
+    assert admitted_ids(d.send(submit("long2", 15000, seconds=500.0), 301.0)) == []
+    assert admitted_ids(d.send(ReleaseLease(lease_id="lease-1"), 302.0)) == ["head"]
+
+
+def test_a_head_that_would_time_out_first_does_not_hold_back_what_fits() -> None:
+    d = core()
+    d.send(submit("running", 50000, seconds=100.0), 0.0)  # ends at 100
+    d.send(submit("head", 60000, max_wait_s=20.0), 0.0)  # would start at 100, after its wait bound
+    assert admitted_ids(d.send(submit("long", 20000, seconds=500.0), 1.0)) == ["long"]
+
+
+def test_without_backfilling_the_first_request_that_can_start_passes_an_unstartable_head() -> None:
+    d = core(stale_after_s=None, backfill=False)
+    d.send(sample(0.0, {0: 0}), 0.0)
+    d.send(sample(1.0, {0: 40000}), 1.0)
+    d.send(submit("head", 60000), 1.0)
+    assert admitted_ids(d.send(submit("next", 30000), 2.0)) == ["next"]
+    assert admitted_ids(d.send(submit("third", 10000), 3.0)) == []  # starts when "next" ends
+    [queued] = d.send(submit("fourth", 1000, seconds=1.0), 4.0)  # "third" can start first: nothing passes it
+    assert isinstance(queued, RequestQueued)
+    assert queued.position == 3
 
 
 # ---------------------------------------------------------------------------------------------- property

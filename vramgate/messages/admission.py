@@ -68,7 +68,9 @@ class DeviceLedgerStatistics(Message, frozen=True):
 
     ``others_mb`` is the smoothed use by everything but this system's leases; ``others_raw_mb`` the latest
     measured figure; ``sample_age_s`` is ``None`` before the first sample. ``blocked`` says why nothing is
-    admitted on the device now (empty when it admits).
+    admitted on the device now (empty when it admits). ``permanent_mb`` is others' use that never came free
+    (a CUDA context, a neighbour that stays), and ``attainable_mb = capacity - margin - permanent`` the most
+    reservations can ever have on the device: no request is queued for more.
     """
 
     index: int
@@ -83,10 +85,16 @@ class DeviceLedgerStatistics(Message, frozen=True):
     sample_age_s: float | None
     lost: bool
     blocked: str = ""
+    permanent_mb: MB = 0
+    attainable_mb: MB | None = None
 
 
 class AdmissionStatistics(Message, frozen=True):
-    """A snapshot of the admission core: its ledgers, its queue and its counters since it started."""
+    """A snapshot of the admission core: its ledgers, its queue and its counters since it started.
+
+    ``stalled_since``: since when requests have waited with no lease running on any device the first of them
+    could use (the queue is not moving); ``None`` when it is empty or moving.
+    """
 
     devices: tuple[DeviceLedgerStatistics, ...]
     queue_length: int
@@ -102,6 +110,7 @@ class AdmissionStatistics(Message, frozen=True):
     failed: int
     mean_wait_s: float
     max_wait_s: float
+    stalled_since: float | None = None
 
 
 class LeaseSnapshot(Message, frozen=True):

@@ -19,6 +19,9 @@ class GateStatistics(Message, frozen=True):
     """A snapshot of a gate. Counters count since the gate opened; waits are in seconds.
 
     ``estimate_ratio_*`` are observed/predicted VRAM of finished runs (1.0 is a perfect estimate).
+    ``queue_stalled_s``: how long requests have waited while no lease runs on any device the first of them could
+    use (the queue is not moving), ``None`` when it is empty or moving; ``stall_reason`` what that request
+    waits for.
     """
 
     devices: tuple[DeviceStatistics, ...]
@@ -41,3 +44,5 @@ class GateStatistics(Message, frozen=True):
     max_wait_s: float
     estimate_ratio_p50: float | None = None
     estimate_ratio_max: float | None = None
+    queue_stalled_s: float | None = None
+    stall_reason: str = ""

@@ -126,20 +126,22 @@ def shadow(
     groups: Sequence[Group],
     free: Sequence[int],
     usable: Sequence[bool],
-    budgets: Sequence[int],
     ends: Sequence[tuple[float, tuple[int, ...], int]],
     *,
     now: float,
     spread: bool,
 ) -> Shadow:
-    """When the head (its :func:`groups_of`) can start as running leases end at their expected ``ends`` (time,
+    """When a request (its :func:`groups_of`) can start as running leases end at their expected ``ends`` (time,
     positions, MiB per position; in order of time), assuming others' use stays as it is; and the memory its
-    placement leaves over then.
+    placement leaves over then. A request that fits ``free`` now starts ``now``.
 
     When it cannot start even after every lease has ended (others hold the memory, or the devices it needs are
-    blocked), the time is unknown: ``inf``, and every device it could ever use is protected (``extra`` -1).
+    blocked), the time is unknown: ``inf``, and nothing is left over for it to protect (``extra`` is empty).
     """
     avail = [f if ok else UNUSABLE for f, ok in zip(free, usable, strict=True)]
+    found = place_groups(groups, avail, spread=spread)
+    if found is not None:
+        return Shadow(now, {pos: avail[pos] - found.need_mb for pos in found.positions})
     timeline = ends
     for i, (end, positions, mb) in enumerate(timeline):
         for pos in positions:
@@ -150,5 +152,4 @@ def shadow(
         if found is not None:
             extra = {pos: avail[pos] - found.need_mb for pos in found.positions}
             return Shadow(max(end, now), extra)
-    protect = {pos: -1 for group in groups for pos in group.positions if group.need_mb <= budgets[pos]}
-    return Shadow(math.inf, protect)
+    return Shadow(math.inf, {})

@@ -57,7 +57,7 @@ class PlanResolver:
 
     def _fallback(self, plans: tuple[Plan, ...], pos: int) -> Plan | None:
         device = self._devices[pos]
-        budget = self._ledgers[pos].budget_mb
+        budget = self._ledgers[pos].attainable_mb
         if self._reoptimize is not None:
             made_for = sorted(plans, key=lambda p: (self._made_for_mb(p), p.requirement.vram_mb))
             bigger = [p for p in made_for if self._made_for_mb(p) >= device.capacity_mb]
@@ -86,10 +86,12 @@ class PlanResolver:
         return key
 
     def fits_ever(self, plans: Sequence[Plan | None], *, with_lost: bool) -> bool:
+        """Whether some devices can ever take one of ``plans``: within what their reservations can ever have
+        (the ledger's ``attainable_mb``: memory others never gave back does not count)."""
         groups: dict[int, int] = {}
         for pos, plan in enumerate(plans):
             ledger = self._ledgers[pos]
-            if plan is None or (ledger.lost and not with_lost) or plan.requirement.vram_mb > ledger.budget_mb:
+            if plan is None or (ledger.lost and not with_lost) or plan.requirement.vram_mb > ledger.attainable_mb:
                 continue
             groups[id(plan)] = groups.get(id(plan), 0) + 1
             if groups[id(plan)] >= plan.requirement.world_size:
@@ -113,8 +115,20 @@ class PlanResolver:
         elif world > live:
             reason = f"the smallest plan needs {world} GPUs; {live} are available"
         else:
-            largest = max((ledger.budget_mb for ledger in self._ledgers if not ledger.lost), default=0)
+            live_ledgers = [ledger for ledger in self._ledgers if not ledger.lost]
+            made_for = best.gpu or best.requirement.gpu
+            if made_for:  # the devices of the GPU the plan was made for, when there are any
+                key = self._gpu_key(made_for)
+                mine = [ledger for pos, ledger in enumerate(self._ledgers) if self._gpu_keys[pos] == key]
+                live_ledgers = [ledger for ledger in mine if not ledger.lost] or live_ledgers
+            best_ledger = max(live_ledgers, key=lambda ledger: ledger.attainable_mb, default=None)
+            largest = best_ledger.attainable_mb if best_ledger is not None else 0
             reason = f"the smallest plan needs {need} MiB per GPU; the largest device budget is {largest} MiB"
+            if best_ledger is not None and best_ledger.permanent_mb:
+                reason += (
+                    f" (device {best_ledger.index}: capacity {best_ledger.capacity_mb} less the margin "
+                    f"{best_ledger.margin_mb} and {best_ledger.permanent_mb} MiB that others never gave back)"
+                )
         return RequestRejected(
             request_id=request_id,
             code=code,

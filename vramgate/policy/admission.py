@@ -14,8 +14,18 @@ Backfilling (EASY, as HPC schedulers do). The first request in order, the head, 
 While it does not, the core computes its shadow: the earliest time it would fit as running leases end at their
 expected ends, and the memory its placement leaves over then. A later request may start first only if it fits
 now and either is expected to end before that time or takes, on the head's devices, no more than what is left
-over. When the head's start is unknown (others' use blocks it), nothing may take memory on a device it could
-use. Only the first ``backfill_depth`` waiting requests are examined per pass, so each decision is bounded.
+over. A request that cannot start within its bound (not even once every running lease has ended, because
+others' use blocks it, or not before its ``max_wait_s``) protects nothing: the first waiting request that can
+start takes the head's place for backfilling, so an un-startable head never holds back what fits behind it.
+Only the first ``backfill_depth`` waiting requests are examined per pass, so each decision is bounded.
+
+Liveness. Nothing is queued for memory that never comes free: a plan above what a device can ever give
+(:attr:`~vramgate.policy.ledger.DeviceLedger.attainable_mb`, less the memory others never gave back) does not
+count for that device, and a request with no such plan anywhere is rejected (also when that memory grows
+while it waits). :meth:`AdmissionCore.standing` says what a waiting request waits for and when it is expected
+to start; :meth:`AdmissionCore.statistics` gives ``stalled_since``: since when requests have waited while no
+lease runs on any device the first of them could use (nothing that runs will make room: the queue is not
+moving).
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ from vramgate.messages.resources import ResourceSample
 from vramgate.policy._placement import Group, Placement, Shadow, groups_of, place_groups, shadow
 from vramgate.policy._plans import PlanResolver, Reoptimizer
 from vramgate.policy._queue import DeadlineHeap, Key, SortedKeys
+from vramgate.policy._standing import Standing, waiting_reason
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
 from vramgate.policy.ledger import DeviceConfig, DeviceLedger
 
@@ -64,6 +75,7 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     ``stale_after_s``: a device whose latest sample is older admits nothing (``None``: samples are not required,
     and a device never sampled counts as empty). ``aging``: priority points a waiting request gains per second.
     ``others_decay_s``: the half-life with which a drop in others' measured use is believed (a rise is at once).
+    ``permanent_after_s``: others' use that has not come free once in this long counts as never leaving.
     """
 
     queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
@@ -73,6 +85,7 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     backfill: bool = True
     backfill_depth: Annotated[int, msgspec.Meta(ge=0)] = 256
     others_decay_s: Annotated[float, msgspec.Meta(ge=0.0)] = 10.0
+    permanent_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 600.0
     retry_after_default_s: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
     min_retry_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
 
@@ -84,6 +97,7 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             ("placement", self.placement in ("best_fit", "spread")),
             ("backfill_depth", self.backfill_depth >= 0),
             ("others_decay_s", self.others_decay_s >= 0),
+            ("permanent_after_s", self.permanent_after_s >= 0 and math.isfinite(self.permanent_after_s)),
             ("retry_after_default_s", self.retry_after_default_s > 0),
             ("min_retry_after_s", self.min_retry_after_s >= 0),
         )
@@ -190,7 +204,12 @@ class AdmissionCore:
         self._devices = tuple(sorted(devices, key=lambda d: d.index))
         self._position = {d.index: pos for pos, d in enumerate(self._devices)}
         self._ledgers = [
-            DeviceLedger(d, stale_after_s=self.config.stale_after_s, others_decay_s=self.config.others_decay_s)
+            DeviceLedger(
+                d,
+                stale_after_s=self.config.stale_after_s,
+                others_decay_s=self.config.others_decay_s,
+                permanent_after_s=self.config.permanent_after_s,
+            )
             for d in self._devices
         ]
         self._plans = PlanResolver(self._devices, self._ledgers, catalog, reoptimize)
@@ -213,6 +232,8 @@ class AdmissionCore:
         )
         self._wait_total = 0.0
         self._wait_max = 0.0
+        #: Since when requests have waited with no lease running on a device the first of them could use.
+        self._stalled_since: float | None = None
 
     # ================================================================== queries
 
@@ -232,6 +253,16 @@ class AdmissionCore:
         """The 1-based position of a waiting request, or ``None`` when it is not waiting."""
         waiting = self._waiting.get(request_id)
         return None if waiting is None else self._queue.rank(waiting.key) + 1
+
+    def attainable_mb(self) -> dict[str, int]:
+        """For each kind of GPU, the most one of its devices can ever give a reservation: capacity less the margin
+        and the memory others never gave back (lost devices too: they may come back). A plan within it is never
+        queued for memory that cannot come free."""
+        best: dict[str, int] = {}
+        for ledger in self._ledgers:
+            gpu = ledger.config.gpu
+            best[gpu] = max(best.get(gpu, 0), ledger.attainable_mb)
+        return best
 
     def lease_of(self, request_id: str) -> str | None:
         """The lease id of a running request, or ``None``."""
@@ -274,6 +305,8 @@ class AdmissionCore:
                 sample_age_s=ledger.sample_age_s(now),
                 lost=ledger.lost,
                 blocked=ledger.blocked(now),
+                permanent_mb=ledger.permanent_mb,
+                attainable_mb=ledger.attainable_mb,
             )
             for ledger in self._ledgers
         )
@@ -285,6 +318,7 @@ class AdmissionCore:
             running=len(self._leases),
             mean_wait_s=self._wait_total / admitted if admitted else 0.0,
             max_wait_s=self._wait_max,
+            stalled_since=self._stalled_since,
             **self._counts,
         )
 
@@ -356,6 +390,7 @@ class AdmissionCore:
         self._expire(now, out)
         if self._queue:
             self._schedule(now, out)
+        self._note_stall(now)
         return out
 
     def _restore_lease(self, item: LeaseSnapshot, seen: set[str]) -> None:
@@ -439,6 +474,7 @@ class AdmissionCore:
             raise InvalidParameter("message", type(message).__name__, "admission does not handle this message")
         if dirty and self._queue:
             self._schedule(now, out)
+        self._note_stall(now)
         return out
 
     # ------------------------------------------------------------------ submit
@@ -479,7 +515,7 @@ class AdmissionCore:
         head_key = self._queue.first()
         if head_key == key:
             self._schedule(now, out)
-        elif self.config.backfill:
+        else:
             self._schedule(now, out, only=waiting)
         if request_id in self._waiting:
             out.append(
@@ -559,6 +595,7 @@ class AdmissionCore:
         saw changes nothing for it)."""
         at = min(message.at, now)
         newly_lost = False
+        shrunk = False  # what a device can ever give fell: a waiting request may never fit any more
         changed = False
         position = self._position
         ledgers = self._ledgers
@@ -570,13 +607,15 @@ class AdmissionCore:
             ledger = ledgers[pos]
             was_lost = ledger.lost
             before = (ledger.others_mb, ledger.capacity_mb)
+            attainable = ledger.attainable_mb
             if was_lost or not ledger.admits(pass_at):
                 changed = True
             ledger.observe(device, at)
             if ledger.lost != was_lost or (ledger.others_mb, ledger.capacity_mb) != before:
                 changed = True
                 newly_lost = newly_lost or ledger.lost
-        if newly_lost:
+            shrunk = shrunk or ledger.attainable_mb < attainable
+        if (newly_lost or shrunk) and self._waiting:
             self._reject_unplaceable(out)
         return changed
 
@@ -588,12 +627,12 @@ class AdmissionCore:
         self._reject_unplaceable(out)
 
     def _reject_unplaceable(self, out: list[Message]) -> None:
-        """Reject the waiting requests that no remaining device can ever take."""
-        for waiting in [w for w in self._waiting.values() if not self._plans.fits_ever(w.plans, with_lost=False)]:
+        """Reject the waiting requests that no remaining device can ever take (lost, or others never leave)."""
+        plans = self._plans
+        for waiting in [w for w in self._waiting.values() if not plans.fits_ever(w.plans, with_lost=False)]:
             self._dequeue(waiting)
-            rejection = self._plans.rejection(
-                waiting.request_id, "device_lost", [p for p in waiting.plans if p is not None]
-            )
+            code: RejectCode = "device_lost" if plans.fits_ever(waiting.plans, with_lost=True) else "does_not_fit"
+            rejection = plans.rejection(waiting.request_id, code, [p for p in waiting.plans if p is not None])
             out.append(rejection)
             self._counts["rejected"] += 1
             self._end(out, waiting.request_id, "rejected", rejection.reason)
@@ -603,11 +642,8 @@ class AdmissionCore:
     def _free(self, now: float) -> list[int]:
         return [ledger.free_mb(now) for ledger in self._ledgers]
 
-    def _shadow(self, head: _Waiting, free: list[int], now: float) -> Shadow:
-        ledgers = self._ledgers
-        usable = [ledger.admits(now) for ledger in ledgers]
-        # What each device will have once leases end: the headroom, which may be below zero (others grew).
-        free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, ledgers, strict=True)]
+    def _timeline(self, now: float) -> list[tuple[float, tuple[int, ...], int]]:
+        """The running leases' (expected end, positions, MiB per position), in order; overdue ones end ``now``."""
         ends = self._ends
         if ends is None:
             ends = self._ends = sorted(
@@ -617,11 +653,39 @@ class AdmissionCore:
         if ends and ends[0][0] < now:
             # Leases past their expected end are expected to end now; they stay first, in one group.
             ends = [(now, positions, mb) if end < now else (end, positions, mb) for end, positions, mb in ends]
-        budgets = [ledger.budget_mb for ledger in ledgers]
-        return shadow(head.groups, free, usable, budgets, ends, now=now, spread=self._spread)
+        return ends
+
+    def _shadow(
+        self,
+        waiting: _Waiting,
+        free: list[int],
+        now: float,
+        ends: list[tuple[float, tuple[int, ...], int]] | None = None,
+    ) -> Shadow:
+        """When ``waiting`` can start as the running leases (or ``ends``) end, and what it leaves over then."""
+        ledgers = self._ledgers
+        usable = [ledger.admits(now) for ledger in ledgers]
+        # What each device will have once leases end: the headroom, which may be below zero (others grew).
+        free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, ledgers, strict=True)]
+        return shadow(
+            waiting.groups, free, usable, self._timeline(now) if ends is None else ends, now=now, spread=self._spread
+        )
+
+    def _protector(self, free: list[int], now: float) -> tuple[_Waiting | None, Shadow]:
+        """The first waiting request (of the first ``1 + backfill_depth``) that can start within its bound (once
+        running leases end, before its deadline), with its shadow: backfilling must not delay it. ``None`` when
+        none can: then nothing is protected."""
+        by_seq = self._by_seq
+        for key in islice(self._queue, 0, 1 + self.config.backfill_depth):
+            waiting = by_seq[key[2]]
+            found = self._shadow(waiting, free, now)
+            if found.time < math.inf and found.time <= waiting.deadline:
+                return waiting, found
+        return None, Shadow(math.inf, {})
 
     def _schedule(self, now: float, out: list[Message], only: _Waiting | None = None) -> None:
-        """Admit the head while it fits; then backfill behind it (only ``only``, when given)."""
+        """Admit the head while it fits; then backfill behind it (only ``only``, when given). Without backfilling,
+        only the first request that can start may pass an un-startable head."""
         self._pass_at = now
         free = self._free(now)
         spread = self._spread
@@ -635,7 +699,7 @@ class AdmissionCore:
                 self._admit(out, head.request_id, found, now, head.arrival, backfilled=False)
                 for pos in found.positions:
                     free[pos] -= found.need_mb
-        if not self._queue or not self.config.backfill:
+        if not self._queue:
             return
         top = max(free)
         if top <= 0:
@@ -646,8 +710,9 @@ class AdmissionCore:
         else:
             by_seq = self._by_seq
             candidates = [by_seq[key[2]] for key in islice(self._queue, 1, 1 + self.config.backfill_depth)]
-        head = self._by_seq[self._queue.first()[2]]
-        # The head's shadow is computed when the first candidate small enough to fit anywhere needs it.
+        backfill = self.config.backfill
+        # The protected request and its shadow are computed when the first candidate small enough needs them.
+        protector: _Waiting | None = None
         protected: Shadow | None = None
         guarded: list[int] = []
         top_guarded = 0
@@ -655,12 +720,15 @@ class AdmissionCore:
             if waiting.min_mb > top:
                 continue
             if protected is None:
-                protected = self._shadow(head, free, now)
-                # What a candidate that runs past the head's start may use: on the head's devices, only the spare.
+                protector, protected = self._protector(free, now)
+                # What a candidate that runs past the protected start may use: on its devices, only the spare.
                 extra = protected.extra
                 guarded = [min(f, extra[pos]) if pos in extra else f for pos, f in enumerate(free)]
                 top_guarded = max(guarded)
-            ends_before = now + waiting.expected_s <= protected.time < math.inf
+            mine = waiting is protector
+            if not (backfill or mine):
+                continue
+            ends_before = mine or now + waiting.expected_s <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
             found = place_groups(waiting.groups, free if ends_before else guarded, spread=spread)
@@ -674,20 +742,67 @@ class AdmissionCore:
                 if not ends_before and pos in protected.extra:
                     protected.extra[pos] -= found.need_mb
                     guarded[pos] = min(free[pos], protected.extra[pos])
-            top, top_guarded = max(free), max(guarded)
+            if mine:
+                protected = None  # the next request that can start is protected now
+            top = max(free)
+            top_guarded = max(guarded)
             if top <= 0:
                 break
 
-    def _why_waiting(self, waiting: _Waiting, now: float) -> str:
-        blocked = [ledger.blocked(now) for ledger in self._ledgers]
-        reasons = [b for b, p in zip(blocked, waiting.plans, strict=True) if b and p is not None]
-        if reasons:
-            return "; ".join(reasons)
-        position = self._queue.rank(waiting.key)
-        if position > 0:
-            return f"{position} request(s) ahead"
-        need = min(p.requirement.vram_mb for p in waiting.plans if p is not None)
-        return f"needs {need} MiB per GPU; the most free on a device is {max(self._free(now))} MiB"
+    # ================================================================== what a waiting request waits for
+
+    def standing(self, request_id: str, now: float) -> Standing | None:
+        """Where a waiting request stands: its position, what it waits for, and when it is expected to start
+        (``None`` when that is unknown: others' use blocks it); ``None`` when it is not waiting."""
+        waiting = self._waiting.get(request_id)
+        if waiting is None:
+            return None
+        now = max(now, self._now)
+        ahead = self._queue.rank(waiting.key)
+        free = self._free(now)
+        own = self._shadow(waiting, free, now)
+        start = own.time
+        if ahead and start < math.inf:
+            protector, protected = self._protector(free, now)
+            if protector is not None and protector is not waiting and protected.time < math.inf:
+                # Behind the request backfilling protects: it starts first and holds its memory while it runs.
+                need = protector.min_mb
+                held = [f - need if pos in protected.extra else f for pos, f in enumerate(free)]
+                ends = sorted(
+                    [*self._timeline(now), (protected.time + protector.expected_s, tuple(protected.extra), need)]
+                )
+                start = max(protected.time, self._shadow(waiting, held, now, ends).time)
+        return Standing(
+            position=ahead + 1,
+            reason=self._why_waiting(waiting, now, free, ahead),
+            starts_at=start if start < math.inf else None,
+        )
+
+    def stalled(self, now: float) -> tuple[float, str] | None:
+        """Since when the queue has not moved (requests wait, and no lease runs on any device the first of them
+        could use) and what that request waits for; ``None`` when the queue is empty or moving."""
+        since = self._stalled_since
+        if since is None or not self._queue:
+            return None
+        head = self._by_seq[self._queue.first()[2]]
+        now = max(now, self._now)
+        return since, self._why_waiting(head, now, self._free(now), 0)
+
+    def _note_stall(self, now: float) -> None:
+        if not self._queue:
+            self._stalled_since = None
+            return
+        head = self._by_seq[self._queue.first()[2]]
+        ledgers = self._ledgers
+        if any(ledgers[pos].leases for group in head.groups for pos in group.positions):
+            self._stalled_since = None
+        elif self._stalled_since is None:
+            self._stalled_since = now
+
+    def _why_waiting(self, waiting: _Waiting, now: float, free: list[int] | None = None, ahead: int = -1) -> str:
+        free = self._free(now) if free is None else free
+        ahead = self._queue.rank(waiting.key) if ahead < 0 else ahead
+        return waiting_reason(waiting.plans, self._ledgers, free, now, ahead)
 
     # ================================================================== bookkeeping
 

@@ -20,11 +20,18 @@ memory from others', and counts all measured use as others (safe, but it double 
 Others' use is smoothed: it rises at once and decays towards a lower reading with a half-life, so that a
 spike is not forgotten at the next quiet sample. A device whose latest sample is older than ``stale_after_s``
 admits nothing until a fresh one arrives; nor does a lost device.
+
+**Memory that never leaves.** Part of others' use does not come free in a bounded way: a CUDA context (the
+gate's own, a simulated device's), a neighbour process that stays. The ledger counts as *permanent* the least
+others' use any sample showed within the last ``permanent_after_s`` seconds (or since its first sample, when
+that is more recent): memory that has not come free once in that time. ``attainable_mb = capacity - margin -
+permanent`` is the most reservations can ever have on the device, so a plan above it is never queued here.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Annotated
 
 import msgspec
@@ -82,7 +89,14 @@ class _Held:
 class DeviceLedger:
     """The ledger of one device. Plain state: time comes in as arguments, samples as messages."""
 
-    def __init__(self, config: DeviceConfig, *, stale_after_s: float | None, others_decay_s: float) -> None:
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        stale_after_s: float | None,
+        others_decay_s: float,
+        permanent_after_s: float = 600.0,
+    ) -> None:
         self.config = config
         self.index = config.index
         self.margin_mb = config.effective_margin_mb
@@ -95,6 +109,9 @@ class DeviceLedger:
         self.lost_reason = ""
         self._stale_after_s = stale_after_s
         self._decay_s = others_decay_s
+        self._permanent_after_s = permanent_after_s
+        #: Others' readings (time, MiB) within the permanence window, rising: the first is the least.
+        self._lows: deque[tuple[float, int]] = deque()
         self._held: dict[str, _Held] = {}
         self._released: list[_Held] = []
         #: No reservation held now began after this time (so at or after it, all of ``reserved_mb`` was held).
@@ -106,6 +123,16 @@ class DeviceLedger:
     def budget_mb(self) -> int:
         """What the device can ever give to reservations: capacity less the margin."""
         return max(0, self.capacity_mb - self.margin_mb)
+
+    @property
+    def permanent_mb(self) -> int:
+        """Others' use that has not come free within the permanence window (0 before the first sample)."""
+        return self._lows[0][1] if self._lows else 0
+
+    @property
+    def attainable_mb(self) -> int:
+        """The most reservations can ever have here: capacity less the margin and the permanent memory."""
+        return max(0, self.budget_mb - self.permanent_mb)
 
     @property
     def leases(self) -> int:
@@ -229,6 +256,13 @@ class DeviceLedger:
         elif raw < 0:
             raw = 0
         self.others_raw_mb = raw
+        lows = self._lows
+        while lows and lows[-1][1] >= raw:
+            lows.pop()
+        lows.append((at, raw))
+        horizon = at - self._permanent_after_s
+        while lows[0][0] < horizon:
+            lows.popleft()
         if previous_at is None or raw >= self.others_mb or self._decay_s <= 0:
             self.others_mb = raw
             return

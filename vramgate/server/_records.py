@@ -95,6 +95,8 @@ def status(record: Record, *, ended: RequestEnded | None = None) -> GenerationSt
         reason = rejected.reason
     if record.error and not reason:
         reason = record.error
+    if ended is None and not reason:
+        reason = ticket.reason  # what a queued request waits for
     return GenerationStatus(
         request_id=record.request_id,
         state=state,

@@ -34,6 +34,9 @@ from vramgate.server.schema import Accepted, ErrorBody
 from vramgate.server.service import GenerationService, ServerSettings, open_service
 
 JSON = "application/json"
+#: ``/healthz`` says ``degraded`` (503) once requests have waited this long with nothing running that could make
+#: room for the first of them.
+STALLED_AFTER_S = 30.0
 _encode = msgspec.json.Encoder().encode
 
 
@@ -168,7 +171,13 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:
-        health = _service(request).health()
+        service = _service(request)
+        health = service.health()
+        stats = service.gate.statistics()
+        stalled = stats.queue_stalled_s
+        if health.status == "ok" and stalled is not None and stalled >= STALLED_AFTER_S:
+            reason = f"the queue has not moved for {stalled:.0f} s: {stats.stall_reason}"
+            health = msgspec.structs.replace(health, status="degraded", reason=reason, queue_stalled_s=stalled)
         return _json(health, 200 if health.status == "ok" else 503)
 
     @app.get("/metrics")

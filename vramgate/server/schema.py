@@ -99,10 +99,14 @@ class DevicesBody(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
-    status: Literal["ok", "closing"]
+    """``GET /healthz``: ``degraded`` (with ``reason``) while the queue has not moved for a while."""
+
+    status: Literal["ok", "closing", "degraded"]
     devices: int
     queue_length: int
     queue_limit: int
     running: int
     tracked: int
     finished: int
+    reason: str = ""
+    queue_stalled_s: float | None = None

@@ -1,13 +1,13 @@
 """The ``vramgate`` policy: the gate's own cores, fed by the simulator.
 
-Each request gets one plan per GPU model from the real :class:`~vramgate.policy.optimize.Optimizer` (at the
-budget a dedicated device offers: capacity less the safety margin and what the monitor shows in use by others
-when idle), and is submitted to the real :class:`~vramgate.policy.admission.AdmissionCore`, which is fed
-``ResourceSample`` messages built from the simulated devices' samples. Each admitted run's reservation is pinned
-on its devices when it starts, as the gate does (``[run] pin_reservation``), so outside consumers that arrive
-later cannot take it. The engine allocates each run's true peak on its device (inside the pin, and beyond it when
-the truth is larger), so an estimate that is too low makes vramgate run out of memory as well: the policy never
-sees the truth.
+Each request gets one plan per GPU model from the real :class:`~vramgate.policy.optimize.Optimizer` (at the budget a
+dedicated device offers: what the core's ledgers say one can ever give, capacity less the safety margin and the
+memory others never gave back, such as the CUDA context), and is submitted to the real
+:class:`~vramgate.policy.admission.AdmissionCore`, which is fed ``ResourceSample`` messages built from the simulated
+devices' samples. Each admitted run's reservation is pinned on its devices when it starts, as the gate does
+(``[run] pin_reservation``), so outside consumers that arrive later cannot take it. The engine allocates each run's
+true peak on its device (inside the pin, and beyond it when the truth is larger), so an estimate that is too low makes
+vramgate run out of memory as well: the policy never sees the truth.
 
 The policy plays the monitor as well: with every message it gives the core, it delivers the samples that changed,
 and again, stamped with the time as a monitor's next tick would be, those that did not change but that the core
@@ -42,7 +42,7 @@ from vramgate.messages.plans import Plan
 from vramgate.messages.requests import GenerationRequest
 from vramgate.messages.resources import ResourceSample
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
-from vramgate.policy.ledger import DeviceConfig, default_margin_mb
+from vramgate.policy.ledger import DeviceConfig
 from vramgate.policy.optimize import Optimizer
 from vramgate.simulate._model import Job, Run
 
@@ -68,8 +68,7 @@ class VramgatePolicy:
         self._sim: Simulation | None = None
         self._core: AdmissionCore | None = None
         self._devices: tuple[DeviceConfig, ...] = ()
-        self._plans: dict[tuple[GenerationRequest, str], Plan] = {}
-        self._budgets: dict[str, int] = {}
+        self._plans: dict[tuple[GenerationRequest, str, int], Plan] = {}
         self._jobs: dict[str, Job] = {}
         self._runs: dict[str, Run] = {}  # lease id -> run
         self._waiting: dict[str, Job] = {}
@@ -96,10 +95,6 @@ class VramgatePolicy:
         self._devices = tuple(
             DeviceConfig(index=i, gpu=spec.name, capacity_mb=spec.memory_mib) for i, spec in enumerate(sim.specs)
         )
-        for i, spec in enumerate(sim.specs):
-            if spec.name not in self._budgets:
-                idle_others = sim.measured_other_mb(i)
-                self._budgets[spec.name] = max(0, spec.memory_mib - default_margin_mb(spec.memory_mib) - idle_others)
         self._core = AdmissionCore(self._devices, self.config)
         self._forget_samples()
 
@@ -107,6 +102,7 @@ class VramgatePolicy:
 
     def arrive(self, job: Job, now: float) -> None:
         self._jobs[job.request_id] = job
+        self._flush(now)  # the ledgers' latest figures decide what a device can ever give
         try:
             plans = self._plans_for(job.request)
         except VramgateError as exc:
@@ -174,8 +170,8 @@ class VramgatePolicy:
     def _plans_for(self, request: GenerationRequest) -> dict[str, Plan]:
         key_request = msgspec.structs.replace(request, request_id="", priority=0, prompt="", max_wait_s=None)
         plans: dict[str, Plan] = {}
-        for gpu_name, budget in self._budgets.items():
-            key = (key_request, gpu_name)
+        for gpu_name, budget in self.core.attainable_mb().items():
+            key = (key_request, gpu_name, budget)
             plan = self._plans.get(key)
             if plan is None:
                 plan = self._plans[key] = self.optimizer.optimize(

@@ -1,4 +1,9 @@
-"""The side-by-side table of policy results (rich for terminals, Markdown for the README)."""
+"""The side-by-side table of policy results (rich for terminals, Markdown for the README).
+
+``failed`` counts every request that ended failed (``failed OOM`` those whose last run ran out of memory, and
+requests still waiting when the trace ended); ``leaked`` counts leases and waiting requests the policy still
+held at the end, and allocations left on the devices.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("policy", "policy"),
     ("done", "completed"),
     ("rejected", "rejected_upfront"),
+    ("failed", "failed"),
     ("failed OOM", "failed_oom"),
     ("OOM events", "oom_events"),
     ("wasted GPU-s", "wasted_gpu_s"),
@@ -19,6 +25,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("p95 wait by priority", "p95_wait_by_priority"),
     ("mem use", "mean_memory_use"),
     ("over-commits", "overcommits"),
+    ("leaked", "leaked_leases"),
 )
 
 
@@ -37,7 +44,10 @@ def rows(results: Sequence[PolicyResult]) -> list[list[str]]:
     table = [[_cell(r, field) for _, field in COLUMNS] for r in results]
     if results:
         bound = results[0].bound_makespan_s
-        table.append(["bound (no memory limits)", "", "", "", "", "", f"{bound:,.0f}", "", "", "", "", ""])
+        row = [""] * len(COLUMNS)
+        row[0] = "bound (no memory limits)"
+        row[[field for _, field in COLUMNS].index("makespan_s")] = f"{bound:,.0f}"
+        table.append(row)
     return table
 
 
