@@ -10,6 +10,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from vramgate.cli._errors import bad_input
 from vramgate.cli._request import build_request
 from vramgate.errors import VramgateError
 from vramgate.messages import Plan
@@ -132,7 +133,7 @@ def command(
 
     Memory techniques (offloading, dtype conversion, tiling) come first; fewer steps or frames only at
     --level aggressive, smaller sizes only at --level maximum. Options given as flags are pinned and never
-    changed. Exits 0 when the plan fits, 1 when nothing within the level fits.
+    changed. Exits 0 when the plan fits, 1 when nothing within the level fits, 2 on bad input.
     """
     if gpu_name is None and vram_mb is None:
         raise click.UsageError("give the GPU (--gpu NAME) or the VRAM budget (--vram-mb N)")
@@ -158,8 +159,8 @@ def command(
         plan = optimizer.optimize(
             request, gpu=spec, budget_mb=budget, ram_budget_mb=ram_mb, max_level=max_level, world_size=gpus
         )
-    except VramgateError as exc:
-        raise click.UsageError(str(exc)) from exc
+    except (VramgateError, OSError) as exc:
+        raise bad_input(exc) from None
     if as_json:
         out: dict[str, Any] = msgspec.to_builtins(plan)
         out["summary"] = summary(plan)
