@@ -84,6 +84,8 @@ def _print(console: Console, plan: Plan, optimizer: Optimizer, ram_mb: int | Non
     if not plan.fits:
         error = optimizer.rejection(plan)
         console.print(f"[red]{error.reason}[/]")
+        if ram_mb is not None and r.ram_mb > ram_mb and plan.budget_mb is not None and r.vram_mb <= plan.budget_mb:
+            console.print(f"host RAM is what is short: run again with --ram-mb {r.ram_mb} or more")
 
 
 @click.command("optimize")
