@@ -1,4 +1,4 @@
-"""Prometheus metrics of a gate (``pip install 'vramgate[metrics]'``), for any server that embeds one.
+"""Prometheus metrics of a gate (``pip install -e '.[metrics]'`` from a clone), for any server that embeds one.
 
 ::
 
@@ -82,7 +82,7 @@ class GateMetrics:
         try:
             from prometheus_client import CollectorRegistry
         except ImportError:
-            raise ConfigError("metrics need prometheus_client: pip install 'vramgate[metrics]'") from None
+            raise ConfigError("metrics need prometheus_client: pip install prometheus_client") from None
         self.gate = gate
         self.namespace = namespace
         self.waits = Histogram(WAIT_BUCKETS)

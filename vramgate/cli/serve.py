@@ -1,4 +1,4 @@
-"""``vramgate serve``: the example HTTP generation server (``pip install 'vramgate[server]'``)."""
+"""``vramgate serve``: the example HTTP generation server (``pip install -e '.[server]'`` from a clone)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def command(
     try:
         import uvicorn
     except ImportError:
-        raise click.ClickException("the server needs uvicorn: pip install 'vramgate[server]'") from None
+        raise click.ClickException(
+            "the server needs uvicorn: pip install -e '.[server]' from a vramgate clone"
+        ) from None
     try:
         config = load_config(config_path)
         devices = config.devices
