@@ -173,10 +173,20 @@ def _assert_one_line(done: subprocess.CompletedProcess[str], fragment: str) -> N
         (["--simulate", "100MiB"], "100MiB"),
         (["--log", "/"], "directory"),
         (["--log", "/no/such/dir/run.jsonl"], "/no/such/dir"),
+        (["--config", "{tmp}/deep.toml"], "nested too deeply"),
+        (["--config", "{tmp}/garbage.toml"], "not UTF-8"),
+        (["--config", "{tmp}/bad-size.toml"], "nanGB"),
+        (["--time-scale", "nan"], "--time-scale"),
     ],
 )
-def test_serve_rejects_bad_devices_and_logs_before_it_starts(args: list[str], fragment: str) -> None:
-    _assert_one_line(_run_entry_point("serve", "--port", "0", *args), fragment)
+def test_serve_rejects_bad_devices_logs_and_configs_before_it_starts(
+    args: list[str], fragment: str, tmp_path: Path
+) -> None:
+    (tmp_path / "deep.toml").write_text("a = " + "[" * 5_000 + "]" * 5_000 + "\n")
+    (tmp_path / "garbage.toml").write_bytes(bytes(range(256)))
+    (tmp_path / "bad-size.toml").write_text('[devices]\nsimulate = ["nanGB"]\n')
+    filled = [arg.format(tmp=tmp_path) for arg in args]
+    _assert_one_line(_run_entry_point("serve", "--port", "0", *filled), fragment)
 
 
 def test_entry_point_estimate_of_a_nan_gpu() -> None:

@@ -42,6 +42,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     garbage.write_bytes(bytes(range(256)) * 4)
     deep = tmp / "deep.json"
     deep.write_text("[" * 50_000 + "]" * 50_000)
+    garbage_toml = tmp / "garbage.toml"
+    garbage_toml.write_bytes(bytes(range(256)) * 4)
+    deep_toml = tmp / "deep.toml"
+    deep_toml.write_text("a = " + "[" * 5_000 + "]" * 5_000 + "\n")
     request = tmp / "request.json"
     request.write_text('{"model": "t2v-A14B", "width": 832, "height": 480}')
     return {
@@ -49,6 +53,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "log": str(log),
         "garbage": str(garbage),
         "deep": str(deep),
+        "garbage_toml": str(garbage_toml),
+        "deep_toml": str(deep_toml),
         "request": str(request),
         "dir": str(tmp),
         "missing": str(tmp / "missing" / "x"),
@@ -70,7 +76,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
             "--ulysses": ["0", *NUMBERS],
             "--resident-blocks": NUMBERS,
             "--lora": NUMBERS,
-            "--profile": ["{garbage}", "{deep}", "{dir}", "{missing}"],
+            "--profile": ["{garbage}", "{deep}", "{garbage_toml}", "{deep_toml}", "{dir}", "{missing}"],
         },
     ),
     "optimize": (
@@ -80,11 +86,11 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
             "--model": ["nope"],
             "--size": ["nanxnan", "0x0", "big"],
             "--frames": NUMBERS,
-            "--vram-mb": NUMBERS,
+            "--vram-mb": ["0", *NUMBERS],
             "--ram-mb": NUMBERS,
             "--margin-mb": NUMBERS,
             "--level": ["extreme"],
-            "--profile": ["{garbage}", "{deep}", "{missing}"],
+            "--profile": ["{garbage}", "{deep}", "{garbage_toml}", "{deep_toml}", "{missing}"],
         },
     ),
     "check": (["--simulate", "24GB", "--no-nvml", "--no-torch"], {"--simulate": SIZES, "--disk": ["{garbage}"]}),
@@ -121,7 +127,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
 POSITIONAL: dict[str, tuple[list[str], list[str]]] = {
     "plot": (["-o", "{tmp}/p.png"], ["{garbage}", "{deep}", "{dir}", "{missing}", "{request}"]),
     "replay": ([], ["{garbage}", "{deep}", "{dir}", "{missing}", "{request}"]),
-    "validate": ([], ["{deep}", "{dir}", "{missing}"]),
+    "validate": ([], ["{deep}", "{deep_toml}", "{dir}", "{missing}"]),
 }
 
 

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from vramgate.errors import ConfigError, DecodeError
-from vramgate.messages.codec import Codec
+from vramgate.messages.codec import TOO_DEEP, Codec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -227,5 +227,7 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
             raise DecodeError(f"not UTF-8 text (byte {exc.start})", source=str(path)) from None
         except tomllib.TOMLDecodeError as exc:
             raise DecodeError(f"not valid TOML: {exc}", source=str(path)) from None
+        except RecursionError:
+            raise DecodeError(TOO_DEEP, source=str(path)) from None
     raw = _merge(raw, _env_overrides(os.environ if environ is None else environ))
     return _CODEC.convert(raw, source=source)

@@ -219,8 +219,10 @@ def detect_kind(data: bytes) -> str:
             return _kind_of(item) if isinstance(item, dict) else "request"
     try:
         table = tomllib.loads(data.decode("utf-8", errors="replace"))
-    except (tomllib.TOMLDecodeError, RecursionError):
+    except tomllib.TOMLDecodeError:
         return "request"
+    except RecursionError:
+        raise DecodeError(TOO_DEEP) from None
     return "profile" if "dit" in table else "config"
 
 

@@ -78,6 +78,8 @@ class Codec(Generic[T]):
             result: T = msgspec.convert(obj, self.type, strict=False)
         except msgspec.ValidationError as exc:
             raise decode_error(exc, line=line, source=source) from None
+        except RecursionError:
+            raise DecodeError(TOO_DEEP, line=line, source=source) from None
         return result
 
     def iter_json_lines(self, data: bytes, *, source: str | None = None) -> Iterator[tuple[int, T]]:
