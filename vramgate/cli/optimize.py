@@ -104,7 +104,7 @@ def _print(console: Console, plan: Plan, optimizer: Optimizer, ram_mb: int | Non
 @click.option("--lora", type=click.IntRange(0, 64), default=0, help="Number of LoRA adapters.")
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False), default=None, help="Model profile file.")
 @click.option("--gpu", "gpu_name", default=None, help="GPU (catalog name or size such as 24GB).")
-@click.option("--vram-mb", type=click.IntRange(0), default=None, help="VRAM budget in MiB (default: GPU less margin).")
+@click.option("--vram-mb", type=click.IntRange(1), default=None, help="VRAM budget in MiB (default: GPU less margin).")
 @click.option("--margin-mb", type=click.IntRange(0), default=None, help="Safety margin (default max(1 GiB, 5%)).")
 @click.option("--ram-mb", type=click.IntRange(0), default=None, help="Host RAM budget in MiB (default: no limit).")
 @click.option("--level", type=click.Choice(LEVELS), default="basic", show_default=True, help="Max optimization level.")
