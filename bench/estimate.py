@@ -1,6 +1,6 @@
 """Accuracy and speed of the estimator on the published Wan2.2 figures, against the replaced system's formula.
 
-    python bench/estimate.py [--reference ../shared/data/reference]
+    python bench/estimate.py [--reference vramgate/data/reference]
 
 Prints, for every row of ``wan_published.csv``, the estimate's error on peak VRAM and on time, next to the
 replaced system's VRAM formula (base 6500/6000/4500 MB for t2v-A14B/i2v-A14B/ti2v-5B, x resolution factor

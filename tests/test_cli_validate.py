@@ -147,3 +147,77 @@ def test_profile_kind_checks_json_and_toml(tmp_path: Path) -> None:
     code, out = run(bad, "--kind", "profile")
     assert code == 1
     assert "$.dit" in out
+
+
+def test_a_log_is_recognised_without_kind(tmp_path: Path) -> None:
+    header = encode_json(LogHeader()).decode()
+    record = encode_json(
+        LogRecord(seq=1, at=0.0, sender="a", recipient="b", message=RequestQueued(request_id="r", position=1))
+    ).decode()
+    path = tmp_path / "run.jsonl"
+    path.write_text(header + "\n" + "\n".join([record] * 500) + "\n")
+    assert run(path) == (0, "ok: 501 log item(s)\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "kind"),
+    [
+        (
+            "trace.jsonl",
+            '{"type": "arrival", "at": 0, "request": {"model": "ti2v-5B", "width": 1280, "height": 704}}',
+            "trace",
+        ),
+        ("gate.toml", "[admission]\nqueue_limit = 10\n", "config"),
+        ("one.json", GOOD, "request"),
+    ],
+)
+def test_other_kinds_are_recognised_from_the_content(tmp_path: Path, name: str, text: str, kind: str) -> None:
+    path = tmp_path / name
+    path.write_text(text + "\n")
+    assert run(path) == (0, f"ok: 1 {kind} item(s)\n")
+
+
+def test_a_profile_is_recognised_from_the_content() -> None:
+    for profile in (Path(__file__).parent / "policy" / "profiles").iterdir():
+        code, out = run(profile)
+        assert (code, out) == (0, "ok: 1 profile item(s)\n"), profile
+
+
+def test_repeated_identical_errors_are_printed_a_few_times_then_counted(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(['{"model": "t2v-A14B", "width": 0, "height": 720}'] * 1000 + [GOOD, "{"]) + "\n")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines == [
+        f"{path}:1: $.width: Expected `int` >= 1",
+        f"{path}:2: $.width: Expected `int` >= 1",
+        f"{path}:3: $.width: Expected `int` >= 1",
+        f"{path}:1002: $: Input data was truncated",
+        f"{path}: $.width: Expected `int` >= 1 (997 more times)",
+    ]
+    assert "1001 error(s) in 1002 request item(s)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "reason"),
+    [
+        (
+            '{"model": "x", "width": 1280, "height": 720}',
+            "$.model",
+            "unknown model 'x' (known: i2v-A14B, t2v-A14B, ti2v-5B)",
+        ),
+        ('{"model": "t2v-A14B", "width": 1281, "height": 720}', "$.width", "must be a multiple of 16"),
+        ('{"model": "ti2v-5B", "width": 1280, "height": 720}', "$.height", "must be a multiple of 32"),
+        ('{"model": "t2v-A14B", "width": 1280, "height": 720, "frames": 80}', "$.frames", "4k+1"),
+        ('{"model": "t2v-A14B", "width": 1280, "height": 720, "task": "i2v"}', "$.task", "does not support"),
+    ],
+)
+def test_requests_are_checked_against_the_model_catalog(tmp_path: Path, body: str, path: str, reason: str) -> None:
+    file = tmp_path / "request.json"
+    file.write_text(body)
+    code, out = run(file)
+    assert code == 1
+    first = out.splitlines()[0]
+    assert first.startswith(f"{file}:1: {path}: "), first
+    assert reason in first

@@ -57,7 +57,10 @@ def test_sizes(text: int | str, mb: int) -> None:
     assert parse_size_mb(text) == mb
 
 
-@pytest.mark.parametrize("text", ["", "GiB", "-1GiB", "12 parsecs", True, -5])
+@pytest.mark.parametrize(
+    "text", ["", "GiB", "-1GiB", "12 parsecs", True, -5, "nan", "nanGiB", "inf", "infGB", "1e400GB", "0.5MiB", "1KiB"]
+)
 def test_bad_sizes(text: int | str) -> None:
-    with pytest.raises(ConfigError):
-        parse_size_mb(text)
+    with pytest.raises(ConfigError) as info:
+        parse_size_mb(text, field="devices.context_overhead")
+    assert str(info.value).startswith("devices.context_overhead: ")

@@ -69,7 +69,7 @@ def check_matches(text: str, stats: GateStatistics, metrics: GateMetrics) -> Non
     assert values[("vramgate_ooms_total", ())] == stats.ooms
     assert values[("vramgate_cleanups_total", ())] == stats.cleanups
     assert values[("vramgate_cleanup_freed_bytes_total", ())] == stats.cleanup_freed_mb * MIB
-    for state in ("completed", "failed", "cancelled", "timed_out"):
+    for state in ("completed", "rejected", "failed", "cancelled", "timed_out"):
         assert values[("vramgate_requests_ended_total", (("state", state),))] == getattr(stats, state)
     assert values[("vramgate_wait_seconds_count", ())] == stats.admitted
     assert math.isclose(values[("vramgate_wait_seconds_sum", ())], stats.mean_wait_s * stats.admitted, abs_tol=1e-9)
@@ -92,6 +92,14 @@ async def test_exposition_matches_statistics_after_runs_and_a_rejection() -> Non
         assert stats.completed == 4
         assert stats.rejected == 1
         check_matches(text, stats, metrics)
+        ended = {labels: value for (name, labels), value in samples(text).items() if name.endswith("_ended_total")}
+        assert ended == {
+            (("state", "completed"),): 4,
+            (("state", "rejected"),): 1,
+            (("state", "failed"),): 0,
+            (("state", "cancelled"),): 0,
+            (("state", "timed_out"),): 0,
+        }
         # Each simulated run peaks at 85-99% of its estimate (SimulatedRun's hidden truth).
         assert metrics.estimate_ratio.count == 4
         ratio = samples(text)

@@ -17,6 +17,7 @@ Environment variables override the file: ``VRAMGATE_ADMISSION__QUEUE_LIMIT=500``
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -27,7 +28,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from vramgate.errors import ConfigError, DecodeError
-from vramgate.messages.codec import Codec
+from vramgate.messages.codec import TOO_DEEP, Codec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,7 +56,11 @@ PositiveSeconds = Annotated[float, msgspec.Meta(gt=0.0)]
 
 
 def parse_size_mb(value: Size, *, field: str = "size") -> int:
-    """MiB for ``value`` (``512``, ``"512MiB"``, ``"24GiB"``, ``"1.5GB"``). GB and GiB are both read as GiB."""
+    """MiB for ``value`` (``512``, ``"512MiB"``, ``"24GiB"``, ``"1.5GB"``). GB and GiB are both read as GiB.
+
+    Raises :class:`ConfigError` naming ``field`` for anything else: no number, an unknown unit, a negative size,
+    or one above 0 but below 1 MiB.
+    """
     if isinstance(value, bool):
         raise ConfigError(f"{field}: expected a size, got {value!r}")
     if isinstance(value, int):
@@ -68,7 +73,12 @@ def parse_size_mb(value: Size, *, field: str = "size") -> int:
     unit = match.group("unit").lower()
     if unit not in _UNITS:
         raise ConfigError(f"{field}: unknown unit {match.group('unit')!r} in {value!r} (use MiB, GiB or TiB)")
-    return int(float(match.group("number")) * _UNITS[unit])
+    mb = float(match.group("number")) * _UNITS[unit]
+    if not math.isfinite(mb):
+        raise ConfigError(f"{field}: {value!r} is too large to be a size")
+    if 0 < mb < 1:
+        raise ConfigError(f"{field}: {value!r} is less than 1 MiB (sizes are whole MiB; use 0 for none)")
+    return int(mb)
 
 
 def _check_size(value: Size | None, field: str) -> None:
@@ -217,5 +227,7 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
             raise DecodeError(f"not UTF-8 text (byte {exc.start})", source=str(path)) from None
         except tomllib.TOMLDecodeError as exc:
             raise DecodeError(f"not valid TOML: {exc}", source=str(path)) from None
+        except RecursionError:
+            raise DecodeError(TOO_DEEP, source=str(path)) from None
     raw = _merge(raw, _env_overrides(os.environ if environ is None else environ))
     return _CODEC.convert(raw, source=source)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a gate (``pip install 'vramgate[metrics]'``), for any server that embeds one.
+"""Prometheus metrics of a gate (``pip install -e '.[metrics]'`` from a clone), for any server that embeds one.
 
 ::
 
@@ -22,7 +22,7 @@ lifecycle events. Memory is in bytes (Prometheus' base unit); device series carr
 ``vramgate_requests_submitted_total``     count  requests the gate accepted
 ``vramgate_admissions_total``             count  leases granted
 ``vramgate_rejections_total``             count  requests rejected (does not fit, bad request, ...)
-``vramgate_requests_ended_total{state}``  count  completed, failed, cancelled, timed_out
+``vramgate_requests_ended_total{state}``  count  completed, rejected, failed, cancelled, timed_out
 ``vramgate_ooms_total``                   count  runs that ended out of memory
 ``vramgate_oom_retries_total``            count  re-planned retries after an OOM
 ``vramgate_cleanups_total``               count  cleanups run
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 MIB = 1 << 20
 WAIT_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 RATIO_BUCKETS: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.5, 2.0)
-ENDED_STATES = ("completed", "failed", "cancelled", "timed_out")
+ENDED_STATES = ("completed", "rejected", "failed", "cancelled", "timed_out")
 
 
 class Histogram:
@@ -82,7 +82,7 @@ class GateMetrics:
         try:
             from prometheus_client import CollectorRegistry
         except ImportError:
-            raise ConfigError("metrics need prometheus_client: pip install 'vramgate[metrics]'") from None
+            raise ConfigError("metrics need prometheus_client: pip install prometheus_client") from None
         self.gate = gate
         self.namespace = namespace
         self.waits = Histogram(WAIT_BUCKETS)

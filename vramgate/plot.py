@@ -1,7 +1,7 @@
 """Timeline plots of a recorded message log: what each device held over time, and every run as a bar.
 
 :func:`read_timeline` turns a log into a :class:`Timeline` (plain data, no plotting library); :func:`plot_timeline`
-draws it with matplotlib (``pip install 'vramgate[plot]'``): for each device its capacity, the admission budget
+draws it with matplotlib (``pip install matplotlib``): for each device its capacity, the admission budget
 (capacity less the safety margin), the memory reserved by leases and the memory measured, and below it the runs
 as bars coloured by how they went (admitted as requested, optimized, OOM, error, cancelled); at the bottom the
 queue length, with rejected and timed-out requests marked.
@@ -272,7 +272,7 @@ def plot_timeline(
         import matplotlib.pyplot as plt
         from matplotlib.patches import Patch
     except ImportError:
-        raise ConfigError("plotting needs matplotlib: pip install 'vramgate[plot]'") from None
+        raise ConfigError("plotting needs matplotlib: pip install matplotlib") from None
     if not timeline.devices:
         raise ConfigError("the log has no device samples to plot (was it recorded by a gate?)")
     width, height = figure_size(timeline, width_px=width_px)

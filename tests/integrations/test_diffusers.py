@@ -311,3 +311,37 @@ def test_out_of_memory_recognition() -> None:
     assert is_oom(RuntimeError("CUDA error: out of memory"))
     assert not is_oom(RuntimeError("shape mismatch"))
     assert not is_oom(ValueError("CUDA out of memory"))
+
+
+# --------------------------------------------------------------------------- the README's snippet
+
+
+def readme_snippet() -> str:
+    """The Python block of the README's "diffusers adapter" section."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## diffusers adapter", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.anyio
+async def test_the_readme_snippet_runs_on_the_cpu_with_a_simulated_gpu(pipe: Any) -> None:
+    import vramgate
+    from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig
+    from vramgate.messages import GenerationRequest
+
+    body = "\n".join(f"    {line}" if line.strip() else "" for line in readme_snippet().splitlines())
+    source = f"async def snippet(gate, request, pipe):\n{body}\n    return result, frames\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    config = GateConfig(
+        devices=DevicesConfig(use_real_gpus=False, simulate=("H200-141GB",)),
+        admission=AdmissionSettings(ram_budget="256GiB"),
+    )
+    request = GenerationRequest(model="t2v-A14B", width=16, height=16, frames=5, steps=STEPS)
+    async with vramgate.open_gate(config) as gate:
+        result, frames = await namespace["snippet"](gate, request, pipe)
+        assert frames.shape == (1, 5, 16, 16, 3)
+        assert result.applied.device == "cpu"
+        assert result.observed == ObservedPeak()

@@ -15,20 +15,24 @@ from vramgate.policy.estimate import Estimator, nearest_frames
 from vramgate.policy.models import ModelCatalog
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT / ".." / "shared" / "data" / "reference"
+REFERENCE = ROOT / "vramgate" / "data" / "reference"
 PUBLISHED = REFERENCE / "wan_published.csv"
 PROFILES = Path(__file__).parent / "profiles"
 
-needs_reference = pytest.mark.skipif(
-    not PUBLISHED.is_file(), reason=f"reference data not found at {PUBLISHED} (the shared checkout is absent)"
-)
+
+def test_the_reference_data_ships_with_the_project() -> None:
+    from vramgate.policy._reference import REFERENCE_DIR
+
+    assert REFERENCE_DIR.resolve() == REFERENCE.resolve()
+    for name in ("README.md", "wan_published.csv", "offload_tradeoffs.csv", "wan_architectures.md"):
+        assert (REFERENCE_DIR / name).is_file(), name
+    assert len(read_published(REFERENCE_DIR / "wan_published.csv")) >= 10
 
 
 def _rows() -> list[object]:
-    return list(read_published(PUBLISHED)) if PUBLISHED.is_file() else []
+    return list(read_published(PUBLISHED))
 
 
-@needs_reference
 @pytest.mark.parametrize("row", _rows(), ids=lambda r: r.label)
 def test_published_rows_within_tolerance(row: object) -> None:
     from vramgate.policy._reference import PublishedRow
@@ -209,16 +213,12 @@ def test_host_ram_holds_what_the_gpu_does_not() -> None:
     assert offload > resident + 35 * 1024
 
 
-OFFLOAD = REFERENCE / "offload_tradeoffs.csv"
-
-
 def _offload_rows() -> list[object]:
     from vramgate.policy.fit import offload_rows
 
-    return list(offload_rows(REFERENCE)) if OFFLOAD.is_file() else []
+    return list(offload_rows(REFERENCE))
 
 
-@needs_reference
 def test_the_offload_rows_are_the_streamed_wan14b_runs() -> None:
     rows = _offload_rows()
     from vramgate.policy._reference import OffloadMemoryRow
@@ -233,7 +233,6 @@ def test_the_offload_rows_are_the_streamed_wan14b_runs() -> None:
     assert (seven.params.width, seven.params.height, seven.params.frames) == (832, 480, 81)
 
 
-@needs_reference
 @pytest.mark.parametrize("row", _offload_rows(), ids=lambda r: r.label)
 def test_streamed_offload_rows_within_tolerance(row: object) -> None:
     from vramgate.policy._reference import OffloadMemoryRow
@@ -243,7 +242,6 @@ def test_streamed_offload_rows_within_tolerance(row: object) -> None:
     assert abs(req.vram_mb / row.peak_mb - 1) <= 0.20, (req.vram_mb, row.peak_mb)
 
 
-@needs_reference
 def test_the_fit_reproduces_the_shipped_calibration() -> None:
     from vramgate.policy.calibration import Calibration
     from vramgate.policy.fit import fit

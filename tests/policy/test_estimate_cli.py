@@ -72,7 +72,7 @@ def test_user_profile_file() -> None:
         "--t5-cpu",
         "--json",
     )
-    assert code == 0, out
+    assert code == 1, out  # does not fit
     assert json.loads(out)["fits"] is False
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 from click.testing import CliRunner
 
 from vramgate.cli import main
@@ -96,3 +97,30 @@ def test_usage_errors() -> None:
     code, out = invoke("--size", "830x480", "--gpu", "H100")
     assert code == 2
     assert "width" in out
+
+
+def test_a_host_ram_shortfall_says_host_ram_is_short_and_what_to_do() -> None:
+    code, out = invoke("--size", "1280x720", "--gpu", "RTX4090-24GB", "--ram-mb", "65536", "--json")
+    assert code == 1
+    data = json.loads(out)
+    assert data["requirement"]["vram_mb"] <= data["budget_mb"]  # the VRAM fits; host RAM does not
+    need = data["requirement"]["ram_mb"]
+    assert need > 65536
+    reason = data["reason"]
+    assert "host RAM" in reason
+    assert f"{need / 1024:.1f} GiB of host RAM" in reason
+    assert "smallest GPU" not in reason
+    code, text = invoke("--size", "1280x720", "--gpu", "RTX4090-24GB", "--ram-mb", "65536")
+    assert code == 1
+    assert f"--ram-mb {need}" in " ".join(text.split())
+
+
+@pytest.mark.parametrize(("model", "size", "moe"), [("t2v-A14B", "1280x720", True), ("ti2v-5B", "1280x704", False)])
+def test_offloading_speaks_of_the_idle_expert_only_for_moe_models(model: str, size: str, moe: bool) -> None:
+    args = ["optimize", "--model", model, "--size", size, "--gpu", "RTX4090-24GB", "--json"]
+    result = CliRunner().invoke(main, args)
+    data = json.loads(result.output)
+    offload = [s["reason"] for s in data["suggestions"] if s["parameter"] == "offload_model"]
+    assert offload, data["suggestions"]
+    assert ("idle expert" in offload[0]) is moe
+    assert "--offload_model True" in offload[0]

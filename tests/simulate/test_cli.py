@@ -76,7 +76,7 @@ def test_bad_trace_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path)
     path.write_bytes(path.read_bytes() + b'{"type": "outside", "at": 1, "device": 0, "mb": "lots", "until": 5}\n')
     result = CliRunner().invoke(main, ["simulate", "--trace", str(path), "--devices", "RTX4090-24GB"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "line 7" in result.output
     assert "$.mb" in result.output
 
@@ -84,10 +84,10 @@ def test_bad_trace_names_the_line(tmp_path: Path) -> None:
 def test_bad_devices_and_policy(tmp_path: Path) -> None:
     path = str(write(tmp_path))
     result = CliRunner().invoke(main, ["simulate", "--trace", path, "--devices", "3xB300"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown GPU" in result.output
     result = CliRunner().invoke(main, ["simulate", "--trace", path, "--devices", "24GB", "--policy", "fifo"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown policy" in result.output
 
 

@@ -8,6 +8,7 @@ import click
 import msgspec
 from rich.console import Console
 
+from vramgate.cli._errors import bad_input
 from vramgate.errors import VramgateError
 from vramgate.hardware.detect import detected
 from vramgate.hardware.report import sample_report
@@ -41,7 +42,7 @@ def command(as_json: bool, simulate: tuple[str, ...], disk: str, no_nvml: bool, 
         with detected(list(simulate), disk_path=disk, nvml=not no_nvml, torch=False if no_torch else "auto") as devices:
             sample = devices.sample(at=0.0)
     except VramgateError as error:
-        raise click.UsageError(str(error)) from error
+        raise bad_input(error) from None
     if as_json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(sample)).decode() + "\n")
         return

@@ -6,17 +6,26 @@ import anyio
 import click
 from rich.console import Console
 
+from vramgate.cli._errors import FiniteFloat, OutputFile, bad_input
 from vramgate.demo import run_demo, summary_table
+from vramgate.errors import VramgateError
 
 
 @click.command("demo")
-@click.option("--log", "log_path", default="vramgate-demo.jsonl", show_default=True, help="Message log to write.")
+@click.option(
+    "--log",
+    "log_path",
+    default="vramgate-demo.jsonl",
+    show_default=True,
+    type=OutputFile(),
+    help="Message log to write.",
+)
 @click.option("--simulate/--no-simulate", default=None, help="Force simulated GPUs (default: when none is found).")
 @click.option(
     "--time-scale",
     default=0.007,
     show_default=True,
-    type=click.FloatRange(min=1e-6, max=1.0),
+    type=FiniteFloat(min=1e-6, max=1.0),
     help="Compress run time: demo seconds per estimated GPU second.",
 )
 @click.option(
@@ -32,7 +41,10 @@ def command(log_path: str, simulate: bool | None, time_scale: float, requests_pa
     from vramgate.demo import demo_requests
 
     console = Console()
-    requests = demo_requests(requests_path) if requests_path else None
+    try:
+        requests = demo_requests(requests_path) if requests_path else None
+    except (VramgateError, OSError) as exc:
+        raise bad_input(exc) from None
 
     async def main() -> None:
         result = await run_demo(

@@ -17,6 +17,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from vramgate.cli._errors import bad_input
 from vramgate.cli._request import build_request, positive
 from vramgate.errors import VramgateError
 from vramgate.messages import ResourceRequirement
@@ -73,7 +74,13 @@ def _print(console: Console, req: ResourceRequirement, fits: bool, usable_mb: in
 @click.option("--dit-dtype", type=click.Choice(["bf16", "fp16", "fp8"]), default=None, help="DiT weight dtype.")
 @click.option("--task", type=click.Choice(["t2v", "i2v"]), default=None, help="Task (default: the model's).")
 @click.option("--lora", type=int, default=0, show_default=True, help="Number of LoRA adapters.")
-@click.option("--profile", "profiles", multiple=True, help="Register a model profile from a JSON or TOML file.")
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Register a model profile from a JSON or TOML file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 def command(
     model: str,
@@ -88,7 +95,10 @@ def command(
     as_json: bool,
     **flags: Any,
 ) -> None:
-    """Estimate peak VRAM per GPU, peak host RAM and time of one run, split into components."""
+    """Estimate peak VRAM per GPU, peak host RAM and time of one run, split into components.
+
+    Exits 0 when the run fits the GPU, 1 when it does not, 2 on bad input.
+    """
     positive("--gpus", gpus)
     positive("--ulysses", flags.get("ulysses"))
     if flags.get("resident_blocks") is not None and flags["resident_blocks"] < 0:
@@ -105,8 +115,8 @@ def command(
         spec = estimator.gpus.get(gpu)
         params = estimator.resolve(request)
         requirement = estimator.estimate(params, spec)
-    except VramgateError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (VramgateError, OSError) as exc:
+        raise bad_input(exc) from None
     fits = estimator.fits(requirement, spec)
     margin = estimator.constants.safety_margin_fraction
     usable = int(spec.memory_mib * (1.0 - margin))
@@ -128,5 +138,7 @@ def command(
             "params": msgspec.to_builtins(params),
         }
         sys.stdout.write(encode_json(out).decode() + "\n")
-        return
-    _print(Console(), requirement, fits, usable, margin)
+    else:
+        _print(Console(), requirement, fits, usable, margin)
+    if not fits:
+        sys.exit(1)

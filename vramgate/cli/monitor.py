@@ -16,6 +16,7 @@ from rich.text import Text
 
 from vramgate.actors import Actor, ActorSystem, Envelope
 from vramgate.actors.monitor import DEFAULT_HISTORY_S, MonitorActor
+from vramgate.cli._errors import FiniteFloat, bad_input
 from vramgate.clock import MonotonicClock
 from vramgate.errors import VramgateError
 from vramgate.hardware.detect import DeviceSet, detect
@@ -90,7 +91,7 @@ async def _live(receive: MemoryObjectReceiveStream[ResourceSample], count: int |
 @click.option("--json", "as_json", is_flag=True, help="Stream samples as JSON Lines (one ResourceSample per line).")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.01, max=3600.0),
+    type=FiniteFloat(min=0.01, max=3600.0),
     default=0.5,
     show_default=True,
     help="Seconds between samples.",
@@ -109,7 +110,7 @@ async def _live(receive: MemoryObjectReceiveStream[ResourceSample], count: int |
 @click.option(
     "--history",
     "history_s",
-    type=click.FloatRange(min=1.0),
+    type=FiniteFloat(min=1.0),
     default=DEFAULT_HISTORY_S,
     show_default=True,
     help="Seconds of history the monitor keeps per device.",
@@ -133,7 +134,7 @@ def command(
     try:
         devices = detect(list(simulate), disk_path=disk, nvml=not no_nvml, torch=False if no_torch else "auto")
     except VramgateError as error:
-        raise click.UsageError(str(error)) from error
+        raise bad_input(error) from None
     try:
         anyio.run(lambda: _run(devices, interval=interval, count=count, as_json=as_json, history_s=history_s))
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from vramgate.cli._errors import bad_input
 from vramgate.cli._request import build_request
 from vramgate.errors import VramgateError
 from vramgate.messages import Plan
@@ -83,6 +84,8 @@ def _print(console: Console, plan: Plan, optimizer: Optimizer, ram_mb: int | Non
     if not plan.fits:
         error = optimizer.rejection(plan)
         console.print(f"[red]{error.reason}[/]")
+        if ram_mb is not None and r.ram_mb > ram_mb and plan.budget_mb is not None and r.vram_mb <= plan.budget_mb:
+            console.print(f"host RAM is what is short: run again with --ram-mb {r.ram_mb} or more")
 
 
 @click.command("optimize")
@@ -101,7 +104,7 @@ def _print(console: Console, plan: Plan, optimizer: Optimizer, ram_mb: int | Non
 @click.option("--lora", type=click.IntRange(0, 64), default=0, help="Number of LoRA adapters.")
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False), default=None, help="Model profile file.")
 @click.option("--gpu", "gpu_name", default=None, help="GPU (catalog name or size such as 24GB).")
-@click.option("--vram-mb", type=click.IntRange(0), default=None, help="VRAM budget in MiB (default: GPU less margin).")
+@click.option("--vram-mb", type=click.IntRange(1), default=None, help="VRAM budget in MiB (default: GPU less margin).")
 @click.option("--margin-mb", type=click.IntRange(0), default=None, help="Safety margin (default max(1 GiB, 5%)).")
 @click.option("--ram-mb", type=click.IntRange(0), default=None, help="Host RAM budget in MiB (default: no limit).")
 @click.option("--level", type=click.Choice(LEVELS), default="basic", show_default=True, help="Max optimization level.")
@@ -132,7 +135,7 @@ def command(
 
     Memory techniques (offloading, dtype conversion, tiling) come first; fewer steps or frames only at
     --level aggressive, smaller sizes only at --level maximum. Options given as flags are pinned and never
-    changed. Exits 0 when the plan fits, 1 when nothing within the level fits.
+    changed. Exits 0 when the plan fits, 1 when nothing within the level fits, 2 on bad input.
     """
     if gpu_name is None and vram_mb is None:
         raise click.UsageError("give the GPU (--gpu NAME) or the VRAM budget (--vram-mb N)")
@@ -158,8 +161,8 @@ def command(
         plan = optimizer.optimize(
             request, gpu=spec, budget_mb=budget, ram_budget_mb=ram_mb, max_level=max_level, world_size=gpus
         )
-    except VramgateError as exc:
-        raise click.UsageError(str(exc)) from exc
+    except (VramgateError, OSError) as exc:
+        raise bad_input(exc) from None
     if as_json:
         out: dict[str, Any] = msgspec.to_builtins(plan)
         out["summary"] = summary(plan)

@@ -1,4 +1,4 @@
-"""``vramgate serve``: the example HTTP generation server (``pip install 'vramgate[server]'``)."""
+"""``vramgate serve``: the example HTTP generation server (``pip install -e '.[server]'`` from a clone)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, cast
 import click
 import msgspec
 
+from vramgate.cli._errors import FiniteFloat, InputError, OutputFile, bad_input
 from vramgate.errors import VramgateError
 
 if TYPE_CHECKING:
+    from vramgate.config import GateConfig
     from vramgate.server import RunnerKind
 
 DEFAULT_SIMULATED = ("RTX4090-24GB",)
@@ -18,7 +20,9 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to bind.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Gate config (TOML).")
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Gate config (TOML)."
+)
 @click.option(
     "--runner",
     type=click.Choice(["auto", "simulated", "torch", "diffusers"]),
@@ -28,9 +32,9 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
 )
 @click.option("--pipeline", type=click.Path(file_okay=False), default=None, help="Local diffusers pipeline dir.")
 @click.option("--simulate", multiple=True, help="Simulate this GPU (repeatable; default one when none is found).")
-@click.option("--time-scale", default=0.01, show_default=True, type=click.FloatRange(min=1e-9, max=1.0))
-@click.option("--min-run-s", default=0.5, show_default=True, type=click.FloatRange(min=0.0), help="Shortest run.")
-@click.option("--log", "log_path", default=None, help="Record every message to this JSON Lines log.")
+@click.option("--time-scale", default=0.01, show_default=True, type=FiniteFloat(min=1e-9, max=1.0))
+@click.option("--min-run-s", default=0.5, show_default=True, type=FiniteFloat(min=0.0), help="Shortest run.")
+@click.option("--log", "log_path", default=None, type=OutputFile(), help="Record every message to this JSON Lines log.")
 @click.option("--max-body-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1))
 def command(
     host: str,
@@ -51,7 +55,9 @@ def command(
     try:
         import uvicorn
     except ImportError:
-        raise click.ClickException("the server needs uvicorn: pip install 'vramgate[server]'") from None
+        raise click.ClickException(
+            "the server needs uvicorn: pip install -e '.[server]' from a vramgate clone"
+        ) from None
     try:
         config = load_config(config_path)
         devices = config.devices
@@ -61,6 +67,7 @@ def command(
             click.echo(f"no GPU found here: serving on a simulated {', '.join(DEFAULT_SIMULATED)}", err=True)
             devices = msgspec.structs.replace(devices, simulate=DEFAULT_SIMULATED, use_real_gpus=False)
         config = msgspec.structs.replace(config, devices=devices, log_path=log_path or config.log_path)
+        _check_devices(config)
         settings = ServerSettings(
             runner=cast("RunnerKind", runner),
             pipeline=pipeline,
@@ -70,8 +77,23 @@ def command(
         )
         app = create_app(config, settings=settings)
     except VramgateError as error:
-        raise click.ClickException(str(error)) from None
+        raise bad_input(error) from None
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _check_devices(config: GateConfig) -> None:
+    """Build each simulated device once, so that a bad size fails here rather than in the server's startup."""
+    from vramgate.config import parse_size_mb
+    from vramgate.hardware.simulated import SimulatedGpu
+
+    overhead = parse_size_mb(config.devices.context_overhead, field="devices.context_overhead")
+    for name in config.devices.simulate:
+        try:
+            SimulatedGpu(name, context_overhead_mb=overhead)
+        except VramgateError as error:
+            raise InputError(str(error) if name in str(error) else f"simulated GPU {name!r}: {error}") from None
+    if config.log_path is not None:
+        OutputFile().convert(config.log_path, None, None)
 
 
 def _has_gpu(use_real: bool) -> bool:

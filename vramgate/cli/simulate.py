@@ -10,12 +10,15 @@ import sys
 
 import click
 
+from vramgate.cli._errors import IMAGE_SUFFIXES, FiniteFloat, OutputFile, bad_input
 from vramgate.errors import VramgateError
 from vramgate.messages.codec import encode_json
 
 
 @click.command(name="simulate")
-@click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False), help="JSON Lines trace.")
+@click.option(
+    "--trace", "trace_path", required=True, type=click.Path(exists=True, dir_okay=False), help="JSON Lines trace."
+)
 @click.option("--devices", required=True, help="Simulated GPUs, e.g. 2xH100-80GB,RTX4090-24GB.")
 @click.option(
     "--policy",
@@ -33,14 +36,14 @@ from vramgate.messages.codec import encode_json
     "--mem-spread",
     default=0.02,
     show_default=True,
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     help="Log-normal sigma of true/estimated peak memory when the trace gives none.",
 )
 @click.option(
     "--time-spread",
     default=0.1,
     show_default=True,
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     help="Log-normal sigma of true/estimated time when the trace gives none.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per policy (JSON Lines).")
@@ -48,7 +51,7 @@ from vramgate.messages.codec import encode_json
     "--plot",
     "plot_path",
     default=None,
-    type=click.Path(dir_okay=False),
+    type=OutputFile(IMAGE_SUFFIXES),
     help="Draw the memory timeline of each device to this PNG (the first policy; needs matplotlib).",
 )
 def command(
@@ -95,7 +98,7 @@ def command(
 
                 plot_timeline(sim, plot_path)
     except VramgateError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise bad_input(exc) from None
     if as_json:
         for result in results:
             sys.stdout.buffer.write(encode_json(result) + b"\n")

@@ -16,6 +16,7 @@ torch-measured device shows that much less total memory than NVML does.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,9 @@ class TorchUnavailable(ProbeError):
 
 def load_torch() -> Any:
     """Import torch and check that CUDA is available, or raise :class:`TorchUnavailable`."""
+    if "torch" not in sys.modules and sys.stderr is not None and sys.stderr.isatty():
+        sys.stderr.write("loading torch for CUDA figures...\n")  # it takes seconds; say why the wait
+        sys.stderr.flush()
     try:
         import torch
     except ImportError as error:

@@ -62,6 +62,15 @@ def read_probe(probe: Probe) -> ProbeReading:
         )
 
 
+#: Device nodes of GPUs that torch.cuda can open: NVIDIA, AMD ROCm, and WSL's GPU paravirtualization.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_device_node() -> bool:
+    """Whether a GPU device node exists here: without one (and without NVML) importing torch finds no GPU."""
+    return any(os.path.exists(path) for path in GPU_DEVICE_NODES)
+
+
 def _count(probe: Probe) -> int:
     reading = read_probe(probe)
     return max((device.index + 1 for device in reading.devices), default=0)
@@ -81,9 +90,10 @@ def detect(
     """Choose probes for this machine.
 
     ``nvml``/``torch``: ``True`` to try the backend, ``False`` to skip it, or the pynvml/torch module to use.
-    ``torch="auto"`` (the default) uses torch when NVML is not available, or when torch is already imported by
-    this process (then its allocator figures are attached to NVML's devices; ``mem_get_info`` is only called
-    without NVML, since it creates a CUDA context). Simulated GPUs given by name (or spec) are created with
+    ``torch="auto"`` (the default) uses torch when it is already imported by this process (then its allocator
+    figures are attached to NVML's devices; ``mem_get_info`` is only called without NVML, since it creates a CUDA
+    context), or when NVML is not available but a GPU device node is (a ROCm machine, say). Otherwise torch is
+    not imported: it takes seconds, and would find no GPU. Simulated GPUs given by name (or spec) are created with
     ``clock`` and numbered after the real GPUs; :class:`SimulatedGpu` objects are used as they are.
     """
     probes: list[Probe] = []
@@ -100,7 +110,11 @@ def detect(
         else:
             probes.append(nvml_probe)
             backend = "nvml"
-    use_torch = torch is not False and (torch != "auto" or nvml_probe is None or "torch" in sys.modules)
+    use_torch = torch is not False and (
+        torch != "auto" or "torch" in sys.modules or (nvml_probe is None and gpu_device_node())
+    )
+    if torch == "auto" and not use_torch and nvml_probe is None:
+        warnings.append("torch: not loaded (no NVML and no GPU device here, so torch.cuda would find none)")
     torch_probe: TorchProbe | None = None
     if use_torch:
         try:

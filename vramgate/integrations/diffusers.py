@@ -7,7 +7,7 @@ applies the lease's plan, runs the pipeline in a worker thread, forwards each st
 measures the peak and reports it with the outcome (``ok``, ``oom``, ``error``, ``cancelled``) exactly once.
 
 torch, diffusers and accelerate are imported when called: install the extra with
-``pip install 'vramgate[diffusers]'``.
+``pip install -e '.[diffusers]'`` from a clone.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = [
     "LeaseRun",
     "NotApplied",
     "apply_plan",
+    "lease_device",
     "observed_peak",
     "run_in_lease",
     "torch_device",
@@ -47,8 +48,8 @@ StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 class LeaseLike(Protocol):
     """What :func:`run_in_lease` needs from a lease. ``report`` and ``progress`` may be plain or async.
 
-    ``device`` is a CUDA index, a torch device or its name; any other device (a simulated one) cannot run torch,
-    so pass ``device=`` to :func:`run_in_lease` instead.
+    ``device`` is a CUDA index, a torch device or its name. A lease on a simulated GPU (one whose ``simulated``
+    attribute is not ``None``, as the gate's leases have) runs on the CPU unless ``device=`` says otherwise.
     """
 
     @property
@@ -167,6 +168,11 @@ def torch_device(device: object) -> torch.device:
     )
 
 
+def lease_device(lease: LeaseLike) -> object:
+    """Where a lease's run goes by default: its CUDA device, or the CPU for a simulated GPU (torch cannot use one)."""
+    return "cpu" if getattr(lease, "simulated", None) is not None else lease.device
+
+
 async def run_in_lease(
     pipe: DiffusionPipeline, lease: LeaseLike, *, device: str | torch.device | int | None = None, **call_kwargs: Any
 ) -> LeaseRun:
@@ -184,7 +190,7 @@ async def run_in_lease(
     outcome: Outcome = "error"
     dev: torch.device | None = None
     try:
-        dev = torch_device(lease.device if device is None else device)
+        dev = torch_device(lease_device(lease) if device is None else device)
         applied = apply_plan(pipe, params, device=dev)
         kwargs = _call_kwargs(pipe, params, call_kwargs, _progress_callback(lease, params, call_kwargs))
         output = await anyio.to_thread.run_sync(_run, pipe, applied, dev, kwargs)

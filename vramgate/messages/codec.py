@@ -19,6 +19,9 @@ from vramgate.messages.log import LogHeader, LogRecord
 
 T = TypeVar("T")
 
+#: The reason given for input nested deeper than the decoder can follow.
+TOO_DEEP = "nested too deeply to decode"
+
 _PATH = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
 
 
@@ -58,12 +61,16 @@ class Codec(Generic[T]):
             return self._json_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise decode_error(exc, line=line, source=source) from None
+        except RecursionError:  # msgspec's answer to nesting deeper than the interpreter's recursion limit
+            raise DecodeError(TOO_DEEP, line=line, source=source) from None
 
     def decode_msgpack(self, data: bytes, *, source: str | None = None) -> T:
         try:
             return self._msgpack_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise decode_error(exc, source=source) from None
+        except RecursionError:
+            raise DecodeError(TOO_DEEP, source=source) from None
 
     def convert(self, obj: object, *, line: int | None = None, source: str | None = None) -> T:
         """Validate an already-parsed object (a dict from TOML, say) into the type."""
@@ -71,6 +78,8 @@ class Codec(Generic[T]):
             result: T = msgspec.convert(obj, self.type, strict=False)
         except msgspec.ValidationError as exc:
             raise decode_error(exc, line=line, source=source) from None
+        except RecursionError:
+            raise DecodeError(TOO_DEEP, line=line, source=source) from None
         return result
 
     def iter_json_lines(self, data: bytes, *, source: str | None = None) -> Iterator[tuple[int, T]]:

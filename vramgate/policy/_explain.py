@@ -31,12 +31,14 @@ def fmt_seconds(seconds: float) -> str:
 
 _TECHNIQUE_TEXT = {
     "convert_model_dtype": "Cast the DiT weights to bf16 (--convert_model_dtype)",
-    "offload_model": "Move the text encoder and the idle expert to CPU RAM between phases (--offload_model True)",
+    "offload_model": "Move the text encoder and the DiT to CPU RAM when idle (--offload_model True)",
     "t5_fsdp": "Shard the text encoder across the GPUs (--t5_fsdp)",
     "dit_fsdp": "Shard the DiT weights across the GPUs (--dit_fsdp)",
     "t5_cpu": "Keep the T5 text encoder on the CPU and encode the prompt there (--t5_cpu)",
     "vae_tiling": "Decode the video with the VAE in tiles",
 }
+#: offloading as a mixture-of-experts model does it: only one expert is needed at a time
+_MOE_OFFLOAD_TEXT = "Move the text encoder and the idle expert to CPU RAM between phases (--offload_model True)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,7 @@ def _impact(fraction_lost: float, low: float, medium: float) -> QualityImpact:
     return "high"
 
 
-def _steps(search: _Search, cand: Candidate, layers: int) -> list[_Step]:
+def _steps(search: _Search, cand: Candidate, layers: int, experts: int = 1) -> list[_Step]:
     space = search.space
     base = space.base
     opts = base.options
@@ -74,7 +76,8 @@ def _steps(search: _Search, cand: Candidate, layers: int) -> list[_Step]:
             text = f"Split the video's token sequence across the {n} GPUs (--ulysses_size {n})"
             out.append(_Step(name, opts.ulysses, n, text, "none", "basic", (q0, mask, 0)))
         else:
-            out.append(_Step(name, False, True, _TECHNIQUE_TEXT[name], "none", "basic", (q0, mask, 0)))
+            text = _MOE_OFFLOAD_TEXT if name == "offload_model" and experts > 1 else _TECHNIQUE_TEXT[name]
+            out.append(_Step(name, False, True, text, "none", "basic", (q0, mask, 0)))
     if cand.placement:
         resident, sequential = space.placements[cand.placement]
         state = (q0, mask, cand.placement)
@@ -141,7 +144,9 @@ def _steps(search: _Search, cand: Candidate, layers: int) -> list[_Step]:
     return out
 
 
-def suggestions(search: _Search, cand: Candidate, layers: int) -> tuple[OptimizationSuggestion, ...]:
+def suggestions(
+    search: _Search, cand: Candidate, layers: int, *, experts: int = 1
+) -> tuple[OptimizationSuggestion, ...]:
     """The changes from the search's base to ``cand``, each with its marginal saving and cost.
 
     Changes are applied one after another in a fixed order (techniques by time cost per GB, then steps, frames
@@ -151,7 +156,7 @@ def suggestions(search: _Search, cand: Candidate, layers: int) -> tuple[Optimiza
     prev: ResourceRequirement | None = search.requirement(base_q, 0, 0)
     base_time = prev.estimated_time_seconds if prev is not None else 0.0
     out: list[OptimizationSuggestion] = []
-    for step in _steps(search, cand, layers):
+    for step in _steps(search, cand, layers, experts):
         now = search.requirement(*step.state)
         saved = prev.vram_mb - now.vram_mb if prev is not None and now is not None else 0
         added = (

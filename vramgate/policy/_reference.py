@@ -15,8 +15,8 @@ from vramgate.messages.requests import ParamDtype
 
 GIB_MB = 1024.0
 
-#: Where the reference data lives relative to the repository root.
-REFERENCE_DIR = Path("..") / "shared" / "data" / "reference"
+#: The reference data, shipped with the package (its README says where each figure comes from).
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data" / "reference"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m vramgate.policy.fit [--reference ../shared/data/reference] [--out vramgate/policy/calibration.json]
+    python -m vramgate.policy.fit [--reference vramgate/data/reference] [--out vramgate/policy/calibration.json]
 
 The memory constants are fitted to the peaks of ``wan_published.csv``, the time constants to its times, the
 activations of the runners that stream DiT blocks to the VRAM of the streamed rows of ``offload_tradeoffs.csv``
@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cal,
         source=(
             "fitted by `python -m vramgate.policy.fit` to wan_published.csv (peaks read as GiB) and the "
-            "streamed DiffSynth-Studio and diffusers rows of offload_tradeoffs.csv in shared/data/reference"
+            "streamed DiffSynth-Studio and diffusers rows of offload_tradeoffs.csv in vramgate/data/reference"
         ),
     )
     data = msgspec.json.format(CALIBRATION_CODEC.encode_json(cal), indent=2)

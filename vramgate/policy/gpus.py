@@ -9,11 +9,12 @@ the one-direction PCIe bandwidth in GB/s (what weight offloading streams over).
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import msgspec
 
-from vramgate.errors import UnknownGPU
+from vramgate.errors import InvalidParameter, UnknownGPU
 
 
 class GpuSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -208,6 +209,8 @@ def generic_gpu(name: str) -> GpuSpec | None:
     """A generic GPU for a size-only name (``24GB``, ``24GiB``, ``24576MiB``, ``24576MB``), else ``None``.
 
     Throughput figures of a generic GPU are those of an RTX 4090 (a mid-range assumption for time estimates).
+    Raises :class:`~vramgate.errors.InvalidParameter` for a size that is not a finite number of at least 1 MiB
+    (``nanGB``, ``infGB``, ``-1GB``, ``0.5MiB``).
     """
     text = name.strip().lower().replace(" ", "")
     for suffix, factor in (("gib", 1024), ("gb", 1024), ("mib", 1), ("mb", 1)):
@@ -217,8 +220,10 @@ def generic_gpu(name: str) -> GpuSpec | None:
                 value = float(number)
             except ValueError:
                 return None
-            if value <= 0:
-                return None
+            if not math.isfinite(value) or value * factor < 1:
+                raise InvalidParameter(
+                    "gpu", name, "a GPU size is a finite number of at least 1 MiB", valid="e.g. 24GB or 24576MiB"
+                )
             return GpuSpec(
                 name=name.strip(),
                 memory_mib=int(value * factor),

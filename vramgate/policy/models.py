@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from vramgate.errors import ConfigError, DecodeError, UnknownModel
-from vramgate.messages.codec import Codec
+from vramgate.messages.codec import TOO_DEEP, Codec
 from vramgate.messages.requests import ParamDtype, Task
 
 if sys.version_info >= (3, 11):
@@ -280,11 +280,15 @@ def decode_profile(data: bytes | str, *, source: str | None = None, toml: bool =
     """Decode one profile from JSON (or TOML with ``toml=True``); bad input raises :class:`DecodeError`."""
     if not toml:
         return _PROFILE_CODEC.decode_json(data, source=source)
-    text = data.decode() if isinstance(data, bytes) else data
     try:
+        text = data.decode() if isinstance(data, bytes) else data
         raw = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"not UTF-8 text (byte {exc.start})", source=source) from None
     except tomllib.TOMLDecodeError as exc:
         raise DecodeError(str(exc), source=source) from None
+    except RecursionError:
+        raise DecodeError(TOO_DEEP, source=source) from None
     return _PROFILE_CODEC.convert(raw, source=source)
 
 

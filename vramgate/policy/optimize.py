@@ -70,6 +70,8 @@ class ModelLimits:
     layers: int
     frame_stride: int
     sizes: tuple[tuple[int, int], ...]
+    #: DiT experts (2 for Wan2.2's MoE A14B models, 1 for TI2V-5B): what offloading moves between phases
+    experts: int = 1
 
 
 def default_margin_mb(capacity_mb: int, *, fraction: float = 0.05, minimum_mb: int = 1024) -> int:
@@ -83,6 +85,7 @@ def limits_of(profile: ModelProfile) -> ModelLimits:
         layers=profile.dit.layers,
         frame_stride=profile.frame_multiple,
         sizes=tuple(parse_size(size) for size in profile.sizes),
+        experts=profile.dit.experts,
     )
 
 
@@ -234,6 +237,21 @@ class Optimizer:
         need = plan.requirement.vram_mb
         smallest = self.smallest_gpu(need)
         where = f" on {plan.gpu}" if plan.gpu else ""
+        ram, ram_budget = plan.requirement.ram_mb, plan.ram_budget_mb
+        if plan.budget_mb is not None and need <= plan.budget_mb and ram_budget is not None and ram > ram_budget:
+            reason = (
+                f"no plan within level {plan.level!r} fits the host RAM: the closest needs {_explain.fmt_mb(ram)} "
+                f"of host RAM but {_explain.fmt_mb(ram_budget)} is available ({_explain.fmt_mb(ram - ram_budget)} "
+                f"short; its {_explain.fmt_mb(need)} of VRAM per GPU fits{where}); give it at least "
+                f"{_explain.fmt_mb(ram)} of host RAM ({ram} MiB), or a GPU with more VRAM, so that fewer weights "
+                "wait on the host"
+            )
+            return DoesNotFit(
+                reason,
+                needed_mb=need,
+                available_mb=plan.budget_mb,
+                smallest_gpu=smallest.name if smallest is not None else None,
+            )
         parts = [f"needs {_explain.fmt_mb(need)} of VRAM per GPU"]
         if plan.budget_mb is not None:
             parts[0] += f" but {_explain.fmt_mb(plan.budget_mb)} is available{where}"
@@ -297,7 +315,8 @@ class Optimizer:
     ) -> Plan:
         space = evaluator.space
         params = evaluator.params(cand.quality, cand.mask, cand.placement)
-        suggestions = _explain.suggestions(evaluator, cand, self.limits(params.model).layers)
+        lim = self.limits(params.model)
+        suggestions = _explain.suggestions(evaluator, cand, lim.layers, experts=lim.experts)
         level: OptimizationLevel = "none"
         for s in suggestions:
             if level_index(s.level) > level_index(level):

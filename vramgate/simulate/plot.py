@@ -1,6 +1,6 @@
 """A per-device memory timeline of one simulation: true use, planned (reserved) memory, capacity, runs, OOMs.
 
-matplotlib is imported only here, and only when a plot is asked for (``pip install 'vramgate[plot]'``).
+matplotlib is imported only here, and only when a plot is asked for (``pip install matplotlib``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def plot_timeline(sim: Simulation, path: str | Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("plotting needs matplotlib: pip install 'vramgate[plot]'") from None
+        raise ConfigError("plotting needs matplotlib: pip install matplotlib") from None
     timeline = sim.timeline
     count = len(sim.specs)
     fig, axes = plt.subplots(count, 1, figsize=(12, 2.6 * count), sharex=True, squeeze=False)
