@@ -143,7 +143,8 @@ async def test_statistics_report_a_queue_that_is_not_moving() -> None:
         await gate.wait_idle()
         assert head.state == "queued"
         clock.advance(30.0)
-        await anyio.sleep(0.05)  # the admission actor's ticks see the time
+        # The monitor's next tick stamps a fresh sample at the new time; until then the stall reads as stale samples.
+        await _until(lambda: "gpu0" in gate.statistics().stall_reason)
         stats = gate.statistics()
         assert stats.queue_stalled_s is not None
         assert stats.queue_stalled_s >= 30.0
