@@ -6,13 +6,14 @@ the records addressed to its actor (``now`` is the record's time), and checks th
 its actor was recorded sending: same recipient, message and correlation id, in the same order.
 
 Cores are rebuilt by kind: a module that defines a core calls :func:`register_core_kind` with a factory that
-takes the header and the core's :class:`CoreSpec` (its recorded config).
+takes the header and the core's :class:`CoreSpec` (its recorded config). A header only names kinds: the built-in
+ones are found in this package's own table, others must be registered (``vramgate replay --import MODULE``); a
+module a header names is never imported.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +32,12 @@ CoreFactory = Callable[[LogHeader], Core]
 KindFactory = Callable[[LogHeader, CoreSpec], Core]
 
 _KINDS: dict[str, KindFactory] = {}
+#: The modules that register the built-in core kinds (imported on demand, from this table only).
+_BUILT_IN: dict[str, str] = {
+    "admission": "vramgate.actors.admission",
+    "estimator": "vramgate.actors.estimator",
+    "optimizer": "vramgate.actors.optimizer",
+}
 
 
 def register_core_kind(kind: str, factory: KindFactory) -> None:
@@ -41,8 +48,8 @@ def register_core_kind(kind: str, factory: KindFactory) -> None:
 
 
 def core_kinds() -> tuple[str, ...]:
-    """The registered core kinds."""
-    return tuple(sorted(_KINDS))
+    """The registered core kinds, the built-in ones included."""
+    return tuple(sorted({*_KINDS, *_BUILT_IN}))
 
 
 class Divergence(msgspec.Struct, frozen=True):
@@ -160,9 +167,8 @@ def _factories(header: LogHeader) -> dict[str, CoreFactory]:
     factories: dict[str, CoreFactory] = {}
     for spec in header.cores:
         kind_factory = _KINDS.get(spec.kind)
-        if kind_factory is None and spec.module.startswith("vramgate."):
-            with contextlib.suppress(ImportError):
-                importlib.import_module(spec.module)  # registers its kinds
+        if kind_factory is None and spec.kind in _BUILT_IN:
+            importlib.import_module(_BUILT_IN[spec.kind])  # registers its kinds
             kind_factory = _KINDS.get(spec.kind)
         if kind_factory is None:
             raise ReplayError(
@@ -171,6 +177,19 @@ def _factories(header: LogHeader) -> dict[str, CoreFactory]:
             )
         factories[spec.name] = _bind(kind_factory, spec)
     return factories
+
+
+def _build(factories: Mapping[str, CoreFactory], header: LogHeader) -> dict[str, Core]:
+    """Build every core; a factory that fails on the recorded config is a :class:`ReplayError` naming the core."""
+    built: dict[str, Core] = {}
+    for name, factory in factories.items():
+        try:
+            built[name] = factory(header)
+        except (ValueError, TypeError, KeyError, LookupError, AttributeError, msgspec.ValidationError) as exc:
+            spec = header.core(name)
+            kind = f" (kind {spec.kind!r})" if spec is not None else ""
+            raise ReplayError(f"cannot rebuild core {name!r}{kind} from the log header: {exc!r}") from None
+    return built
 
 
 def _bind(factory: KindFactory, spec: CoreSpec) -> CoreFactory:
@@ -186,7 +205,7 @@ def replay(path: str | os.PathLike[str], cores: Mapping[str, CoreFactory] | None
     """
     header, records = read_log(path)
     factories = dict(cores) if cores is not None else _factories(header)
-    built: dict[str, Core] = {name: factory(header) for name, factory in factories.items()}
+    built = _build(factories, header)
     pending: dict[str, collections.deque[LogRecord[Message]]] = {name: collections.deque() for name in built}
     names = tuple(built)
     count = inputs = outputs = 0

@@ -15,9 +15,10 @@ SCHEMA_VERSION = 1
 class CoreSpec(Message, frozen=True):
     """A sans-io core that ran inside an actor of the recorded system, so that a replay can rebuild it.
 
-    ``name`` is the actor's name (the ``recipient``/``sender`` of its records), ``kind`` the key under which a
-    factory is registered (:func:`vramgate.replay.register_core_kind`), ``config`` whatever that factory needs
-    to build the same core again, and ``module`` the module that registers the kind (imported on demand).
+        ``name`` is the actor's name (the ``recipient``/``sender`` of its records), ``kind`` the key under which a
+        factory is registered (:func:`vramgate.replay.register_core_kind`), ``config`` whatever that factory needs
+        to build the same core again, and ``module`` the module the core's class came from (for people: a replay
+    never imports a module a log names).
     """
 
     name: str
