@@ -19,6 +19,8 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
     time then, ``sender`` and ``recipient`` actor names (``"external"`` for outside callers, ``"timer"`` for
     timer deliveries). ``correlation_id`` is set on asks and on their replies: it is the reply routing, since
     :meth:`ActorContext.reply <vramgate.actors.ActorContext.reply>` answers the pending ask with that id.
+    ``redelivery_of`` is set when a message is offered again after it crashed its actor: the seq of the
+    delivery that crashed.
     """
 
     seq: int
@@ -27,6 +29,7 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
     recipient: str
     message: Message
     correlation_id: int | None = None
+    redelivery_of: int | None = None
 
     def to_record(self) -> LogRecord[Message]:
         """This envelope as a log record."""
@@ -37,6 +40,7 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
             recipient=self.recipient,
             message=self.message,
             correlation_id=self.correlation_id,
+            redelivery_of=self.redelivery_of,
         )
 
 

@@ -34,7 +34,7 @@ from vramgate.messages.lifecycle import (
     RunProgress,
     TerminalState,
 )
-from vramgate.messages.log import SCHEMA_VERSION, LogHeader, LogRecord
+from vramgate.messages.log import SCHEMA_VERSION, LogClosed, LogHeader, LogRecord, LogStatistics, SameSample
 from vramgate.messages.plans import (
     Component,
     OptimizationSuggestion,
@@ -78,7 +78,9 @@ __all__ = [
     "GenerationRequest",
     "HostSample",
     "LeaseReleased",
+    "LogClosed",
     "LogHeader",
+    "LogStatistics",
     "LogRecord",
     "LoraSpec",
     "Message",
@@ -105,6 +107,7 @@ __all__ = [
     "RunOptions",
     "RunParams",
     "RunProgress",
+    "SameSample",
     "SystemResourceInfo",
     "Task",
     "TerminalState",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vramgate.messages._base import MB, Message
 from vramgate.messages.admission import DeviceLedgerStatistics
+from vramgate.messages.log import LogStatistics
 
 
 class DeviceStatistics(Message, frozen=True):
@@ -18,7 +19,9 @@ class DeviceStatistics(Message, frozen=True):
 class GateStatistics(Message, frozen=True):
     """A snapshot of a gate. Counters count since the gate opened; waits are in seconds.
 
-    ``estimate_ratio_*`` are observed/predicted VRAM of finished runs (1.0 is a perfect estimate).
+    ``estimate_ratio_*`` are observed/predicted VRAM of finished runs (1.0 is a perfect estimate). ``log`` is the
+    message log's recorder (``None`` without one); ``log.degraded`` says recording stopped (a full disk, say)
+    while the gate goes on.
     """
 
     devices: tuple[DeviceStatistics, ...]
@@ -41,3 +44,4 @@ class GateStatistics(Message, frozen=True):
     max_wait_s: float
     estimate_ratio_p50: float | None = None
     estimate_ratio_max: float | None = None
+    log: LogStatistics | None = None
