@@ -14,9 +14,11 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from vramgate.actors import Recorder
 from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig, MonitorConfig
+from vramgate.errors import ConfigError
 from vramgate.gate import open_gate
-from vramgate.messages import GenerationRequest, RequestEnded
+from vramgate.messages import GenerationRequest, LogHeader, LogStatistics, RequestEnded
 from vramgate.metrics import GateMetrics
 from vramgate.replay import read_log, replay
 from vramgate.runners import SimulatedRun
@@ -187,3 +189,40 @@ def test_a_kill_9_loses_no_completion_the_process_acted_on(tmp_path: Path) -> No
     log.write_bytes(b"\n".join(lines))
     with pytest.raises(Exception, match="missing"):
         replay(log)
+
+
+async def test_a_log_path_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot open the message log .*missing/gate.jsonl: No such file"):
+        async with open_gate(_config(str(tmp_path / "missing" / "gate.jsonl"))):
+            pass
+
+
+def test_a_recorder_that_reaches_its_limit_at_start_rotates_first(tmp_path: Path) -> None:
+    log = tmp_path / "gate.jsonl"
+    log.write_bytes(b"x" * 100)  # what an earlier process left, past the limit
+    recorder = Recorder(log, max_bytes=50, backups=1)
+    recorder.start(LogHeader(note="new"))
+    recorder.close()
+    assert (tmp_path / "gate.jsonl.1").read_bytes() == b"x" * 100
+    header, _ = read_log(log)
+    assert header.note == "new"
+    assert recorder.statistics() == LogStatistics(path=str(log), records=0, bytes=log.stat().st_size, segments=1)
+
+
+def _tear(path: Path, cut: int) -> int:
+    """Cut the last ``cut`` bytes (a crash in the middle of a write); the number of the torn line."""
+    data = path.read_bytes()[:-cut]
+    path.write_bytes(data)
+    return data.count(b"\n") + 1
+
+
+async def test_a_run_appended_after_a_torn_line_replays_with_the_one_before(tmp_path: Path) -> None:
+    log = tmp_path / "gate.jsonl"
+    await _serve(_config(str(log)), 2)
+    torn = _tear(log, 30)
+    await _serve(_config(str(log)), 2)
+    result = replay(log)
+    assert result.identical, result.summary()
+    assert result.runs == 2
+    assert result.truncated == (f"line {torn}",)
+    assert result.unclosed == 1

@@ -19,6 +19,7 @@ import msgspec
 
 from vramgate._logfile import Compactor, backup_path
 from vramgate.actors.envelope import Envelope
+from vramgate.errors import ConfigError
 from vramgate.messages import LogClosed, LogHeader, LogRecord, LogStatistics, Message, log_line_codec
 
 log = logging.getLogger("vramgate.actors")
@@ -81,17 +82,30 @@ class Recorder:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, header: LogHeader) -> None:
-        """Open the target and write ``header``. Called by the actor system when it starts."""
+        """Open the target and write ``header``. Called by the actor system when it starts.
+
+        Raises :class:`~vramgate.errors.ConfigError` when the path cannot be opened (no such folder, no
+        permission); a failing write only degrades the recorder.
+        """
         if self.started or self.closed:
             raise RuntimeError("a Recorder records one run")
         self.started = True
         self._header = header
+        if self._path is not None:
+            try:
+                stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise ConfigError(f"cannot open the message log {self._path}: {exc.strerror or exc}") from None
+            stream.close()
         try:
             if self._path is not None:
                 self._stream = self._open_append(self._path)
                 if self._rotates() and self._size >= self._max_bytes:
+                    self._stream.close()
+                    self._stream = None
                     self._rotate_files()
                     self._stream = self._open_append(self._path)
+                self._end_torn_line()
             self._write_header(header)
         except OSError as exc:
             self._fail(exc)
@@ -172,12 +186,16 @@ class Recorder:
         stream = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         try:
             self._size = os.fstat(stream.fileno()).st_size
-            if self._size and _last_byte(path) != b"\n":
-                self._write_to(stream, b"\n")  # ends a torn line left by a crash, so the new run starts clean
         except OSError:
             stream.close()
             raise
         return stream
+
+    def _end_torn_line(self) -> None:
+        """End a torn last line left by a crash, so that the new run starts on a line of its own."""
+        assert self._path is not None
+        if self._size and _last_byte(self._path) != b"\n":
+            self._write(b"\n")
 
     def _rotates(self) -> bool:
         if self._path is None or self._max_bytes <= 0 or self._stream is None:
