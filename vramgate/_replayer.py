@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import msgspec
 
 from vramgate.actors.core import Core, Reply, Send
-from vramgate.messages import LogClosed, LogHeader, LogRecord, Message, encode_json
+from vramgate.messages import ActorFailed, LogClosed, LogHeader, LogRecord, Message, encode_json
 
 
 class Divergence(msgspec.Struct, frozen=True):
@@ -56,6 +56,7 @@ class RunReplay:
         self.pending: dict[str, Records] = {name: collections.deque() for name in self.cores}
         self.crashed: dict[str, tuple[int, str]] = {}
         self.held: dict[str, Records] = {}
+        self.raised: dict[str, int] = {}
         self.last_seq = header.first_seq - 1
         self.closed = False
         self.records = self.inputs = self.outputs = 0
@@ -63,9 +64,12 @@ class RunReplay:
     def feed(self, record: LogRecord[Message]) -> Divergence | None:
         """Take the next record of the run; the divergence it shows, if any."""
         self.last_seq = record.seq
-        if type(record.message) is LogClosed:
+        message = record.message
+        if type(message) is LogClosed:
             self.closed = True
             return None
+        if type(message) is ActorFailed and record.recipient in self.cores:
+            return self._failed(record.recipient, record, message)
         self.records += 1
         sender = record.sender
         if sender in self.cores:
@@ -120,11 +124,21 @@ class RunReplay:
             return Divergence(record.seq, name, record, None, error=error)
         return self._handle(name, record)
 
+    def _failed(self, name: str, record: LogRecord[Message], failed: ActorFailed) -> Divergence | None:
+        """The run stopped because this actor crashed on ``failed.seq``: the replay's core must have, too."""
+        if self.raised.get(name) != failed.seq:
+            error = f"the log shows a crash on record {failed.seq} that the replay did not reproduce"
+            return Divergence(record.seq, name, record, None, error=error)
+        self.crashed.pop(name, None)
+        self.held.pop(name, None)
+        return None
+
     def _handle(self, name: str, record: LogRecord[Message]) -> Divergence | None:
         self.inputs += 1
         try:
             produced = self.cores[name].handle(record.message, record.at)
         except Exception as exc:
+            self.raised[name] = record.seq
             if record.redelivery_of is None:
                 self.crashed[name] = (record.seq, repr(exc))
             return None  # a crash on a redelivery made a dead letter, as it did in the run

@@ -8,8 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from vramgate.actors import Actor, ActorSystem, CoreActor, Envelope, Output, Recorder, Send
+from vramgate.actors import Actor, ActorSystem, CoreActor, Envelope, Output, Recorder, RestartPolicy, Send
 from vramgate.clock import ManualClock
+from vramgate.errors import ActorCrashed
 from vramgate.messages import Message, RequestQueued
 from vramgate.replay import read_log, register_core_kind, replay
 
@@ -120,3 +121,24 @@ async def test_replay_reports_a_crash_the_log_does_not_show(tmp_path: Path) -> N
     result = replay(log, cores={"echo": lambda header: FlakyEcho()})
     assert result.divergence is not None
     assert "first try fails" in result.divergence.error
+
+
+async def test_a_crash_that_stops_the_system_replays_as_the_same_crash(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    system = ActorSystem(clock=ManualClock(), recorder=Recorder(log))
+    flaky = system.spawn(
+        CoreActor(FlakyEcho(), kind="test.flaky-echo"), name="flaky", supervision=RestartPolicy.never()
+    )
+    sink = GatedSink()
+    sink.gate.set()
+    system.spawn(sink, name="sink")
+    with pytest.raises(ActorCrashed):  # noqa: PT012
+        async with system:
+            await flaky.tell(queued("a"))
+            await flaky.tell(queued("boom"))
+            await anyio.sleep_forever()
+    result = replay(log)
+    assert result.identical, result.summary()
+    result = replay(log, cores={"flaky": lambda header: Echo()})  # a core that does not crash there
+    assert result.divergence is not None
+    assert "crash on record 2 that the replay did not reproduce" in result.divergence.error

@@ -15,10 +15,10 @@ from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from vramgate.actors.actor import Actor, ActorContext, Timer
-from vramgate.actors.envelope import ActorStatistics, DeadLetter, Envelope, RestartPolicy
+from vramgate.actors.envelope import SUPERVISOR, ActorStatistics, DeadLetter, Envelope, RestartPolicy
 from vramgate.actors.ref import ActorRef
 from vramgate.errors import ActorCrashed, ActorStopped, MailboxFull
-from vramgate.messages import Message
+from vramgate.messages import ActorFailed, Message
 
 if TYPE_CHECKING:
     from vramgate.actors.system import ActorSystem
@@ -243,6 +243,7 @@ class Cell:
         while times and now - times[0] > self.policy.within_s:
             times.popleft()
         if len(times) > self.policy.max_restarts:
+            self._log_failure(env, exc)
             self.system._fail_asks(
                 lambda slot: slot.correlation_id == env.correlation_id,
                 ActorCrashed(f"actor {self.name!r} crashed handling message #{env.seq}: {exc!r}"),
@@ -264,6 +265,13 @@ class Cell:
                 )
         await self._restart(exc)
         return None if poisoned else self._redeliver(env)
+
+    def _log_failure(self, env: Envelope, exc: Exception) -> None:
+        system = self.system
+        if system._recorder is not None:
+            system._seq += 1
+            failed = ActorFailed(seq=env.seq, error=repr(exc))
+            system._recorder.record(Envelope(system._seq, system._now(), SUPERVISOR, self.name, failed))
 
     def _redeliver(self, env: Envelope) -> Envelope:
         """The envelope that offers a crashed-on message again: a delivery of its own, logged as one."""

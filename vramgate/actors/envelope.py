@@ -10,6 +10,8 @@ from vramgate.messages import LogRecord, Message
 EXTERNAL = "external"
 #: The sender name of messages delivered by an actor's own timers (``send_later`` / ``send_every``).
 TIMER = "timer"
+#: The sender name of the record that logs an actor whose crashes stopped the system.
+SUPERVISOR = "supervisor"
 
 
 class Envelope(msgspec.Struct, frozen=True, gc=False):

@@ -94,6 +94,14 @@ class LogClosed(Message, frozen=True):
     records: int
 
 
+class ActorFailed(Message, frozen=True):
+    """Logged (sender ``"supervisor"``) when an actor crashed on record ``seq`` once more than its restart policy
+    allows, which stopped the system: a replay whose core raises there reproduces the run."""
+
+    seq: int
+    error: str = ""
+
+
 class LogStatistics(Message, frozen=True):
     """A recorder: where it writes, what it wrote, and whether recording stopped.
 
