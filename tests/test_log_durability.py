@@ -16,9 +16,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vramgate.actors import Recorder
 from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig, MonitorConfig
-from vramgate.errors import ConfigError
+from vramgate.errors import ConfigError, DoesNotFit
 from vramgate.gate import open_gate
-from vramgate.messages import GenerationRequest, LogHeader, LogStatistics, RequestEnded
+from vramgate.messages import (
+    GenerationRequest,
+    LogHeader,
+    LogStatistics,
+    RequestAccepted,
+    RequestEnded,
+    RequestRejected,
+)
 from vramgate.metrics import GateMetrics
 from vramgate.replay import read_log, replay
 from vramgate.runners import SimulatedRun
@@ -226,3 +233,27 @@ async def test_a_run_appended_after_a_torn_line_replays_with_the_one_before(tmp_
     assert result.runs == 2
     assert result.truncated == (f"line {torn}",)
     assert result.unclosed == 1
+
+
+async def test_a_prompt_and_a_rejection_plan_are_written_once_and_read_back_whole(tmp_path: Path) -> None:
+    log = tmp_path / "gate.jsonl"
+    prompt = "a lighthouse in a storm, waves breaking, slow dolly in; " * 40
+    huge = GenerationRequest(model="t2v-A14B", width=1280, height=720, frames=241, max_level="none", prompt=prompt)
+    async with open_gate(_config(str(log))) as gate:
+        for _ in range(3):
+            ticket = await gate.submit(huge)
+            with pytest.raises(DoesNotFit):
+                await ticket.wait_admitted()
+        await gate.wait_idle()
+    raw = log.read_bytes()
+    assert raw.count(prompt.encode()) == 1
+    assert raw.count(b'"refs":{"best_plan"') == 3  # each rejection refers to the optimizer's answer
+    _, records = read_log(log)
+    rows = list(records)
+    accepted = [r.message for r in rows if isinstance(r.message, RequestAccepted)]
+    assert [a.request.prompt for a in accepted] == [prompt] * 3
+    plans = [r.message.best_plan for r in rows if isinstance(r.message, RequestRejected)]
+    assert len(plans) == 3
+    assert plans[0] is not None
+    assert plans == [plans[0]] * 3
+    assert replay(log).identical

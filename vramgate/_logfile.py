@@ -12,7 +12,8 @@ delivered:
   stamp ``at`` (and perhaps its host figures) is written as :class:`SameSample` (``at``, and ``host`` when it
   changed): the stamp still refreshes what admission sees as fresh, so it is kept;
 * a request prompt of :data:`TEXT_MIN` characters or more is written once per segment; a later record that
-  carries the same prompt writes it empty and names, in ``refs``, the record that holds it.
+  carries the same prompt writes it empty and names, in ``refs``, the record that holds it;
+* so is the closest plan a rejection explains itself with (``best_plan``), when the segment already holds it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -30,15 +32,31 @@ from vramgate.messages import (
     LogHeader,
     LogRecord,
     Message,
+    Plan,
+    RequestRejected,
     ResourceSample,
     SameSample,
     log_line_codec,
 )
+from vramgate.messages.optimization import PlanDoesNotFit
 
 #: Prompts shorter than this are written in full every time (a reference would not be much smaller).
 TEXT_MIN = 64
-#: How many distinct prompts a segment remembers for references (the oldest is forgotten first).
+#: How many distinct prompts (and closest plans) a segment remembers for references (the oldest is forgotten first).
 TEXT_TABLE = 4096
+_PLAN_KEY = "best_plan"
+_encode_plan = msgspec.json.Encoder(order="deterministic").encode
+
+
+def _remember(table: dict[Any, int], key: Any, seq: int) -> int | None:
+    """The seq that holds ``key`` if the table has it; else remember ``seq`` for it (forgetting the oldest)."""
+    held = table.get(key)
+    if held is None:
+        table[key] = seq
+        if len(table) > TEXT_TABLE:
+            del table[next(iter(table))]
+    return held
+
 
 Line = LogHeader | LogRecord[Message]
 
@@ -66,10 +84,12 @@ class Compactor:
     def __init__(self) -> None:
         self._samples: dict[str, ResourceSample] = {}
         self._texts: dict[str, int] = {}
+        self._plans: dict[bytes, int] = {}
 
     def reset(self) -> None:
         self._samples.clear()
         self._texts.clear()
+        self._plans.clear()
 
     def compact(self, record: LogRecord[Message]) -> LogRecord[Message]:
         message = record.message
@@ -78,7 +98,20 @@ class Compactor:
             return self._compact_sample(record, message)  # type: ignore[arg-type]
         if kind is GenerationRequest or "request" in kind.__struct_fields__:
             return self._compact_texts(record)
+        if kind is RequestRejected or kind is PlanDoesNotFit:
+            return self._compact_plan(record)
         return record
+
+    def _compact_plan(self, record: LogRecord[Message]) -> LogRecord[Message]:
+        message = record.message
+        plan = getattr(message, _PLAN_KEY)
+        if plan is None:
+            return record
+        held = _remember(self._plans, _encode_plan(plan), record.seq)
+        if held is None or type(message) is not RequestRejected:  # PlanDoesNotFit's plan is not optional
+            return record
+        message = msgspec.structs.replace(message, best_plan=None)
+        return msgspec.structs.replace(record, message=message, refs={_PLAN_KEY: held})
 
     def _compact_sample(self, record: LogRecord[Message], sample: ResourceSample) -> LogRecord[Message]:
         previous = self._samples.get(record.recipient)
@@ -97,12 +130,8 @@ class Compactor:
         if carried is None or len(carried[1].prompt) < TEXT_MIN:
             return record
         path, request = carried
-        texts = self._texts
-        held = texts.get(request.prompt)
+        held = _remember(self._texts, request.prompt, record.seq)
         if held is None:
-            texts[request.prompt] = record.seq
-            if len(texts) > TEXT_TABLE:
-                del texts[next(iter(texts))]
             return record
         message = _with_request(record.message, path, msgspec.structs.replace(request, prompt=""))
         return msgspec.structs.replace(record, message=message, refs={path or ".": held})
@@ -115,11 +144,15 @@ class Expander:
         self._samples: dict[str, ResourceSample] = {}
         self._texts: dict[str, int] = {}
         self._by_seq: dict[int, str] = {}
+        self._plans: dict[bytes, int] = {}
+        self._plans_by_seq: dict[int, Plan] = {}
 
     def reset(self) -> None:
         self._samples.clear()
         self._texts.clear()
         self._by_seq.clear()
+        self._plans.clear()
+        self._plans_by_seq.clear()
 
     def expand(self, record: LogRecord[Message], number: int, source: str) -> LogRecord[Message]:
         message = record.message
@@ -144,6 +177,8 @@ class Expander:
             self._samples[record.recipient] = message
             return record
         refs = record.refs
+        if kind is RequestRejected or kind is PlanDoesNotFit:
+            return self._expand_plan(record, refs, number, source)
         carried = _carried(message)
         if refs is not None:
             return self._resolve(record, refs, carried, number, source)
@@ -155,6 +190,25 @@ class Expander:
                 if len(self._texts) > TEXT_TABLE:
                     oldest = next(iter(self._texts))
                     del self._by_seq[self._texts.pop(oldest)]
+        return record
+
+    def _expand_plan(
+        self, record: LogRecord[Message], refs: dict[str, int] | None, number: int, source: str
+    ) -> LogRecord[Message]:
+        message = record.message
+        if refs is not None:
+            plan = self._plans_by_seq.get(refs.get(_PLAN_KEY, -1))
+            if plan is None or set(refs) != {_PLAN_KEY} or getattr(message, _PLAN_KEY) is not None:
+                raise DecodeError(
+                    f"refs {dict(refs)} name no plan this segment holds", path="$.refs", line=number, source=source
+                )
+            message = msgspec.structs.replace(message, best_plan=plan)
+            return msgspec.structs.replace(record, message=message, refs=None)
+        plan = getattr(message, _PLAN_KEY)
+        if plan is not None and _remember(self._plans, _encode_plan(plan), record.seq) is None:
+            self._plans_by_seq[record.seq] = plan
+            if len(self._plans_by_seq) > TEXT_TABLE:
+                del self._plans_by_seq[next(iter(self._plans_by_seq))]
         return record
 
     def _resolve(
