@@ -5,7 +5,7 @@ starts with a header of ``segment`` 0; when the file reaches its size limit the 
 (older ones to ``PATH.2`` ...) and goes on in a fresh ``PATH`` whose header continues the run (``segment`` 1, 2
 ..., ``first_seq`` its first record). A restarted process appends a new run to the same file.
 
-Two things are written compactly and expanded on reading, so that readers see every message as it was
+Three things are written compactly and expanded on reading, so that readers see every message as it was
 delivered:
 
 * a :class:`ResourceSample` that equals the previous one to the same recipient in the segment but for its time
