@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vramgate.actors import Envelope, Recorder
 from vramgate.config import GateConfig, load_config
 from vramgate.errors import DecodeError, VramgateError
-from vramgate.messages import GenerationRequest, decode_json, log_line_codec, message_codec
+from vramgate.messages import (
+    GenerationRequest,
+    HostSample,
+    LogHeader,
+    LogRecord,
+    Message,
+    RequestAccepted,
+    RequestEnded,
+    ResourceSample,
+    decode_json,
+    log_line_codec,
+    message_codec,
+)
 from vramgate.messages.codec import Codec
 from vramgate.policy.models import decode_profile
+from vramgate.replay import read_log, replay
 from vramgate.simulate import decode_trace
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -130,3 +146,94 @@ def test_valid_documents_decode() -> None:
 def test_config_file_that_is_not_utf8() -> None:
     with pytest.raises(DecodeError, match="not UTF-8"):
         _load_config(b"\x80")
+
+
+# ------------------------------------------------------------------ torn and garbled message logs
+
+
+def _recorded_log() -> bytes:
+    """A small log as the recorder writes it: samples (full and compact), requests with one long prompt twice."""
+    stream = io.BytesIO()
+    recorder = Recorder(stream)
+    recorder.start(LogHeader(note="fuzz"))
+    host = HostSample(
+        ram_total_mb=1024, ram_available_mb=512, ram_used_mb=512, swap_total_mb=0, swap_used_mb=0, cpu_count=2
+    )
+    request = GenerationRequest(model="t2v-A14B", width=1280, height=720, prompt="a long prompt " * 10)
+    messages: list[Message] = [
+        ResourceSample(at=0.0, host=host),
+        ResourceSample(at=0.5, host=host),
+        ResourceSample(at=1.0, host=msgspec.structs.replace(host, ram_available_mb=500)),
+        RequestAccepted(request_id="r1", request=request),
+        RequestAccepted(request_id="r2", request=request),
+        RequestEnded(request_id="r1", state="completed"),
+    ]
+    for seq, message in enumerate(messages, start=1):
+        recorder.record(Envelope(seq, seq * 0.5, "a", "b", message))
+    recorder.close()
+    return stream.getvalue()
+
+
+RECORDED = _recorded_log()
+
+
+def _read_all(data: bytes) -> tuple[list[LogRecord[Message]], tuple[str, ...]]:
+    fd, path = tempfile.mkstemp(suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        _, records = read_log(path)
+        rows = list(records)
+        return rows, replay(path).truncated
+    finally:
+        os.unlink(path)
+
+
+FULL, _ = _read_all(RECORDED)
+
+
+def test_the_recorded_log_reads_back_in_full() -> None:
+    assert [type(r.message).__name__ for r in FULL] == [
+        "ResourceSample",
+        "ResourceSample",
+        "ResourceSample",
+        "RequestAccepted",
+        "RequestAccepted",
+        "RequestEnded",
+    ]
+    assert b"SameSample" in RECORDED
+    assert b'"refs"' in RECORDED
+    assert FULL[4].message == RequestAccepted(
+        request_id="r2",
+        request=GenerationRequest(model="t2v-A14B", width=1280, height=720, prompt="a long prompt " * 10),
+    )
+
+
+@SETTINGS
+@given(cut=st.integers(min_value=0, max_value=len(RECORDED)))
+def test_a_log_cut_anywhere_reads_its_complete_records(cut: int) -> None:
+    data = RECORDED[:cut]
+    if cut < RECORDED.index(b"\n"):  # the header itself is torn
+        with pytest.raises(DecodeError):
+            _read_all(data)
+        return
+    rows, truncated = _read_all(data)
+    assert rows == FULL[: len(rows)]  # every record before the cut, as it was delivered
+    complete = data.count(b"\n") - 1  # records whose line ended
+    assert len(rows) >= min(complete, len(FULL))
+    if data.endswith(b"\n"):
+        assert truncated == ()
+    else:  # the last line is torn, unless only its newline is missing
+        assert len(truncated) + (len(rows) - min(complete, len(FULL))) == 1 or cut == len(RECORDED) - 1
+
+
+@SETTINGS
+@given(
+    start=st.integers(min_value=0, max_value=len(RECORDED)),
+    junk=st.binary(min_size=1, max_size=40),
+    span=st.integers(min_value=0, max_value=40),
+)
+def test_a_garbled_log_raises_only_typed_errors(start: int, junk: bytes, span: int) -> None:
+    data = RECORDED[:start] + junk + RECORDED[start + span :]
+    with contextlib.suppress(VramgateError):
+        _read_all(data)

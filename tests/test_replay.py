@@ -256,13 +256,34 @@ def test_corrupt_line_is_reported_with_its_line_number(tmp_path: Path) -> None:
     assert "line 3: $.message.position" in out.output
 
 
-def test_truncated_last_line_is_reported(tmp_path: Path) -> None:
+def test_a_torn_last_line_ends_the_records_and_is_reported(tmp_path: Path) -> None:
     lines = _good_lines()
     log = tmp_path / "cut.jsonl"
     log.write_bytes(b"\n".join(lines)[:-20])
-    with pytest.raises(DecodeError, match="truncated line") as info:
-        list(read_log(log)[1])
-    assert info.value.line == 4
+    _, records = read_log(log)
+    assert [r.seq for r in records] == [1, 2]
+    result = replay(log)
+    assert result.identical
+    assert result.records == 2
+    assert result.truncated == ("line 4",)
+    out = CliRunner().invoke(main, ["replay", str(log)])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("identical: 2 records")
+    assert "truncated tail at line 4" in out.output
+
+
+async def test_a_run_recorded_until_a_torn_line_replays_up_to_it(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    await record_run(log)
+    data = log.read_bytes().split(b"\n")
+    kept = data[:-3]  # drop the closing record and the line before it
+    torn = data[-3][: len(data[-3]) // 2]
+    log.write_bytes(b"\n".join([*kept, torn]))
+    result = replay(log)
+    assert result.identical, result.summary()
+    assert result.truncated == (f"line {len(kept) + 1}",)
+    assert result.unclosed == 1
+    assert "truncated tail at line" in result.summary()
 
 
 def test_header_and_order_are_checked(tmp_path: Path) -> None:
@@ -272,10 +293,17 @@ def test_header_and_order_are_checked(tmp_path: Path) -> None:
     with pytest.raises(DecodeError, match="empty log"):
         read_log(_write(tmp_path / "b.jsonl", []))
     with pytest.raises(DecodeError, match="sequence number 1 does not follow 2") as info:
-        list(read_log(_write(tmp_path / "c.jsonl", [lines[0], lines[2], lines[1]]))[1])
+        list(read_log(_write(tmp_path / "c.jsonl", [lines[0], lines[1], lines[2], lines[1]]))[1])
+    assert info.value.line == 4
+    with pytest.raises(DecodeError, match=r"record 2 is missing \(sequence number 3 follows 1\)") as info:
+        list(read_log(_write(tmp_path / "d.jsonl", [lines[0], lines[1], lines[3]]))[1])
     assert info.value.line == 3
-    with pytest.raises(DecodeError, match="only be the first line"):
-        list(read_log(_write(tmp_path / "d.jsonl", [lines[0], lines[0]]))[1])
+    out = CliRunner().invoke(main, ["replay", str(tmp_path / "d.jsonl")])
+    assert out.exit_code == 2
+    assert "record 2 is missing" in out.output
+    _, records = read_log(_write(tmp_path / "e.jsonl", [lines[0], lines[1], lines[0], lines[1]]))
+    assert [r.seq for r in records] == [1]  # a second header starts a second run
+    assert replay(tmp_path / "e.jsonl").runs == 2
 
 
 def test_unknown_core_kind_is_a_clear_error(tmp_path: Path) -> None:

@@ -168,8 +168,12 @@ class GateConfig(_Section, frozen=True):
     admission: AdmissionSettings = AdmissionSettings()
     cleanup: CleanupConfig = CleanupConfig()
     run: RunConfig = RunConfig()
-    #: Write every message to this JSON Lines log (``None``: no log).
+    #: Write every message to this JSON Lines log (``None``: no log). A restart appends a run; it never erases.
     log_path: str | None = None
+    #: Rotate the log when it reaches this many bytes (0: never): it becomes ``log_path.1``, older ones ``.2`` ...
+    log_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 100 * (1 << 20)
+    #: How many rotated log files to keep (the oldest is removed past it).
+    log_backups: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     #: Persist what the estimator learns from runs here (``None``: keep it in memory).
     learned_path: str | None = None
 

@@ -130,6 +130,7 @@ class Gate:
         self._counter = 0
         self._slots = anyio.Semaphore(config.admission.queue_limit)
         self._system: ActorSystem | None = None
+        self._recorder: Recorder | None = None
         self._admission: AdmissionActor | None = None
         self._cleanup_actor: CleanupActor | None = None
         self._closing = False
@@ -335,6 +336,7 @@ class Gate:
             estimate_ratio_max=ratios[-1] if ratios else None,
             queue_stalled_s=max(0.0, self.clock.now() - stall[0]) if stall is not None else None,
             stall_reason=stall[1] if stall is not None else "",
+            log=self._recorder.statistics() if self._recorder is not None else None,
             **self._counts,
         )
 
@@ -856,7 +858,8 @@ async def open_gate(
         estimator = estimator if estimator is not None else _estimator(config)
         gate = Gate(config, devices, first, clock=clock, estimator=estimator)
         if recorder is None and config.log_path is not None:
-            recorder = Recorder(config.log_path)
+            recorder = Recorder(config.log_path, max_bytes=config.log_max_bytes, backups=config.log_backups)
+        gate._recorder = recorder
         system = ActorSystem(
             clock=clock,
             recorder=recorder,
@@ -891,6 +894,7 @@ async def open_gate(
                 history_s=config.monitor.history_s,
                 probe_timeout_s=config.monitor.probe_timeout_s,
                 subscribers=subscribers,
+                memory_only=(CLEANUP, ADMISSION),
             ),
             name=MONITOR,
         )

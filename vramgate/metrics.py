@@ -19,6 +19,7 @@ lifecycle events. Memory is in bytes (Prometheus' base unit); device series carr
 ``vramgate_device_leases``                gauge  leases running on the device
 ``vramgate_queue_length`` / ``_limit``    gauge  requests waiting for admission, and the bound
 ``vramgate_running``                      gauge  leases held
+``vramgate_log_degraded``                 gauge  1 when the message log cannot be written (only with a log)
 ``vramgate_requests_submitted_total``     count  requests the gate accepted
 ``vramgate_admissions_total``             count  leases granted
 ``vramgate_rejections_total``             count  requests rejected (does not fit, bad request, ...)
@@ -150,6 +151,9 @@ class GateMetrics:
         yield GaugeMetricFamily(f"{ns}_queue_length", "Requests waiting for admission", value=stats.queue_length)
         yield GaugeMetricFamily(f"{ns}_queue_limit", "Most requests that may wait", value=stats.queue_limit)
         yield GaugeMetricFamily(f"{ns}_running", "Leases held", value=stats.running)
+        if stats.log is not None:
+            degraded = 1.0 if stats.log.degraded else 0.0
+            yield GaugeMetricFamily(f"{ns}_log_degraded", "1 when the message log cannot be written", value=degraded)
         counters = {
             "requests_submitted": ("Requests the gate accepted", stats.submitted),
             "admissions": ("Leases granted", stats.admitted),

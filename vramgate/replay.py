@@ -1,18 +1,19 @@
 """Read recorded message logs and replay them through the sans-io cores that made the decisions.
 
 A log (see :class:`~vramgate.actors.Recorder`) is a :class:`LogHeader` line, then one :class:`LogRecord` per
-message, in sequence order. :func:`replay` rebuilds every core named in the header, feeds each one, in order,
+message, in sequence order; a file may hold several runs, each with its header (see :mod:`vramgate._logfile`).
+For each run, :func:`replay` rebuilds every core named in the header, feeds each one, in order,
 the records addressed to its actor (``now`` is the record's time), and checks that what the core returns is what
 its actor was recorded sending: same recipient, message and correlation id, in the same order.
 
 Cores are rebuilt by kind: a module that defines a core calls :func:`register_core_kind` with a factory that
-takes the header and the core's :class:`CoreSpec` (its recorded config).
+takes the header and the core's :class:`CoreSpec` (its recorded config). A header only names kinds: the built-in
+ones are found in this package's own table, others must be registered (``vramgate replay --import MODULE``); a
+module a header names is never imported.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import msgspec
 
-from vramgate.actors.core import Core, Reply, Send
-from vramgate.errors import DecodeError, ReplayError
-from vramgate.messages import SCHEMA_VERSION, LogHeader, LogRecord, Message, encode_json, log_line_codec
+from vramgate._logfile import Line, iter_log, log_files
+from vramgate._replayer import Divergence, RunReplay
+from vramgate.actors.core import Core
+from vramgate.errors import ReplayError
+from vramgate.messages import LogClosed, LogHeader, LogRecord, Message
 from vramgate.messages.log import CoreSpec
 
 #: Builds a core for one actor from the log header.
@@ -31,6 +34,12 @@ CoreFactory = Callable[[LogHeader], Core]
 KindFactory = Callable[[LogHeader, CoreSpec], Core]
 
 _KINDS: dict[str, KindFactory] = {}
+#: The modules that register the built-in core kinds (imported on demand, from this table only).
+_BUILT_IN: dict[str, str] = {
+    "admission": "vramgate.actors.admission",
+    "estimator": "vramgate.actors.estimator",
+    "optimizer": "vramgate.actors.optimizer",
+}
 
 
 def register_core_kind(kind: str, factory: KindFactory) -> None:
@@ -41,41 +50,18 @@ def register_core_kind(kind: str, factory: KindFactory) -> None:
 
 
 def core_kinds() -> tuple[str, ...]:
-    """The registered core kinds."""
-    return tuple(sorted(_KINDS))
-
-
-class Divergence(msgspec.Struct, frozen=True):
-    """The first difference between the log and the replay.
-
-    ``seq`` is the sequence number of the recorded record that differs (for an output the replay produced but
-    the log lacks, the seq of the input that produced it). ``expected`` is the recorded record (``None`` when
-    the log has none), ``got`` what the core produced (``None`` when it produced nothing), ``error`` the
-    exception a core raised, if any.
-    """
-
-    seq: int
-    actor: str
-    expected: LogRecord[Message] | None
-    got: LogRecord[Message] | None
-    error: str = ""
-
-    def describe(self) -> str:
-        def show(record: LogRecord[Message] | None) -> str:
-            if record is None:
-                return "nothing"
-            return encode_json(
-                {"recipient": record.recipient, "correlation_id": record.correlation_id, "message": record.message}
-            ).decode()
-
-        text = f"divergence at seq {self.seq} (actor {self.actor!r}): expected {show(self.expected)}"
-        if self.error:
-            return f"{text}, got an error: {self.error}"
-        return f"{text}, got {show(self.got)}"
+    """The registered core kinds, the built-in ones included."""
+    return tuple(sorted({*_KINDS, *_BUILT_IN}))
 
 
 class ReplayResult(msgspec.Struct, frozen=True):
-    """The outcome of :func:`replay`: ``records`` read, ``inputs`` fed to cores, ``outputs`` compared."""
+    """The outcome of :func:`replay`: ``records`` read, ``inputs`` fed to cores, ``outputs`` compared.
+
+    ``runs`` is how many runs the log held (a restarted process appends one); ``truncated`` where a run's last
+    line was torn (everything before it was checked); ``unclosed`` how many runs ended without closing their
+    log (cut short: what their cores would still have sent, ``owed``, is not a divergence); ``skipped`` the
+    records of runs whose first segment was rotated away (they cannot be replayed from their start).
+    """
 
     identical: bool
     records: int
@@ -83,86 +69,60 @@ class ReplayResult(msgspec.Struct, frozen=True):
     outputs: int
     cores: tuple[str, ...]
     divergence: Divergence | None = None
+    runs: int = 1
+    truncated: tuple[str, ...] = ()
+    unclosed: int = 0
+    owed: int = 0
+    skipped: int = 0
 
     def summary(self) -> str:
-        """One line: identical, or where it diverged."""
+        """One line: identical, or where it diverged; then what could not be checked."""
         if self.divergence is not None:
-            return self.divergence.describe()
-        return (
-            f"identical: {self.records} records, {self.inputs} inputs to {len(self.cores)} cores "
-            f"({', '.join(self.cores) or 'none'}), {self.outputs} outputs reproduced"
-        )
+            text = self.divergence.describe()
+        else:
+            runs = f" in {self.runs} runs" if self.runs != 1 else ""
+            text = (
+                f"identical: {self.records} records{runs}, {self.inputs} inputs to {len(self.cores)} cores "
+                f"({', '.join(self.cores) or 'none'}), {self.outputs} outputs reproduced"
+            )
+        notes = [f"truncated tail at {where}" for where in self.truncated]
+        if self.unclosed:
+            notes.append(f"{self.unclosed} run(s) ended without closing the log ({self.owed} outputs not recorded)")
+        if self.skipped:
+            notes.append(f"{self.skipped} records skipped (their run's first segment was rotated away)")
+        return "; ".join([text, *notes])
 
 
 def read_log(path: str | os.PathLike[str]) -> tuple[LogHeader, Iterator[LogRecord[Message]]]:
-    """Read a message log: its header, and an iterator over its records.
+    """Read one message log file: the header of its first run, and an iterator over that run's records.
 
-    Raises :class:`~vramgate.errors.DecodeError` with the line number on a corrupt, truncated or out-of-order
-    line (the header at once, records as the iterator reaches them).
+    Records come back as they were delivered (compact samples and prompt references expanded). A torn last
+    line ends the records quietly (:func:`replay` reports it). Raises :class:`~vramgate.errors.DecodeError` with
+    the line number on a corrupt or out-of-order line, or a gap in the sequence numbers (the header at once,
+    records as the iterator reaches them).
     """
-    source = str(path)
-    data = Path(path).read_bytes()
-    lines = data.split(b"\n")
-    codec = log_line_codec()
-    number = 0
-    header: LogHeader | None = None
-    for number, raw in enumerate(lines, start=1):
-        if raw.strip():
-            first = _decode_line(codec.decode_json, raw, number, source, last=number == len(lines))
-            if not isinstance(first, LogHeader):
-                raise DecodeError("the first line of a log must be a LogHeader", line=number, source=source)
-            header = first
-            break
-    if header is None:
-        raise DecodeError("empty log: no LogHeader line", line=max(number, 1), source=source)
-    if header.schema_version > SCHEMA_VERSION:
-        raise DecodeError(
-            f"log schema version {header.schema_version} is newer than this vramgate's ({SCHEMA_VERSION})",
-            path="$.schema_version",
-            line=number,
-            source=source,
-        )
-    return header, _records(lines, number, source)
+    lines = iter_log(path, [])
+    first = next(lines)
+    assert isinstance(first, LogHeader)
+    return first, _first_run(lines)
 
 
-def _decode_line(
-    decode: Callable[..., LogHeader | LogRecord[Message]], raw: bytes, number: int, source: str, *, last: bool
-) -> LogHeader | LogRecord[Message]:
-    try:
-        return decode(raw, line=number, source=source)
-    except DecodeError as exc:
-        if last:  # the last line of a complete log ends with a newline
-            raise DecodeError(f"truncated line ({exc.reason})", path=exc.path, line=number, source=source) from None
-        raise
-
-
-def _records(lines: list[bytes], after: int, source: str) -> Iterator[LogRecord[Message]]:
-    decode = log_line_codec().decode_json
-    previous = 0
-    count = len(lines)
-    for index in range(after, count):
-        raw = lines[index]
-        if not raw.strip():
+def _first_run(lines: Iterator[Line]) -> Iterator[LogRecord[Message]]:
+    for line in lines:
+        if isinstance(line, LogHeader):
+            if line.segment == 0:
+                return
             continue
-        number = index + 1
-        record = _decode_line(decode, raw, number, source, last=number == count)
-        if not isinstance(record, LogRecord):
-            raise DecodeError("a LogHeader may only be the first line", line=number, source=source)
-        if record.seq <= previous:
-            raise DecodeError(
-                f"sequence number {record.seq} does not follow {previous}", path="$.seq", line=number, source=source
-            )
-        previous = record.seq
-        yield record
+        if type(line.message) is not LogClosed:
+            yield line
 
 
 def _factories(header: LogHeader) -> dict[str, CoreFactory]:
     factories: dict[str, CoreFactory] = {}
     for spec in header.cores:
         kind_factory = _KINDS.get(spec.kind)
-        if kind_factory is None and spec.module.startswith("vramgate."):
-            with contextlib.suppress(ImportError):
-                importlib.import_module(spec.module)  # registers its kinds
+        if kind_factory is None and spec.kind in _BUILT_IN:
+            importlib.import_module(_BUILT_IN[spec.kind])  # registers its kinds
             kind_factory = _KINDS.get(spec.kind)
         if kind_factory is None:
             raise ReplayError(
@@ -173,77 +133,96 @@ def _factories(header: LogHeader) -> dict[str, CoreFactory]:
     return factories
 
 
+def _build(factories: Mapping[str, CoreFactory], header: LogHeader) -> dict[str, Core]:
+    """Build every core; a factory that fails on the recorded config is a :class:`ReplayError` naming the core."""
+    built: dict[str, Core] = {}
+    for name, factory in factories.items():
+        try:
+            built[name] = factory(header)
+        except (ValueError, TypeError, KeyError, LookupError, AttributeError, msgspec.ValidationError) as exc:
+            spec = header.core(name)
+            kind = f" (kind {spec.kind!r})" if spec is not None else ""
+            raise ReplayError(f"cannot rebuild core {name!r}{kind} from the log header: {exc!r}") from None
+    return built
+
+
 def _bind(factory: KindFactory, spec: CoreSpec) -> CoreFactory:
     return lambda header: factory(header, spec)
 
 
 def replay(path: str | os.PathLike[str], cores: Mapping[str, CoreFactory] | None = None) -> ReplayResult:
-    """Replay the log at ``path`` through fresh cores and compare their outputs with the recorded ones.
+    """Replay the log at ``path`` (its rotated segments ``PATH.N`` ... ``PATH.1`` first) through fresh cores, run
+    by run, and compare their outputs with the recorded ones.
 
-    ``cores`` maps actor names to factories; by default every core listed in the log header is rebuilt from
+    ``cores`` maps actor names to factories; by default every core listed in a run's header is rebuilt from
     the registered kinds. Raises :class:`~vramgate.errors.DecodeError` on a corrupt log and
     :class:`~vramgate.errors.ReplayError` when a core cannot be rebuilt.
     """
-    header, records = read_log(path)
-    factories = dict(cores) if cores is not None else _factories(header)
-    built: dict[str, Core] = {name: factory(header) for name, factory in factories.items()}
-    pending: dict[str, collections.deque[LogRecord[Message]]] = {name: collections.deque() for name in built}
-    names = tuple(built)
-    count = inputs = outputs = 0
+    main = Path(path)
+    truncated: list[str] = []
+    names: tuple[str, ...] = ()
+    run: RunReplay | None = None
+    runs = unclosed = owed = skipped = 0
+    done = [0, 0, 0]
+
+    def end(current: RunReplay | None) -> Divergence | None:
+        nonlocal unclosed, owed
+        if current is None:
+            return None
+        done[0] += current.records
+        done[1] += current.inputs
+        done[2] += current.outputs
+        if not current.closed:
+            unclosed += 1
+            owed += current.owed()
+        return current.finish()
 
     def result(divergence: Divergence | None) -> ReplayResult:
         return ReplayResult(
             identical=divergence is None,
-            records=count,
-            inputs=inputs,
-            outputs=outputs,
+            records=done[0],
+            inputs=done[1],
+            outputs=done[2],
             cores=names,
             divergence=divergence,
+            runs=runs,
+            truncated=tuple(truncated),
+            unclosed=unclosed,
+            owed=owed,
+            skipped=skipped,
         )
 
-    for record in records:
-        count += 1
-        sender = record.sender
-        if sender in built:
-            queue = pending[sender]
-            if not queue:
-                return result(Divergence(record.seq, sender, record, None))
-            got = queue.popleft()
-            if (
-                got.recipient != record.recipient
-                or got.correlation_id != record.correlation_id
-                or got.message != record.message
-            ):
-                return result(Divergence(record.seq, sender, record, got))
-            outputs += 1
-        recipient = record.recipient
-        core = built.get(recipient)
-        if core is not None:
-            inputs += 1
-            try:
-                produced = core.handle(record.message, record.at)
-            except Exception as exc:
-                return result(Divergence(record.seq, recipient, None, None, error=repr(exc)))
-            queue = pending[recipient]
-            for output in produced:
-                if type(output) is Send:
-                    to, corr = output.to, None
-                elif type(output) is Reply:
-                    to, corr = record.sender, record.correlation_id
-                else:
-                    return result(Divergence(record.seq, recipient, None, None, error=f"not an output: {output!r}"))
-                queue.append(
-                    LogRecord(
-                        seq=record.seq,
-                        at=record.at,
-                        sender=recipient,
-                        recipient=to,
-                        message=output.message,
-                        correlation_id=corr,
-                    )
-                )
-    for name, queue in pending.items():
-        if queue:
-            extra = queue[0]
-            return result(Divergence(extra.seq, name, None, extra))
-    return result(None)
+    for file in log_files(main):
+        torn: list[int] = []
+        for line in iter_log(file, torn):
+            if isinstance(line, LogHeader):
+                if line.segment > 0 and run is not None and run.last_seq + 1 == line.first_seq:
+                    continue  # the run goes on in the next segment
+                divergence = end(run)
+                if divergence is not None:
+                    return result(divergence)
+                run = None
+                if line.segment == 0:
+                    factories = dict(cores) if cores is not None else _factories(line)
+                    built = _build(factories, line)
+                    names = names or tuple(built)
+                    run = RunReplay(line, built)
+                    runs += 1
+                continue
+            if run is None:
+                skipped += 1
+                continue
+            divergence = run.feed(line)
+            if divergence is not None:
+                done[0] += run.records
+                done[1] += run.inputs
+                done[2] += run.outputs
+                return result(divergence)
+        where = "" if file == main else f" of {file.name}"
+        truncated.extend(f"line {number}{where}" for number in torn)
+        if torn and run is not None and not run.closed:
+            divergence = end(run)  # a torn line ends its run
+            run = None
+            if divergence is not None:
+                return result(divergence)
+    return result(end(run))

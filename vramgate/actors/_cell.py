@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from vramgate.actors.actor import Actor, ActorContext, Timer
-from vramgate.actors.envelope import ActorStatistics, DeadLetter, Envelope, RestartPolicy
+from vramgate.actors.envelope import SUPERVISOR, ActorStatistics, DeadLetter, Envelope, RestartPolicy
 from vramgate.actors.ref import ActorRef
-from vramgate.errors import ActorCrashed, ActorStopped
-from vramgate.messages import Message
+from vramgate.errors import ActorCrashed, ActorStopped, MailboxFull
+from vramgate.messages import ActorFailed, Message
 
 if TYPE_CHECKING:
     from vramgate.actors.system import ActorSystem
@@ -23,6 +26,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("vramgate.actors")
 
 ActorFactory = Callable[[], Actor[Any]]
+
+
+class _Waiter:
+    """A sender waiting for room in a mailbox, with its message: handed over in arrival order."""
+
+    __slots__ = ("correlation_id", "delivered", "event", "message", "sender")
+
+    def __init__(self, message: Message, sender: str, correlation_id: int | None) -> None:
+        self.message = message
+        self.sender = sender
+        self.correlation_id = correlation_id
+        self.delivered = False
+        self.event = anyio.Event()
 
 
 class Cell:
@@ -61,6 +77,7 @@ class Cell:
         self.crash_times: collections.deque[float] = collections.deque()
         self.timers: set[Timer] = set()
         self.finished = anyio.Event()
+        self.waiting: collections.deque[_Waiter] = collections.deque()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -81,6 +98,7 @@ class Cell:
         self.cancel_timers()
         if self.send_stream is not None:
             self.send_stream.close()
+        self.wake_all_senders()
 
     def cancel_timers(self) -> None:
         for timer in list(self.timers):
@@ -117,8 +135,79 @@ class Cell:
             self.cancel_timers()
             if self.send_stream is not None:
                 self.send_stream.close()
+            self.wake_all_senders()
             self.system._actor_stopped(self, graceful=graceful)
             self.finished.set()
+
+    # ------------------------------------------------------------------ delivery
+
+    def offer(self, message: Message, sender: str, correlation_id: int | None) -> bool:
+        """Put a message in the mailbox now if there is room: it gets its sequence number, time stamp and log
+        record only then, so that the log holds exactly what was delivered, in mailbox order."""
+        stream = self.send_stream
+        if stream is None:
+            raise self.stopped_error()
+        system = self.system
+        seq = system._seq + 1
+        env = Envelope(seq, system._now(), sender, self.name, message, correlation_id)
+        try:
+            stream.send_nowait(env)
+        except WouldBlock:
+            return False
+        except (ClosedResourceError, BrokenResourceError):
+            raise self.stopped_error() from None
+        system._seq = seq
+        system._in_flight += 1
+        recorder = system._recorder
+        if recorder is not None:
+            recorder.record(env)
+        return True
+
+    def offer_nowait(self, message: Message, sender: str) -> None:
+        """Deliver now, or raise :class:`MailboxFull` (also while earlier senders wait for room)."""
+        if self.waiting or not self.offer(message, sender, None):
+            if self.send_stream is None:
+                raise self.stopped_error()
+            raise MailboxFull(f"mailbox of actor {self.name!r} is full ({self.capacity} messages)")
+
+    async def deliver(self, message: Message, sender: str, correlation_id: int | None) -> None:
+        """Deliver, waiting (in arrival order) while the mailbox is full: the receiver hands the message over
+        when it takes one out. A sender cancelled while it waits delivers nothing, and nothing is logged."""
+        if self.send_stream is None:
+            raise self.stopped_error()
+        await checkpoint()
+        if not self.waiting and self.offer(message, sender, correlation_id):
+            return
+        waiter = _Waiter(message, sender, correlation_id)
+        self.waiting.append(waiter)
+        try:
+            await waiter.event.wait()
+        finally:
+            if not waiter.delivered:
+                with contextlib.suppress(ValueError):
+                    self.waiting.remove(waiter)
+        if not waiter.delivered:
+            raise self.stopped_error()
+
+    def hand_over(self) -> None:
+        """Move waiting senders' messages into the mailbox while it has room (after the receiver took one)."""
+        waiting = self.waiting
+        while waiting:
+            head = waiting[0]
+            try:
+                if not self.offer(head.message, head.sender, head.correlation_id):
+                    return
+            except ActorStopped:
+                self.wake_all_senders()
+                return
+            waiting.popleft()
+            head.delivered = True
+            head.event.set()
+
+    def wake_all_senders(self) -> None:
+        """The mailbox closed: every waiting sender learns that the actor stopped."""
+        while self.waiting:
+            self.waiting.popleft().event.set()
 
     # ------------------------------------------------------------------ the receive loop
 
@@ -133,6 +222,8 @@ class Cell:
                     env = await receive.receive()
                 except anyio.EndOfStream:
                     return
+                if self.waiting:
+                    self.hand_over()
             try:
                 await self.actor.receive(env.message, env)
             except Exception as exc:
@@ -152,6 +243,7 @@ class Cell:
         while times and now - times[0] > self.policy.within_s:
             times.popleft()
         if len(times) > self.policy.max_restarts:
+            self._log_failure(env, exc)
             self.system._fail_asks(
                 lambda slot: slot.correlation_id == env.correlation_id,
                 ActorCrashed(f"actor {self.name!r} crashed handling message #{env.seq}: {exc!r}"),
@@ -172,7 +264,25 @@ class Cell:
                     ActorCrashed(f"actor {self.name!r} crashed twice on message #{env.seq}: {exc!r}"),
                 )
         await self._restart(exc)
-        return None if poisoned else env
+        return None if poisoned else self._redeliver(env)
+
+    def _log_failure(self, env: Envelope, exc: Exception) -> None:
+        system = self.system
+        if system._recorder is not None:
+            system._seq += 1
+            failed = ActorFailed(seq=env.seq, error=repr(exc))
+            system._recorder.record(Envelope(system._seq, system._now(), SUPERVISOR, self.name, failed))
+
+    def _redeliver(self, env: Envelope) -> Envelope:
+        """The envelope that offers a crashed-on message again: a delivery of its own, logged as one."""
+        system = self.system
+        system._seq += 1
+        again = Envelope(
+            system._seq, system._now(), env.sender, env.recipient, env.message, env.correlation_id, env.seq
+        )
+        if system._recorder is not None:
+            system._recorder.record(again)
+        return again
 
     async def _restart(self, exc: Exception) -> None:
         if self.factory is None:
@@ -190,7 +300,7 @@ class Cell:
         if self.receive_stream is not None:
             stats = self.receive_stream.statistics()
             size = stats.current_buffer_used
-            waiting = stats.tasks_waiting_send
+            waiting = len(self.waiting)
         return ActorStatistics(
             name=self.name,
             state=self.state,

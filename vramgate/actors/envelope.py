@@ -10,6 +10,8 @@ from vramgate.messages import LogRecord, Message
 EXTERNAL = "external"
 #: The sender name of messages delivered by an actor's own timers (``send_later`` / ``send_every``).
 TIMER = "timer"
+#: The sender name of the record that logs an actor whose crashes stopped the system.
+SUPERVISOR = "supervisor"
 
 
 class Envelope(msgspec.Struct, frozen=True, gc=False):
@@ -19,6 +21,8 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
     time then, ``sender`` and ``recipient`` actor names (``"external"`` for outside callers, ``"timer"`` for
     timer deliveries). ``correlation_id`` is set on asks and on their replies: it is the reply routing, since
     :meth:`ActorContext.reply <vramgate.actors.ActorContext.reply>` answers the pending ask with that id.
+    ``redelivery_of`` is set when a message is offered again after it crashed its actor: the seq of the
+    delivery that crashed.
     """
 
     seq: int
@@ -27,6 +31,7 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
     recipient: str
     message: Message
     correlation_id: int | None = None
+    redelivery_of: int | None = None
 
     def to_record(self) -> LogRecord[Message]:
         """This envelope as a log record."""
@@ -37,6 +42,7 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
             recipient=self.recipient,
             message=self.message,
             correlation_id=self.correlation_id,
+            redelivery_of=self.redelivery_of,
         )
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from vramgate.actors.actor import Actor
 from vramgate.actors.envelope import Envelope
@@ -64,12 +65,35 @@ class _Call:
             self.done.set()
 
 
+def memory_view(sample: ResourceSample) -> ResourceSample:
+    """The sample as admission and cleanup read it: each device's identity and memory figures, and the time.
+
+    Temperatures, power, utilization, per-process lists, the host and warnings are left out (they change at
+    every tick on a real machine and decide nothing there).
+    """
+    devices = tuple(
+        msgspec.structs.replace(
+            device,
+            utilization_pct=None,
+            memory_utilization_pct=None,
+            temperature_c=None,
+            power_w=None,
+            power_limit_w=None,
+            processes=(),
+        )
+        for device in sample.devices
+    )
+    return ResourceSample(at=sample.at, devices=devices, mapping=sample.mapping)
+
+
 class MonitorActor(Actor[Message]):
     """Samples ``devices`` (a :class:`DeviceSet` or probes) every ``interval_s`` seconds of the injected clock.
 
     ``probe_timeout_s`` is the real time a blocking probe may take. ``max_duty`` bounds the share of time spent
     sampling: when one sample costs more than ``max_duty * interval_s`` (on the injected clock), ticks are skipped
     so that sampling takes at most that share. ``history_s`` is how much history each device keeps.
+    ``memory_only`` names subscribers that read only devices' memory: they get :func:`memory_view` of each
+    sample, so that what they receive (and what the log records for them) changes only when memory does.
     """
 
     def __init__(
@@ -82,6 +106,7 @@ class MonitorActor(Actor[Message]):
         subscribers: Sequence[str] = (),
         max_duty: float = 0.5,
         warnings: Sequence[str] = (),
+        memory_only: Sequence[str] = (),
     ) -> None:
         if not interval_s > 0:
             raise InvalidParameter("interval_s", interval_s, "must be positive")
@@ -99,6 +124,7 @@ class MonitorActor(Actor[Message]):
         self.probe_timeout_s = probe_timeout_s
         self.max_duty = max_duty
         self._subscribers: list[str] = list(dict.fromkeys(subscribers))
+        self._memory_only = frozenset(memory_only)
         max_points = min(1_000_000, math.ceil(history_s / interval_s) + 1)
         self._history = SampleHistory(max_age_s=history_s, max_points=max_points)
         self._latest: ResourceSample | None = None
@@ -205,8 +231,13 @@ class MonitorActor(Actor[Message]):
         return sample
 
     async def _publish(self, sample: ResourceSample) -> None:
+        view: ResourceSample | None = None
         for name in list(self._subscribers):
-            self._deliver(name, sample)
+            if name in self._memory_only:
+                view = view if view is not None else memory_view(sample)
+                self._deliver(name, view)
+            else:
+                self._deliver(name, sample)
 
     def _deliver(self, name: str, sample: ResourceSample) -> None:
         """Tell ``name`` the sample without waiting: a full mailbox drops it (the next one follows)."""

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
-from anyio.lowlevel import checkpoint
-
-from vramgate.actors.envelope import EXTERNAL, ActorStatistics, Envelope
-from vramgate.errors import MailboxFull
+from vramgate.actors.envelope import EXTERNAL, ActorStatistics
 from vramgate.messages import Message
 
 if TYPE_CHECKING:
@@ -43,24 +39,9 @@ class ActorRef(Generic[M]):
 
     def tell_nowait(self, message: M, *, sender: str = EXTERNAL) -> None:
         """Put ``message`` in the mailbox now, or raise :class:`~vramgate.errors.MailboxFull`."""
-        cell = self._cell
-        stream = cell.send_stream
-        if stream is None:
-            raise cell.stopped_error()
-        system = cell.system
-        system._seq += 1
-        env = Envelope(system._seq, system._now(), sender, cell.name, message, None)
-        try:
-            stream.send_nowait(env)
-        except WouldBlock:
-            raise MailboxFull(f"mailbox of actor {cell.name!r} is full ({cell.capacity} messages)") from None
-        except (ClosedResourceError, BrokenResourceError):
-            raise cell.stopped_error() from None
-        system._in_flight += 1
-        if system._recorder is not None:
-            system._recorder.record(env)
+        self._cell.offer_nowait(message, sender)
 
-    async def ask(self, message: M, *, timeout: float, sender: str = EXTERNAL) -> Message:  # noqa: ASYNC109
+    async def ask(self, message: M, *, timeout: float, sender: str = EXTERNAL) -> Message:
         """Send ``message`` and wait for the actor's reply.
 
         ``timeout`` (seconds, real time) covers waiting for mailbox room and for the reply; past it the ask
@@ -75,33 +56,4 @@ class ActorRef(Generic[M]):
         return self._cell.statistics()
 
     async def _send(self, message: Any, sender: str, correlation_id: int | None) -> None:
-        cell = self._cell
-        stream = cell.send_stream
-        if stream is None:
-            raise cell.stopped_error()
-        await checkpoint()
-        system = cell.system
-        system._seq += 1
-        env = Envelope(system._seq, system._now(), sender, cell.name, message, correlation_id)
-        recorder = system._recorder
-        try:
-            stream.send_nowait(env)
-        except WouldBlock:
-            # Record before waiting, so that the log stays in sequence order (mailboxes are FIFO).
-            system._in_flight += 1
-            if recorder is not None:
-                recorder.record(env)
-            try:
-                await stream.send(env)
-            except (ClosedResourceError, BrokenResourceError):
-                system._message_done()
-                raise cell.stopped_error() from None
-            except BaseException:
-                system._message_done()
-                raise
-            return
-        except (ClosedResourceError, BrokenResourceError):
-            raise cell.stopped_error() from None
-        system._in_flight += 1
-        if recorder is not None:
-            recorder.record(env)
+        await self._cell.deliver(message, sender, correlation_id)

@@ -164,8 +164,7 @@ class ActorSystem:
     async def wait_idle(self) -> None:
         """Wait until every mailbox is empty and no actor is handling a message (timers may still be pending).
 
-        Call it from outside the actors. A sender cancelled while it waited for mailbox room may make it
-        return one message early.
+        Call it from outside the actors.
         """
         await checkpoint()
         while self._in_flight > 0:

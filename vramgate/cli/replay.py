@@ -31,7 +31,8 @@ def command(log: Path, modules: tuple[str, ...]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise click.ClickException(f"cannot import {module}: {exc}") from None
+            click.echo(f"error: cannot import {module}: {exc}", err=True)
+            raise SystemExit(2) from None
     try:
         result = replay(log)
     except (DecodeError, ReplayError) as exc:

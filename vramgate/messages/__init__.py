@@ -34,7 +34,15 @@ from vramgate.messages.lifecycle import (
     RunProgress,
     TerminalState,
 )
-from vramgate.messages.log import SCHEMA_VERSION, LogHeader, LogRecord
+from vramgate.messages.log import (
+    SCHEMA_VERSION,
+    ActorFailed,
+    LogClosed,
+    LogHeader,
+    LogRecord,
+    LogStatistics,
+    SameSample,
+)
 from vramgate.messages.plans import (
     Component,
     OptimizationSuggestion,
@@ -66,6 +74,7 @@ from vramgate.messages.resources import (
 )
 
 __all__ = [
+    "ActorFailed",
     "LEVELS",
     "MB",
     "SCHEMA_VERSION",
@@ -78,7 +87,9 @@ __all__ = [
     "GenerationRequest",
     "HostSample",
     "LeaseReleased",
+    "LogClosed",
     "LogHeader",
+    "LogStatistics",
     "LogRecord",
     "LoraSpec",
     "Message",
@@ -105,6 +116,7 @@ __all__ = [
     "RunOptions",
     "RunParams",
     "RunProgress",
+    "SameSample",
     "SystemResourceInfo",
     "Task",
     "TerminalState",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vramgate.messages._base import MB, Message
 from vramgate.messages.admission import DeviceLedgerStatistics
+from vramgate.messages.log import LogStatistics
 
 
 class DeviceStatistics(Message, frozen=True):
@@ -21,7 +22,8 @@ class GateStatistics(Message, frozen=True):
     ``estimate_ratio_*`` are observed/predicted VRAM of finished runs (1.0 is a perfect estimate).
     ``queue_stalled_s``: how long requests have waited while no lease runs on any device the first of them could
     use (the queue is not moving), ``None`` when it is empty or moving; ``stall_reason`` what that request
-    waits for.
+    waits for. ``log`` is the message log's recorder (``None`` without one); ``log.degraded`` says recording
+    stopped (a full disk, say) while the gate goes on.
     """
 
     devices: tuple[DeviceStatistics, ...]
@@ -46,3 +48,4 @@ class GateStatistics(Message, frozen=True):
     estimate_ratio_max: float | None = None
     queue_stalled_s: float | None = None
     stall_reason: str = ""
+    log: LogStatistics | None = None
