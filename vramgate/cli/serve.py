@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 DEFAULT_SIMULATED = ("RTX4090-24GB",)
 
 
+class BadInput(click.ClickException):
+    """A bad configuration, store or learned file: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to bind.")
@@ -70,7 +76,7 @@ def command(
         )
         app = create_app(config, settings=settings)
     except VramgateError as error:
-        raise click.ClickException(str(error)) from None
+        raise BadInput(str(error)) from None
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

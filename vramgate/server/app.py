@@ -27,6 +27,7 @@ from vramgate.clock import Clock
 from vramgate.config import GateConfig
 from vramgate.errors import ActorStopped, BadRequest, DecodeError, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet
+from vramgate.policy.learning import open_corrections
 from vramgate.server._records import Record
 from vramgate.server.runners import Runner
 from vramgate.server.schema import Accepted, ErrorBody
@@ -86,6 +87,8 @@ def create_app(
 ) -> FastAPI:
     """The example server as an ASGI app. Its lifespan opens the gate (``config``) and closes it."""
     settings = settings if settings is not None else ServerSettings()
+    if config is not None and config.learned_path is not None:
+        open_corrections(config.learned_path)  # a corrupt file stops the server here, not inside its lifespan
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
