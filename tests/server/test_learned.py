@@ -24,15 +24,13 @@ async def test_lessons_are_saved_as_they_are_learned_and_on_exit(tmp_path: Path)
     path = tmp_path / "learned.json"
     config = msgspec.structs.replace(sim_config(), learned_path=str(path))
     async with open_service(config, settings=FAST) as service:
-        record = await service.submit(msgspec.json.encode(SMALL))
-        assert record.ticket is not None
-        await record.ticket.wait_ended()
+        first = await service.submit(msgspec.json.encode(SMALL))
+        await service.live[first.request_id].wait_ended()
         await service.gate.wait_idle()
         learned = load_corrections(path)  # written while the server runs, not only at exit
         assert learned.runs("ti2v-5B", "RTX4090-24GB") == 1
         second = await service.submit(msgspec.json.encode(SMALL))
-        assert second.ticket is not None
-        await second.ticket.wait_ended()
+        await service.live[second.request_id].wait_ended()
     assert load_corrections(path).runs("ti2v-5B", "RTX4090-24GB") == 2
     assert sorted(os.listdir(tmp_path)) == ["learned.json"]  # no temporary file left behind
 
