@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -142,3 +143,15 @@ async def test_committed_writes_survive_a_killed_process(tmp_path: Path) -> None
         rows = await store.unfinished()
         assert [r.request_id for r in rows] == [f"g{i}" for i in range(20)]
         assert rows[0].state == "running"
+
+
+def test_serve_with_a_file_that_is_not_a_store_exits_2_with_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database" * 100)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VRAMGATE_")}
+    command = [sys.executable, "-m", "vramgate", "serve", "--port", "0", "--simulate", "RTX4090-24GB"]
+    done = subprocess.run([*command, "--store", str(junk)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(junk) in lines[0]

@@ -39,7 +39,7 @@ from vramgate.server._records import Record
 from vramgate.server.runners import Runner
 from vramgate.server.schema import TERMINAL, Accepted, ErrorBody, GenerationList, ServerShutdown
 from vramgate.server.service import GenerationService, IdempotencyConflict, ServerSettings, open_service
-from vramgate.server.store import RequestStore, StoredRequest
+from vramgate.server.store import MEMORY, RequestStore, SqliteStore, StoredRequest
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -118,6 +118,8 @@ def create_app(
     settings = settings if settings is not None else ServerSettings()
     if config is not None and config.learned_path is not None:
         open_corrections(config.learned_path)  # a corrupt file stops the server here, not inside its lifespan
+    if store is None and settings.store_path not in (None, MEMORY):
+        SqliteStore.connect(settings.store_path).close()  # so does a file that is not a request store
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -124,7 +124,9 @@ class GenerationService:
         self.closing = False
         self._keyed = anyio.Lock()
         self._drained: anyio.Event | None = None
+        self._shutdown = anyio.Event()
         gate.add_listener(self._on_event)
+        task_group.start_soon(self._drain_on_request)
 
     # ------------------------------------------------------------------ requests
 
@@ -241,9 +243,13 @@ class GenerationService:
         await self.store.set_state(row.request_id, state, final)
 
     def begin_shutdown(self) -> None:
-        """Start :meth:`drain` in the background (from a server's signal handling); returns at once."""
-        if self._drained is None:
-            self._tg.start_soon(self.drain)
+        """Start :meth:`drain` in the background and return at once (a plain callback: from an HTTP server's
+        signal handling, say, on the service's event loop)."""
+        self._shutdown.set()
+
+    async def _drain_on_request(self) -> None:
+        await self._shutdown.wait()
+        await self.drain()
 
     async def drain(self) -> None:
         """Graceful shutdown: take no new request, keep the queued ones in the store for the next start (their

@@ -182,7 +182,11 @@ class SqliteStore:
         return await self._call(self._select, where, (), "ORDER BY seq")
 
     async def aclose(self) -> None:
-        await self._call(self._db.close)
+        await self._call(self.close)
+
+    def close(self) -> None:
+        """Close the connection (what :meth:`aclose` does, without a worker thread)."""
+        self._db.close()
 
     # ------------------------------------------------------------------ in the worker thread
 
