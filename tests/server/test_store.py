@@ -81,6 +81,28 @@ async def test_idempotency_keys_are_per_client_and_lists_are_newest_first() -> N
         assert await store.list_client("carol") == []
 
 
+async def test_concurrent_calls_share_batches_and_lose_nothing(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.sqlite") as store:
+        held: dict[int, str] = {}
+
+        async def put(number: int) -> None:
+            key = "shared" if number % 50 == 0 else None
+            held[number] = (await store.put(row(f"g{number:03d}", client="c", key=key))).request_id
+
+        async with anyio.create_task_group() as tg:
+            for number in range(200):
+                tg.start_soon(put, number)
+        owners = {held[n] for n in range(0, 200, 50)}
+        assert len(owners) == 1  # one request holds the key; the others were given it
+        rows = await store.unfinished()
+        assert len(rows) == 197
+        assert owners <= {r.request_id for r in rows}
+        assert {r.request_id for r in rows} >= {f"g{n:03d}" for n in range(200) if n % 50}
+        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+    async with open_store(tmp_path / "store.sqlite") as store:
+        assert len(await store.list_client("c", limit=1000)) == 197
+
+
 def test_fingerprints_ignore_the_id_and_field_order() -> None:
     one = msgspec.json.decode(b'{"model": "ti2v-5B", "width": 832, "height": 480}', type=GenerationRequest)
     two = msgspec.json.decode(b'{"height": 480, "width": 832, "model": "ti2v-5B"}', type=GenerationRequest)

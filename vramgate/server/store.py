@@ -2,8 +2,8 @@
 
 :class:`RequestStore` is the interface (a server can plug PostgreSQL behind it); :class:`SqliteStore` is the
 embedded default: one SQLite file in WAL mode (``synchronous=NORMAL``: a committed write survives the process
-being killed), its calls run one at a time in a worker thread. ``":memory:"`` keeps the same tables in memory, for
-tests and for servers that want no file.
+being killed). Its calls run in a worker thread, in order; those made while a batch runs share the next batch (one
+transaction). ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file.
 
 A request is stored when it is accepted (before the client hears its id), marked ``running`` just before its run
 starts, and given its final status once when it ends; an ended request never changes again. Rows read back are
@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import anyio
 import msgspec
@@ -123,6 +123,19 @@ _Row = tuple[int, str, str, "str | None", str, str, bytes, "bytes | None"]
 _STATES: frozenset[str] = frozenset({"preflight", "queued", "running"} | TERMINAL)
 
 
+class _Call:
+    """One call waiting for the worker thread, and what it returned or raised."""
+
+    __slots__ = ("args", "error", "event", "function", "result")
+
+    def __init__(self, function: Callable[..., object], args: tuple[object, ...]) -> None:
+        self.function = function
+        self.args = args
+        self.result: object = None
+        self.error: Exception | None = None
+        self.event = anyio.Event()
+
+
 class SqliteStore:
     """:class:`RequestStore` on SQLite (stdlib ``sqlite3``). Use :func:`open_store`."""
 
@@ -130,7 +143,8 @@ class SqliteStore:
         self.path = path
         self._db = connection
         self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(1)  # one call at a time, in the order they were made
+        self._pending: list[_Call] = []
+        self._flushing = False
         self._request_encoder = msgspec.json.Encoder()
 
     @classmethod
@@ -182,23 +196,57 @@ class SqliteStore:
         return await self._call(self._select, where, (), "ORDER BY seq")
 
     async def aclose(self) -> None:
-        await self._call(self.close)
+        await self._call(lambda: None)  # after every call made before this one
+        await anyio.to_thread.run_sync(self.close)
 
     def close(self) -> None:
-        """Close the connection (what :meth:`aclose` does, without a worker thread)."""
-        self._db.close()
+        """Close the connection (what :meth:`aclose` does, without waiting for calls in flight)."""
+        with self._lock:
+            self._db.close()
 
     # ------------------------------------------------------------------ in the worker thread
 
     async def _call(self, function: Callable[..., T], *args: object) -> T:
-        def locked() -> T:
-            with self._lock:
-                try:
-                    return function(*args)
-                except sqlite3.Error as error:
-                    raise StoreError(f"{self.path}: {error}") from None
+        """Run ``function(*args)`` in the worker thread, in call order. Calls made while a batch runs go in the
+        next batch: one thread hop and one transaction (one commit) for all of them."""
+        call = _Call(function, args)
+        self._pending.append(call)
+        if not self._flushing:
+            self._flushing = True
+            try:
+                with anyio.CancelScope(shield=True):  # the batch is everyone's: it runs to the end
+                    while self._pending:
+                        batch, self._pending = self._pending, []
+                        await anyio.to_thread.run_sync(self._run_batch, batch)
+                        for done in batch:
+                            done.event.set()
+            finally:
+                self._flushing = False
+        await call.event.wait()
+        if call.error is not None:
+            raise call.error
+        return cast("T", call.result)
 
-        return await anyio.to_thread.run_sync(locked, limiter=self._limiter)
+    def _run_batch(self, batch: list[_Call]) -> None:
+        with self._lock:
+            transaction = self._db.in_transaction is False and len(batch) > 1
+            try:
+                if transaction:
+                    self._db.execute("BEGIN")
+                for call in batch:
+                    try:
+                        call.result = call.function(*call.args)
+                    except sqlite3.Error as error:
+                        call.error = StoreError(f"{self.path}: {error}")
+                    except Exception as error:
+                        call.error = error
+                if transaction:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as error:  # the commit failed: none of the batch's writes were kept
+                for call in batch:
+                    call.error = StoreError(f"{self.path}: {error}")
+                if self._db.in_transaction:
+                    self._db.rollback()
 
     def _put(self, row: StoredRequest) -> StoredRequest:
         status = msgspec.json.encode(row.status) if row.status is not None else None
