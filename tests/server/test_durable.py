@@ -47,11 +47,11 @@ async def test_a_restart_queues_again_what_was_queued_and_ends_what_was_running(
 
     hook = lambda gate: gate.add_listener(listen)  # noqa: E731
     async with open_service(sim_config(), settings=settings_for(path), gate_hook=hook) as service:
-        interrupted = await service.lookup("g0")
+        interrupted = await service.find("g0")
         assert interrupted is not None
         assert (service.status(interrupted).state, service.status(interrupted).reason) == ("failed", "interrupted")
         for rid in ("g1", "g2", "g3", "g4"):
-            record = await service.lookup(rid)
+            record = await service.find(rid)
             assert isinstance(record, Record)
             assert (await record.wait_ended()).outcome == "ok"
         listed = await service.requests_of("alice")

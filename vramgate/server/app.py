@@ -164,7 +164,7 @@ def create_app(
         except ActorStopped as error:
             return _error(503, "unavailable", str(error))
         rid = submitted.request_id
-        entry = await service.lookup(rid)
+        entry = await service.find(rid)
         assert entry is not None  # kept in the store before this answer
         current = service.status(entry)
         return _json(
@@ -190,14 +190,14 @@ def create_app(
     @app.get("/v1/generations/{request_id}")
     async def get_generation(request_id: str, request: Request) -> Response:
         service = _service(request)
-        record = await service.lookup(request_id)
+        record = await service.find(request_id)
         if record is None:
             return _not_found(request_id)
         return _json(service.status(record))
 
     @app.get("/v1/generations/{request_id}/events")
     async def generation_events(request_id: str, request: Request) -> Response:
-        record = await _service(request).lookup(request_id)
+        record = await _service(request).find(request_id)
         if record is None:
             return _not_found(request_id)
         events = _sse(record) if isinstance(record, Record) else _sse_stored(record)
@@ -206,7 +206,7 @@ def create_app(
     @app.delete("/v1/generations/{request_id}")
     async def cancel_generation(request_id: str, request: Request) -> Response:
         service = _service(request)
-        record = await service.lookup(request_id)
+        record = await service.find(request_id)
         if record is None:
             return _not_found(request_id)
         if isinstance(record, StoredRequest) or not await service.cancel(record):

@@ -187,9 +187,9 @@ class GenerationService:
         self.live[record.request_id] = record
         return record, ticket
 
-    async def lookup(self, request_id: str) -> Record | StoredRequest | None:
-        """A request by the server's id: its record while held in memory, else what the store keeps of it;
-        anything that is not an id finds nothing."""
+    def lookup(self, request_id: str) -> Record | None:
+        """The record of a request held in memory (live, or among the last finished) by the server's id; anything
+        that is not an id finds nothing."""
         if not _ID.match(request_id):
             return None
         record = self.live.get(request_id)
@@ -197,7 +197,12 @@ class GenerationService:
             record = self.finished.get(request_id)
             if record is not None:
                 self.finished.move_to_end(request_id)
-        if record is not None:
+        return record
+
+    async def find(self, request_id: str) -> Record | StoredRequest | None:
+        """A request by the server's id: its record while held in memory, else what the store keeps of it."""
+        record = self.lookup(request_id)
+        if record is not None or not _ID.match(request_id):
             return record
         return await self.store.get(request_id)
 
