@@ -116,7 +116,7 @@ async def test_sigterm_under_load_ends_streams_and_every_request_once(
                     stopped_s = anyio.current_time() - signalled
         assert status in (0, -signal.SIGTERM), serve.output()
         # Prompt: the queue alone holds several seconds of runs, and open streams do not hold the server up.
-        assert stopped_s < 3.0, (stopped_s, serve.output())
+        assert stopped_s < 4.0, (stopped_s, serve.output())
         assert "Application shutdown complete" in serve.output()
         assert sorted(seen) == sorted(accepted)  # every stream ended with its last event, none was cut
         names = {name for name, _ in seen.values()}
