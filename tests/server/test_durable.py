@@ -91,9 +91,10 @@ async def test_an_idempotent_retry_returns_the_same_request(tmp_path: Path) -> N
         assert (await client.get("/v1/generations", params={"client": "alice", "limit": 1})).json()["requests"][0][
             "request_id"
         ] == plain.json()["request_id"]
-        for params in ({}, {"client": "../x"}, {"client": "alice", "limit": 0}):
+        for params in ({}, {"client": "../x"}, {"client": "alice", "limit": 0}, {"client": "alice", "limit": "ten"}):
             bad = await client.get("/v1/generations", params=params)
             assert bad.status_code == 422, params
+            assert bad.json()["error"] == "invalid_parameter"
         for headers in ({"Idempotency-Key": "with space"}, {"Idempotency-Key": ""}, {"X-Client-Id": "a/b"}):
             refused = await client.post("/v1/generations", json=SMALL, headers=headers)
             assert refused.status_code == 422, headers

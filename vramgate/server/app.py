@@ -39,7 +39,7 @@ from vramgate.server._records import Record
 from vramgate.server.runners import Runner
 from vramgate.server.schema import TERMINAL, Accepted, ErrorBody, GenerationList, ServerShutdown
 from vramgate.server.service import GenerationService, IdempotencyConflict, ServerSettings, open_service
-from vramgate.server.store import MEMORY, RequestStore, SqliteStore, StoredRequest
+from vramgate.server.store import MEMORY, RequestStore, SqliteStore, StoredRequest, StoreError
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
@@ -161,7 +161,7 @@ def create_app(
             )
         except BadRequest as error:
             return _error(422, "bad_request", str(error))
-        except ActorStopped as error:
+        except (ActorStopped, StoreError) as error:
             return _error(503, "unavailable", str(error))
         rid = submitted.request_id
         entry = await service.find(rid)
@@ -179,12 +179,12 @@ def create_app(
         )
 
     @app.get("/v1/generations")
-    async def list_generations(request: Request, client: str = "", limit: int = 100) -> Response:
+    async def list_generations(request: Request, client: str = "", limit: str = "100") -> Response:
         if not _CLIENT.match(client):
             return _error(422, "invalid_parameter", "client must be 1-128 letters, digits or ._:@-", path="client")
-        if not 1 <= limit <= 1000:
-            return _error(422, "invalid_parameter", "limit must be between 1 and 1000", path="limit")
-        found = await _service(request).requests_of(client, limit=limit)
+        if not (limit.isdigit() and 1 <= int(limit) <= 1000):
+            return _error(422, "invalid_parameter", "limit must be a whole number from 1 to 1000", path="limit")
+        found = await _service(request).requests_of(client, limit=int(limit))
         return _json(GenerationList(client=client, requests=tuple(found)))
 
     @app.get("/v1/generations/{request_id}")
