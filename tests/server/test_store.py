@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -117,7 +118,7 @@ async def test_a_file_that_is_not_a_store_is_a_config_error_naming_it(tmp_path: 
         async with open_store(junk):
             pass
     other = tmp_path / "other.sqlite"
-    with sqlite3.connect(other) as db:
+    with closing(sqlite3.connect(other)) as db, db:
         db.execute("CREATE TABLE t (x)")
     with pytest.raises(ConfigError, match="not a vramgate request store"):
         async with open_store(other):
@@ -127,11 +128,23 @@ async def test_a_file_that_is_not_a_store_is_a_config_error_naming_it(tmp_path: 
             pass
 
 
+async def test_a_second_server_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    async with open_store(path) as store:
+        await store.put(row("g1"))
+        with pytest.raises(ConfigError, match="another server is using this request store"):
+            async with open_store(path):
+                pass
+        assert await store.get("g1") is not None
+    async with open_store(path) as store:  # free again once the first one closed
+        assert await store.get("g1") is not None
+
+
 async def test_a_damaged_row_is_a_decode_error_naming_the_request(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite"
     async with open_store(path) as store:
         await store.put(row("g1"))
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE requests SET request = ? WHERE request_id = 'g1'", (b'{"model": 5}',))
     async with open_store(path) as store:
         with pytest.raises(DecodeError, match=r"request g1"):

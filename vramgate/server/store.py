@@ -154,11 +154,16 @@ class SqliteStore:
         if where != MEMORY and not Path(where).parent.is_dir():
             raise ConfigError(f"{where}: the directory for the request store does not exist")
         try:
-            db = sqlite3.connect(where, check_same_thread=False, isolation_level=None, timeout=10.0)
+            db = sqlite3.connect(where, check_same_thread=False, isolation_level=None, timeout=2.0)
         except sqlite3.Error as error:
             raise ConfigError(f"{where}: cannot open the request store: {error}") from None
         try:
             _prepare(db, where)
+        except sqlite3.OperationalError as error:
+            db.close()
+            if "locked" in str(error):
+                raise ConfigError(f"{where}: another server is using this request store") from None
+            raise ConfigError(f"{where}: not a usable request store: {error}") from None
         except sqlite3.Error as error:
             db.close()
             raise ConfigError(f"{where}: not a usable request store: {error}") from None
@@ -302,6 +307,7 @@ class SqliteStore:
 def _prepare(db: sqlite3.Connection, where: str) -> None:
     """WAL mode, and the tables: created in a new file, checked in an old one."""
     if where != MEMORY:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")  # one server per store: a second one is refused, not mixed in
         db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     version = db.execute("PRAGMA user_version").fetchone()[0]
