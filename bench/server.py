@@ -4,7 +4,8 @@ Both apps are driven in-process by httpx over the ASGI transport (no sockets), `
 ``REQUESTS`` POSTs each, best of ``ROUNDS``, in the same run. The server runs a real gate on a simulated
 H100-80GB with a large queue and the simulated runner with near-zero run time (the runs still happen, in the
 same process). Two server figures: answering at once (``position_timeout_s=0``) and the default, which waits for
-the request's queue position (one admission decision) before answering.
+the request's queue position (one admission decision) before answering. Requests are kept in the server's
+in-memory SQLite store, and, in the last figure, in a SQLite file (WAL) as ``vramgate serve`` keeps them.
 
     python bench/server.py [--requests 2000] [--concurrency 32] [--rounds 3]
 """
@@ -12,8 +13,10 @@ the request's queue position (one admission decision) before answering.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -48,16 +51,26 @@ def bare_app() -> FastAPI:
     return app
 
 
-def gate_app(position_timeout_s: float) -> Any:
+def gate_app(position_timeout_s: float, store_path: str | None = None) -> Any:
     config = GateConfig(
         devices=DevicesConfig(use_real_gpus=False, simulate=("H100-80GB",)),
         monitor=MonitorConfig(interval_s=0.05),
         admission=AdmissionSettings(queue_limit=1_000_000, ram_budget="4TiB"),
     )
     settings = ServerSettings(
-        runner="simulated", time_scale=1e-6, min_run_s=0.0, position_timeout_s=position_timeout_s, finished_limit=1000
+        runner="simulated",
+        time_scale=1e-6,
+        min_run_s=0.0,
+        position_timeout_s=position_timeout_s,
+        finished_limit=1000,
+        store_path=store_path,
     )
     return create_app(config, settings=settings, metrics=False)
+
+
+def fresh_store() -> str:
+    """A new SQLite request store file (the default store is in memory)."""
+    return str(Path(tempfile.mkdtemp(prefix="vramgate-bench-")) / "store.sqlite")
 
 
 async def drive(app: Any, requests: int, concurrency: int) -> float:
@@ -97,6 +110,9 @@ async def main(requests: int, concurrency: int, rounds: int) -> None:
         "bare FastAPI endpoint": lambda: measure(bare_app, requests, concurrency, rounds),
         "vramgate server, answers at once": lambda: measure(lambda: gate_app(0.0), requests, concurrency, rounds),
         "vramgate server, waits for position": lambda: measure(lambda: gate_app(1.0), requests, concurrency, rounds),
+        "vramgate server, at once, SQLite file": lambda: measure(
+            lambda: gate_app(0.0, fresh_store()), requests, concurrency, rounds
+        ),
     }
     for name, run in runs.items():
         figures[name] = await run()

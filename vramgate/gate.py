@@ -15,6 +15,7 @@ to cleanup, and ``ReleaseLease`` to admission. Every message is recorded when th
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,6 +70,7 @@ from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
 from vramgate.policy.ledger import DeviceConfig
 
 T = TypeVar("T")
+_log = logging.getLogger("vramgate.gate")
 
 #: Actor names (they are the senders and recipients in the message log).
 MONITOR, ESTIMATOR, OPTIMIZER, ADMISSION, CLEANUP, ROUTER = (
@@ -588,6 +590,7 @@ class Gate:
             if abs(message.factor - previous) > 0.005 * previous:
                 self._corrections[key] = message.factor
                 self._answers.clear()
+            await self._save_learned()
         elif isinstance(message, CleanupReport):
             self._counts["cleanups"] += 1
             self._cleanup_freed_mb += message.freed_mb
@@ -618,6 +621,18 @@ class Gate:
                 self._counts[message.state] += 1
         elif isinstance(message, RequestQueued | LeaseReleased | RunProgress | RunFinished):
             pass
+
+    async def _save_learned(self) -> None:
+        """Write what the estimator learned to ``learned_path`` (atomically, in a worker thread)."""
+        if self.config.learned_path is None:
+            return
+        from vramgate.policy.learning import write_atomic
+
+        data = self.estimator.learned.dumps()  # a consistent snapshot: the cores run on this thread
+        try:
+            await anyio.to_thread.run_sync(write_atomic, self.config.learned_path, data)
+        except OSError as error:  # the lesson stays in memory; the next one tries again
+            _log.warning("cannot save learned corrections to %s: %s", self.config.learned_path, error)
 
     def _release_slot(self, ticket: Ticket) -> None:
         if ticket.holds_slot:
@@ -908,6 +923,8 @@ async def open_gate(
             finally:
                 with anyio.CancelScope(shield=True):
                     await gate._close()
+        with anyio.CancelScope(shield=True):
+            await gate._save_learned()
     finally:
         if owns_devices:
             devices.close()
@@ -924,13 +941,9 @@ def _clone(estimator: Estimator) -> Estimator:
 def _estimator(config: GateConfig) -> Estimator:
     if config.learned_path is None:
         return Estimator()
-    from pathlib import Path
+    from vramgate.policy.learning import open_corrections
 
-    from vramgate.policy.learning import load_corrections
-
-    path = Path(config.learned_path)
-    learned = load_corrections(path) if path.exists() else None
-    return Estimator(learned=learned)
+    return Estimator(learned=open_corrections(config.learned_path))
 
 
 __all__ = [

@@ -190,15 +190,26 @@ async def test_unknown_and_hostile_ids_are_404() -> None:
                 assert response.status_code == 404, (method, rid)
 
 
-async def test_finished_requests_are_remembered_up_to_the_limit() -> None:
+async def test_finished_requests_are_held_up_to_the_limit_and_older_ones_answer_from_the_store() -> None:
     settings = ServerSettings(runner="simulated", time_scale=1e-4, min_run_s=0.01, finished_limit=2)
     async with serving(app_for(settings=settings)) as client:
         ids = []
+        finals = []
         for _ in range(3):
             rid = (await client.post("/v1/generations", json=SMALL)).json()["request_id"]
-            await wait_state(client, rid, {"completed"})
+            finals.append(await wait_state(client, rid, {"completed"}))
             ids.append(rid)
-        assert (await client.get(f"/v1/generations/{ids[0]}")).status_code == 404
+        oldest = await client.get(f"/v1/generations/{ids[0]}")  # no longer in memory: the store's final status
+        assert oldest.status_code == 200
+        assert oldest.json() == finals[0]
+        assert oldest.json()["plan"]["steps"] == SMALL["steps"]
+        events = parse_sse((await client.get(f"/v1/generations/{ids[0]}/events")).text)
+        assert events == [
+            ("RequestEnded", {"type": "RequestEnded", "request_id": ids[0], "state": "completed", "reason": ""})
+        ]
+        again = await client.delete(f"/v1/generations/{ids[0]}")
+        assert again.status_code == 409
+        assert again.json()["state"] == "completed"
         for rid in ids[1:]:
             assert (await client.get(f"/v1/generations/{rid}")).json()["state"] == "completed"
         health = (await client.get("/healthz")).json()

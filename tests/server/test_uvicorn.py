@@ -38,12 +38,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = tmp_path_factory.mktemp("serve") / "gate.toml"
+    directory = tmp_path_factory.mktemp("serve")
+    config = directory / "gate.toml"
     config.write_text(CONFIG)
     port = free_port()
     command = [
         sys.executable, "-m", "vramgate", "serve", "--port", str(port), "--config", str(config),
         "--simulate", "RTX4090-24GB", "--runner", "simulated", "--time-scale", "0.0001", "--min-run-s", "0.6",
+        "--store", str(directory / "store.sqlite"),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("VRAMGATE_")}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=Path.cwd())

@@ -36,6 +36,13 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
 @click.option("--min-run-s", default=0.5, show_default=True, type=FiniteFloat(min=0.0), help="Shortest run.")
 @click.option("--log", "log_path", default=None, type=OutputFile(), help="Record every message to this JSON Lines log.")
 @click.option("--max-body-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--store",
+    "store_path",
+    default="vramgate.sqlite",
+    show_default=True,
+    help="SQLite file that keeps accepted requests across restarts (':memory:' keeps none).",
+)
 def command(
     host: str,
     port: int,
@@ -47,17 +54,20 @@ def command(
     min_run_s: float,
     log_path: str | None,
     max_body_bytes: int,
+    store_path: str,
 ) -> None:
     """Serve POST /v1/generations, GET /v1/generations/{id}[/events], DELETE, /v1/devices, /healthz, /metrics."""
     from vramgate.config import load_config
     from vramgate.server import ServerSettings, create_app
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise click.ClickException(
             "the server needs uvicorn: pip install -e '.[server]' from a vramgate clone"
         ) from None
+    from vramgate.server.app import serve
+
     try:
         config = load_config(config_path)
         devices = config.devices
@@ -74,11 +84,12 @@ def command(
             time_scale=time_scale,
             min_run_s=min_run_s,
             max_body_bytes=max_body_bytes,
+            store_path=store_path,
         )
         app = create_app(config, settings=settings)
     except VramgateError as error:
         raise bad_input(error) from None
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    serve(app, host=host, port=port)
 
 
 def _check_devices(config: GateConfig) -> None:

@@ -196,24 +196,48 @@ class LearnedCorrections:
 
 
 def save_corrections(corrections: LearnedCorrections, path: str | Path) -> None:
-    """Write the learned state to ``path`` atomically (a temporary file, then a rename)."""
+    """Write the learned state to ``path`` atomically: a temporary file, flushed to disk, then a rename."""
+    write_atomic(path, corrections.dumps())
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one, never a torn one."""
     target = Path(path)
-    data = corrections.dumps()
-    fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def load_corrections(path: str | Path) -> LearnedCorrections:
-    """Read what :func:`save_corrections` wrote. A missing file raises :class:`ConfigError`."""
+    """Read what :func:`save_corrections` wrote. A missing or unreadable file raises :class:`ConfigError`; a
+    corrupt one :class:`~vramgate.errors.DecodeError` naming the file and the field."""
     target = Path(path)
     try:
         data = target.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{target}: cannot read learned corrections: {exc.strerror or exc}") from None
     return LearnedCorrections.loads(data, source=str(target))
+
+
+def open_corrections(path: str | Path) -> LearnedCorrections | None:
+    """The corrections at ``path``, ``None`` when there is no file yet; a directory that does not exist (where the
+    file could never be saved) is a :class:`ConfigError`."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ConfigError(f"{target}: the directory for learned corrections does not exist")
+    if not target.exists():
+        return None
+    return load_corrections(target)

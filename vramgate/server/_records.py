@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class Record:
     """One request as the server knows it. Its events are a bounded ring; a run's progress keeps only its latest."""
 
-    __slots__ = ("_changed", "_seq", "error", "events", "final", "request_id", "scope", "ticket")
+    __slots__ = ("_changed", "_seq", "error", "events", "final", "kept", "request_id", "scope", "started", "ticket")
 
     def __init__(self, ticket: Ticket, *, events_limit: int) -> None:
         self.request_id = ticket.request_id
@@ -27,6 +27,10 @@ class Record:
         self.final: GenerationStatus | None = None
         self.scope: anyio.CancelScope | None = None
         self.error = ""
+        #: its run was started (the store says ``running``)
+        self.started = False
+        #: the server is shutting down and keeps it queued in the store for its next start
+        self.kept = False
         self._seq = 0
         self._changed = anyio.Event()
 
@@ -48,6 +52,12 @@ class Record:
             self.ticket = None
             self._changed.set()
 
+    def keep(self) -> None:
+        """Shutting down: the request stays queued in the store; followers stop here (:meth:`follow` returns)."""
+        self.kept = True
+        self._changed.set()
+        self._changed = anyio.Event()
+
     @property
     def done(self) -> bool:
         return self.final is not None
@@ -55,8 +65,15 @@ class Record:
     async def wait_changed(self) -> None:
         await self._changed.wait()
 
+    async def wait_ended(self) -> GenerationStatus:
+        """Wait for the request's final status."""
+        while self.final is None:
+            await self._changed.wait()
+        return self.final
+
     async def follow(self) -> AsyncIterator[Message]:
-        """Every event still held, then each new one, until the terminal event."""
+        """Every event still held, then each new one, until the terminal event (or until the server, shutting
+        down, keeps the request for its next start)."""
         seen = 0
         while True:
             for seq, event in list(self.events):
@@ -65,7 +82,7 @@ class Record:
                     yield event
                     if isinstance(event, RequestEnded):
                         return
-            if self.final is not None:
+            if self.final is not None or self.kept:
                 return
             await self._changed.wait()
 

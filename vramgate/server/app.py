@@ -6,14 +6,20 @@
 ``GET /v1/generations/{id}``                 state, device, plan and its suggestions, progress, ETA
 ``GET /v1/generations/{id}/events``          server-sent events: every lifecycle message until the end
 ``DELETE /v1/generations/{id}``              cancel: 202, or 409 when it had already ended
+``GET /v1/generations?client=ID``            a client's latest requests (``X-Client-Id``), newest first
 ``GET /v1/devices``                          each device's ledger and the latest sample
 ``GET /healthz``, ``GET /metrics``           liveness; Prometheus metrics
 ===========================================  ===================================================================
+
+A POST may carry ``Idempotency-Key`` (and ``X-Client-Id``, which scopes the key): a retry with the same key and
+body answers 200 with the same request; the same key with another body is 422 ``idempotency_key_reused``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -27,11 +33,14 @@ from vramgate.clock import Clock
 from vramgate.config import GateConfig
 from vramgate.errors import ActorStopped, BadRequest, DecodeError, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet
+from vramgate.messages import RequestEnded
+from vramgate.policy.learning import open_corrections
 from vramgate.server._records import Record
 from vramgate.server.openapi import install_openapi
 from vramgate.server.runners import Runner
-from vramgate.server.schema import Accepted, ErrorBody
-from vramgate.server.service import GenerationService, ServerSettings, open_service
+from vramgate.server.schema import TERMINAL, Accepted, ErrorBody, GenerationList, ServerShutdown
+from vramgate.server.service import GenerationService, IdempotencyConflict, ServerSettings, open_service
+from vramgate.server.store import MEMORY, RequestStore, SqliteStore, StoredRequest, StoreError
 
 JSON = "application/json"
 #: ``/healthz`` says ``degraded`` (503) once requests have waited this long with nothing running that could make
@@ -78,6 +87,25 @@ def _not_found(request_id: str) -> Response:
     return _error(404, "not_found", "no such request (or it ended long ago)")
 
 
+_CLIENT = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+class BadHeader(BadRequest):
+    """A header the server reads has a value it does not accept."""
+
+
+def _client_and_key(request: Request) -> tuple[str, str | None]:
+    """The ``X-Client-Id`` (``""`` when none) and ``Idempotency-Key`` headers, checked."""
+    client = request.headers.get("x-client-id", "")
+    key = request.headers.get("idempotency-key")
+    if client and not _CLIENT.match(client):
+        raise BadHeader("X-Client-Id must be 1-128 letters, digits or ._:@-")
+    if key is not None and not _KEY.match(key):
+        raise BadHeader("Idempotency-Key must be 1-255 visible ASCII characters")
+    return client, key
+
+
 def create_app(
     config: GateConfig | None = None,
     *,
@@ -87,14 +115,20 @@ def create_app(
     devices: DeviceSet | None = None,
     recorder: Recorder | None = None,
     metrics: bool = True,
+    store: RequestStore | None = None,
 ) -> FastAPI:
-    """The example server as an ASGI app. Its lifespan opens the gate (``config``) and closes it."""
+    """The example server as an ASGI app. Its lifespan opens the gate (``config``) and the request store
+    (``store``, else ``settings.store_path``, else in memory) and closes them."""
     settings = settings if settings is not None else ServerSettings()
+    if config is not None and config.learned_path is not None:
+        open_corrections(config.learned_path)  # a corrupt file stops the server here, not inside its lifespan
+    if store is None and settings.store_path not in (None, MEMORY):
+        SqliteStore.connect(settings.store_path).close()  # so does a file that is not a request store
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_service(
-            config, settings=settings, runner=runner, clock=clock, devices=devices, recorder=recorder
+            config, settings=settings, runner=runner, clock=clock, devices=devices, recorder=recorder, store=store
         ) as service:
             app.state.service = service
             app.state.metrics = None
@@ -105,15 +139,21 @@ def create_app(
             yield
 
     app = FastAPI(title="vramgate example server", lifespan=lifespan)
+    app.state.settings = settings
 
     @app.post("/v1/generations", status_code=202)
     async def create_generation(request: Request) -> Response:
         service = _service(request)
         try:
+            client, key = _client_and_key(request)
             body = await read_body(request, settings.max_body_bytes)
-            record = await service.submit(body)
+            submitted = await service.submit(body, client=client, key=key)
         except BodyTooLarge as error:
             return _error(413, "too_large", str(error))
+        except BadHeader as error:
+            return _error(422, "invalid_header", str(error))
+        except IdempotencyConflict as error:
+            return _error(422, "idempotency_key_reused", str(error))
         except DecodeError as error:
             return _error(422, "invalid_request", error.reason, path=error.path)
         except InvalidParameter as error:
@@ -125,10 +165,12 @@ def create_app(
             )
         except BadRequest as error:
             return _error(422, "bad_request", str(error))
-        except ActorStopped as error:
+        except (ActorStopped, StoreError) as error:
             return _error(503, "unavailable", str(error))
-        current = service.status(record)
-        rid = record.request_id
+        rid = submitted.request_id
+        entry = await service.find(rid)
+        assert entry is not None  # kept in the store before this answer
+        current = service.status(entry)
         return _json(
             Accepted(
                 request_id=rid,
@@ -137,31 +179,41 @@ def create_app(
                 status_url=f"/v1/generations/{rid}",
                 events_url=f"/v1/generations/{rid}/events",
             ),
-            202,
+            200 if submitted.replayed else 202,
         )
+
+    @app.get("/v1/generations")
+    async def list_generations(request: Request, client: str = "", limit: str = "100") -> Response:
+        if not _CLIENT.match(client):
+            return _error(422, "invalid_parameter", "client must be 1-128 letters, digits or ._:@-", path="client")
+        if not (limit.isdigit() and 1 <= int(limit) <= 1000):
+            return _error(422, "invalid_parameter", "limit must be a whole number from 1 to 1000", path="limit")
+        found = await _service(request).requests_of(client, limit=int(limit))
+        return _json(GenerationList(client=client, requests=tuple(found)))
 
     @app.get("/v1/generations/{request_id}")
     async def get_generation(request_id: str, request: Request) -> Response:
         service = _service(request)
-        record = service.lookup(request_id)
+        record = await service.find(request_id)
         if record is None:
             return _not_found(request_id)
         return _json(service.status(record))
 
     @app.get("/v1/generations/{request_id}/events")
     async def generation_events(request_id: str, request: Request) -> Response:
-        record = _service(request).lookup(request_id)
+        record = await _service(request).find(request_id)
         if record is None:
             return _not_found(request_id)
-        return StreamingResponse(_sse(record), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        events = _sse(record) if isinstance(record, Record) else _sse_stored(record)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.delete("/v1/generations/{request_id}")
     async def cancel_generation(request_id: str, request: Request) -> Response:
         service = _service(request)
-        record = service.lookup(request_id)
+        record = await service.find(request_id)
         if record is None:
             return _not_found(request_id)
-        if not await service.cancel(record):
+        if isinstance(record, StoredRequest) or not await service.cancel(record):
             return _json(service.status(record), 409)
         return _json(service.status(record), 202)
 
@@ -192,9 +244,45 @@ def create_app(
 
 
 async def _sse(record: Record) -> AsyncIterator[bytes]:
-    """Server-sent events: ``event:`` the message type, ``data:`` the message as JSON."""
+    """Server-sent events: ``event:`` the message type, ``data:`` the message as JSON. When the server shuts down
+    and keeps the request queued for its next start, the last event is ``ServerShutdown``."""
     count = 0
     async for event in record.follow():
         count += 1
         name = type(event).__name__
         yield b"id: %d\nevent: %s\ndata: %s\n\n" % (count, name.encode(), _encode(event))
+    if record.kept:
+        final = ServerShutdown(request_id=record.request_id, state="queued")
+        yield b"id: %d\nevent: ServerShutdown\ndata: %s\n\n" % (count + 1, _encode(final))
+
+
+async def _sse_stored(row: StoredRequest) -> AsyncIterator[bytes]:
+    """The events of a request that only the store still knows (it ended, or ran before a restart): its end."""
+    view = row.view()
+    if view.state in TERMINAL:
+        ended = RequestEnded(request_id=row.request_id, state=view.state, reason=view.reason)  # type: ignore[arg-type]
+        yield b"id: 1\nevent: RequestEnded\ndata: %s\n\n" % _encode(ended)
+
+
+def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run ``app`` under uvicorn until SIGINT or SIGTERM. A signal drains the server first (queued requests kept
+    for the next start, running ones stopped, event streams ended), so that open streams do not hold it up."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: Any = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            service = getattr(app.state, "service", None)
+            if service is not None and self.loop is not None:
+                self.loop.call_soon_threadsafe(service.begin_shutdown)
+
+    service_settings: ServerSettings | None = getattr(app.state, "settings", None)
+    grace = service_settings.shutdown_timeout_s if service_settings is not None else 10.0
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(grace) + 5)
+    DrainingServer(config).run()

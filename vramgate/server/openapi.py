@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from vramgate.messages import GenerationRequest, LoraSpec, RunOptions
-from vramgate.server.schema import Accepted, DevicesBody, ErrorBody, GenerationStatus, Health
+from vramgate.server.schema import Accepted, DevicesBody, ErrorBody, GenerationList, GenerationStatus, Health
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -26,7 +26,14 @@ Schema = dict[str, Any]
 REF = "#/components/schemas/{name}"
 #: The structs a client sends: their ``type`` tag may be left out.
 REQUEST_TYPES: tuple[type[msgspec.Struct], ...] = (GenerationRequest, LoraSpec, RunOptions)
-RESPONSE_TYPES: tuple[type[msgspec.Struct], ...] = (Accepted, ErrorBody, GenerationStatus, DevicesBody, Health)
+RESPONSE_TYPES: tuple[type[msgspec.Struct], ...] = (
+    Accepted,
+    ErrorBody,
+    GenerationStatus,
+    GenerationList,
+    DevicesBody,
+    Health,
+)
 
 #: What each request field means; the schema's types, bounds and defaults come from the structs themselves.
 FIELD_DOCS: dict[type[msgspec.Struct], dict[str, str]] = {
@@ -122,6 +129,7 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
             },
         },
         "responses": {
+            "200": _body(Accepted, "a retry with the same `Idempotency-Key` and body: the request it made before"),
             "202": _body(Accepted, "accepted: the server's id for the request, its state and queue position"),
             "413": _error("the body is larger than the server accepts", {"error": "too_large", "detail": "..."}),
             "422": _error(
@@ -134,6 +142,16 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
                 headers=_RETRY_AFTER,
             ),
             "503": _error("the gate is closing", {"error": "unavailable", "detail": "..."}),
+        },
+    },
+    ("/v1/generations", "get"): {
+        "summary": "A client's requests",
+        "responses": {
+            "200": _body(GenerationList, "the latest requests sent with `X-Client-Id: client`, newest first"),
+            "422": _error(
+                "a bad `client` or `limit`: `path` names it",
+                {"error": "invalid_parameter", "detail": "limit must be ...", "path": "limit"},
+            ),
         },
     },
     ("/v1/generations/{request_id}", "get"): {

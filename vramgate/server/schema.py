@@ -80,6 +80,21 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     events_url: str
 
 
+class GenerationList(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/generations?client=...``: a client's latest requests, newest first."""
+
+    client: str
+    requests: tuple[GenerationStatus, ...]
+
+
+class ServerShutdown(msgspec.Struct, frozen=True, kw_only=True):
+    """The last server-sent event of a request that the server, shutting down, keeps queued for its next start."""
+
+    request_id: str
+    state: Status
+    reason: str = "shutdown"
+
+
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Every error answer: a code, a sentence, and for bad input the field path (``$.width``)."""
 

@@ -1,10 +1,22 @@
-"""The HTTP-free half of the example server: a gate, the runs it admits, and a bounded memory of requests.
+"""The HTTP-free half of the example server: a gate, the runs it admits, and what it keeps of each request.
 
-:func:`open_service` opens a gate and a task group; :meth:`GenerationService.submit` decodes a request body,
-gives the request the server's own id (a client's ``request_id`` is ignored), queues it without waiting
-(:class:`~vramgate.errors.QueueFull` when the queue is full) and runs it in the task group once admitted: ``async
-with gate.hold(lease): await runner(lease)``. Requests are remembered while they live and, after their end, in
-an LRU of the last ``finished_limit``, so that a client can still read how its request ended.
+:func:`open_service` opens a request store, a gate and a task group; :meth:`GenerationService.submit` decodes a
+request body, gives the request the server's own id (a client's ``request_id`` is ignored), queues it without
+waiting (:class:`~vramgate.errors.QueueFull` when the queue is full), keeps it in the store before the client hears
+its id, and runs it in the task group once admitted: ``async with gate.hold(lease): await runner(lease)``.
+Live requests and the last ``finished_limit`` finished ones are held in memory; every request ever accepted
+answers from the store.
+
+Restarts and shutdowns keep every accepted request (see :mod:`vramgate.server.store`):
+
+* at start, what the store holds as queued is queued again, in the order it was accepted, with its priority;
+  what was running when the server died ends ``failed`` with reason ``interrupted``;
+* on a graceful shutdown (:meth:`GenerationService.drain`), queued requests stay queued in the store for the next
+  start and their event streams end with a ``ServerShutdown`` event; running ones are stopped and end
+  ``cancelled`` with reason ``shutdown``.
+
+A client may send an idempotency key (scoped by its client id): a retry with the same key and the same request
+gets the same request back; the same key with another request is :class:`IdempotencyConflict`.
 """
 
 from __future__ import annotations
@@ -14,8 +26,8 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -23,13 +35,17 @@ import msgspec
 from vramgate.actors import Recorder
 from vramgate.clock import Clock
 from vramgate.config import GateConfig
-from vramgate.errors import BadRequest, VramgateError
+from vramgate.errors import ActorStopped, BadRequest, QueueFull, VramgateError
 from vramgate.gate import Gate, open_gate
 from vramgate.hardware import DeviceSet
-from vramgate.messages import Message, RequestEnded
+from vramgate.messages import GenerationRequest, Message, RequestEnded
 from vramgate.server._records import Record, status
 from vramgate.server.runners import Runner, RunnerKind, make_runner
-from vramgate.server.schema import DevicesBody, GenerationStatus, Health
+from vramgate.server.schema import DevicesBody, GenerationStatus, Health, Status
+from vramgate.server.store import MEMORY, RequestStore, StoredRequest, fingerprint, open_store
+
+if TYPE_CHECKING:
+    from vramgate._ticket import Ticket
 
 log = logging.getLogger("vramgate.server")
 
@@ -53,27 +69,64 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     min_run_s: float = 0.5
     #: A local diffusers pipeline directory, for ``runner = "diffusers"``.
     pipeline: str | None = None
+    #: The SQLite file that keeps accepted requests across restarts (``None``: in memory, lost on exit).
+    store_path: str | None = None
+    #: On a graceful shutdown, how long running requests get to end before the server stops anyway (seconds).
+    shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "finished_limit", "events_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.time_scale <= 0 or self.min_run_s < 0 or self.position_timeout_s < 0:
-            raise ValueError("time_scale must be positive; min_run_s and position_timeout_s not negative")
+        if self.time_scale <= 0 or self.min_run_s < 0 or self.position_timeout_s < 0 or self.shutdown_timeout_s < 0:
+            raise ValueError(
+                "time_scale must be positive; min_run_s, position_timeout_s and shutdown_timeout_s not negative"
+            )
+
+
+class IdempotencyConflict(BadRequest):
+    """An idempotency key came back with another request than the one it was first sent with."""
+
+    def __init__(self, key: str, request_id: str) -> None:
+        self.key = key
+        self.request_id = request_id
+        super().__init__(
+            f"idempotency key {key!r} was used for request {request_id} with another body; "
+            "send the same body to get that request, or a new key for a new request"
+        )
+
+
+class Submission(msgspec.Struct, frozen=True):
+    """What :meth:`GenerationService.submit` did: the request, and whether it was accepted before (a retry)."""
+
+    request_id: str
+    replayed: bool
 
 
 class GenerationService:
-    """A gate, the runs it admits and what the server remembers of each request. Use :func:`open_service`."""
+    """A gate, the runs it admits and what the server keeps of each request. Use :func:`open_service`."""
 
-    def __init__(self, gate: Gate, runner: Runner, settings: ServerSettings, task_group: anyio.abc.TaskGroup):
+    def __init__(
+        self,
+        gate: Gate,
+        runner: Runner,
+        settings: ServerSettings,
+        task_group: anyio.abc.TaskGroup,
+        store: RequestStore,
+    ) -> None:
         self.gate = gate
         self.runner = runner
         self.settings = settings
+        self.store = store
         self._tg = task_group
         self.live: dict[str, Record] = {}
         self.finished: collections.OrderedDict[str, Record] = collections.OrderedDict()
         self.closing = False
+        self._keyed = anyio.Lock()
+        self._drained: anyio.Event | None = None
+        self._shutdown = anyio.Event()
         gate.add_listener(self._on_event)
+        task_group.start_soon(self._drain_on_request)
 
     # ------------------------------------------------------------------ requests
 
@@ -84,29 +137,59 @@ class GenerationService:
             if rid not in self.live and rid not in self.finished:
                 return rid
 
-    def accept(self, body: bytes) -> Record:
-        """Decode ``body`` and queue it without waiting; start its run task. Raises the typed reason."""
+    async def submit(self, body: bytes, *, client: str = "", key: str | None = None) -> Submission:
+        """Decode ``body``, queue it without waiting and keep it in the store; then wait (at most
+        ``position_timeout_s``) until it left preflight. Raises the typed reason; nothing is kept then.
+
+        With an idempotency ``key`` (scoped by ``client``), a request already accepted with that key is returned
+        instead (``replayed``) when the body asks for the same; another body is :class:`IdempotencyConflict`.
+        """
         if self.closing:
-            raise BadRequest("the server is shutting down")
+            raise ActorStopped("the server is shutting down")
         request = self.gate.decode_request(body)
         self.gate.estimator.resolve(request)  # unknown model, unsupported task: InvalidParameter naming the field
-        request = msgspec.structs.replace(request, request_id=self.new_id())
-        ticket = self.gate.submit_nowait(request)
-        record = Record(ticket, events_limit=self.settings.events_limit)
-        self.live[record.request_id] = record
-        self._tg.start_soon(self._drive, record)
-        return record
-
-    async def submit(self, body: bytes) -> Record:
-        """:meth:`accept`, then wait (at most ``position_timeout_s``) until the request left preflight."""
-        record = self.accept(body)
+        digest = fingerprint(request)
+        if key is None:
+            record = await self._accept(request, client, None, digest)
+        else:
+            async with self._keyed:
+                held = await self.store.find_key(client, key)
+                if held is not None:
+                    if held.fingerprint != digest:
+                        raise IdempotencyConflict(key, held.request_id)
+                    return Submission(held.request_id, True)
+                record = await self._accept(request, client, key, digest)
         with anyio.move_on_after(self.settings.position_timeout_s):
             while record.ticket is not None and record.ticket.state == "preflight":
                 await record.wait_changed()
+        return Submission(record.request_id, False)
+
+    async def _accept(self, request: GenerationRequest, client: str, key: str | None, digest: str) -> Record:
+        # Shielded: once the gate took the request, it is stored and driven even if the client went away.
+        with anyio.CancelScope(shield=True):
+            request = msgspec.structs.replace(request, request_id=self.new_id())
+            record, ticket = self._track(request)
+            row = StoredRequest(
+                request_id=record.request_id, request=request, client=client, idempotency_key=key, fingerprint=digest
+            )
+            try:
+                await self.store.put(row)
+            except BaseException:
+                await ticket.cancel("the server could not keep the request")
+                raise
+            self._tg.start_soon(self._drive, record, ticket)
         return record
 
+    def _track(self, request: GenerationRequest) -> tuple[Record, Ticket]:
+        """Queue ``request`` (with its id) in the gate and hold its record."""
+        ticket = self.gate.submit_nowait(request)
+        record = Record(ticket, events_limit=self.settings.events_limit)
+        self.live[record.request_id] = record
+        return record, ticket
+
     def lookup(self, request_id: str) -> Record | None:
-        """The record of a request by the server's id; anything that is not an id finds nothing."""
+        """The record of a request held in memory (live, or among the last finished) by the server's id; anything
+        that is not an id finds nothing."""
         if not _ID.match(request_id):
             return None
         record = self.live.get(request_id)
@@ -116,8 +199,20 @@ class GenerationService:
                 self.finished.move_to_end(request_id)
         return record
 
-    def status(self, record: Record) -> GenerationStatus:
-        return status(record)
+    async def find(self, request_id: str) -> Record | StoredRequest | None:
+        """A request by the server's id: its record while held in memory, else what the store keeps of it."""
+        record = self.lookup(request_id)
+        if record is not None or not _ID.match(request_id):
+            return record
+        return await self.store.get(request_id)
+
+    async def requests_of(self, client: str, *, limit: int = 100) -> list[GenerationStatus]:
+        """A client's latest ``limit`` requests, newest first."""
+        rows = await self.store.list_client(client, limit=limit)
+        return [self.status(self.live.get(row.request_id) or self.finished.get(row.request_id) or row) for row in rows]
+
+    def status(self, entry: Record | StoredRequest) -> GenerationStatus:
+        return entry.view() if isinstance(entry, StoredRequest) else status(entry)
 
     async def cancel(self, record: Record) -> bool:
         """Cancel a request: a waiting one leaves the queue, a running one is stopped. False if it had ended."""
@@ -130,6 +225,64 @@ class GenerationService:
             return True
         await ticket.cancel("cancelled by the client")
         return True
+
+    # ------------------------------------------------------------------ restarts and shutdown
+
+    async def recover(self) -> None:
+        """Queue again what the store holds as queued (in its order), and end what was running as interrupted."""
+        for row in await self.store.unfinished():
+            if row.state == "running":
+                await self._end_stored(row, "failed", "interrupted")
+                continue
+            try:
+                record, ticket = self._track(row.request)
+            except QueueFull:
+                await self._end_stored(row, "failed", "the queue had no room for it after a restart")
+                continue
+            self._tg.start_soon(self._drive, record, ticket)
+            while record.ticket is not None and record.ticket.state == "preflight":
+                await record.wait_changed()  # the next one queues behind it, as it did before
+
+    async def _end_stored(self, row: StoredRequest, state: Status, reason: str) -> None:
+        final = GenerationStatus(request_id=row.request_id, state=state, reason=reason)
+        await self.store.set_state(row.request_id, state, final)
+
+    def begin_shutdown(self) -> None:
+        """Start :meth:`drain` in the background and return at once (a plain callback: from an HTTP server's
+        signal handling, say, on the service's event loop)."""
+        self._shutdown.set()
+
+    async def _drain_on_request(self) -> None:
+        await self._shutdown.wait()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Graceful shutdown: take no new request, keep the queued ones in the store for the next start (their
+        event streams end), stop the running ones (they end ``cancelled``, reason ``shutdown``) and wait at most
+        ``shutdown_timeout_s`` for them to end."""
+        if self._drained is not None:
+            await self._drained.wait()
+            return
+        self._drained = anyio.Event()
+        self.closing = True
+        running: list[Record] = []
+        for record in list(self.live.values()):
+            if record.done:
+                continue
+            if record.started:
+                ticket = record.ticket
+                if ticket is not None and ticket.lease is not None:
+                    ticket.lease.report(error="shutdown")
+                if record.scope is not None:
+                    record.scope.cancel()
+                running.append(record)
+            else:
+                record.keep()
+        with anyio.move_on_after(self.settings.shutdown_timeout_s):
+            for record in running:
+                while not record.done:
+                    await record.wait_changed()
+        self._drained.set()
 
     # ------------------------------------------------------------------ devices and health
 
@@ -161,7 +314,7 @@ class GenerationService:
         if not isinstance(rid, str):
             return
         record = self.live.get(rid)
-        if record is None:
+        if record is None or record.kept:  # a kept request is handed over to the next start as it was
             return
         record.push(message)
         if record.done:
@@ -169,14 +322,14 @@ class GenerationService:
 
     def _retire(self, record: Record) -> None:
         self.live.pop(record.request_id, None)
+        if record.kept:
+            return
         self.finished[record.request_id] = record
         self.finished.move_to_end(record.request_id)
         while len(self.finished) > self.settings.finished_limit:
             self.finished.popitem(last=False)
 
-    async def _drive(self, record: Record) -> None:
-        ticket = record.ticket
-        assert ticket is not None
+    async def _drive(self, record: Record, ticket: Ticket) -> None:
         try:
             with anyio.CancelScope() as scope:
                 record.scope = scope
@@ -185,8 +338,16 @@ class GenerationService:
                 except VramgateError:
                     lease = None  # it ended without a run; its events say why
                 if lease is not None and not (lease.released or ticket.abandoned):
-                    try:
+                    if self.closing or record.kept:  # admitted while shutting down: it runs after the next start
+                        record.kept = True
+                        lease.report(outcome="cancelled", error="shutdown")
                         async with self.gate.hold(lease):
+                            pass
+                        return
+                    record.started = True
+                    try:
+                        async with self.gate.hold(lease):  # released on every path, a failed store write included
+                            await self.store.set_state(record.request_id, "running")
                             await self.runner(lease)
                     except Exception as error:  # the gate reported the outcome; keep the reason for the client
                         record.error = f"{type(error).__name__}: {error}"[:500]
@@ -194,10 +355,13 @@ class GenerationService:
             with anyio.move_on_after(60):
                 await ticket.wait_ended()
         finally:
-            if not record.done and ticket.ended is not None:
+            if not record.done and ticket.ended is not None and not record.kept:
                 record.finish(ticket.ended)
-            if record.done:
+            if record.done or record.kept:
                 self._retire(record)
+            if record.final is not None and not record.kept:
+                with anyio.CancelScope(shield=True):
+                    await self.store.set_state(record.request_id, record.final.state, record.final)
 
 
 @asynccontextmanager
@@ -210,10 +374,15 @@ async def open_service(
     devices: DeviceSet | None = None,
     recorder: Recorder | None = None,
     gate_hook: Callable[[Gate], Any] | None = None,
+    store: RequestStore | None = None,
 ) -> AsyncIterator[GenerationService]:
-    """Open a gate and a task group for the runs; on exit stop the runs (their leases are released), then the gate."""
+    """Open the store (``store``, else ``settings.store_path``), a gate and a task group for the runs; queue again
+    what the store holds. On exit drain (:meth:`GenerationService.drain`), then stop the runs and the gate."""
     settings = settings if settings is not None else ServerSettings()
-    async with open_gate(config, clock=clock, devices=devices, recorder=recorder) as gate:
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(open_store(settings.store_path or MEMORY))
+        gate = await stack.enter_async_context(open_gate(config, clock=clock, devices=devices, recorder=recorder))
         if gate_hook is not None:
             gate_hook(gate)
         chosen = runner
@@ -226,11 +395,13 @@ async def open_service(
                 pipeline=settings.pipeline,
             )
         async with anyio.create_task_group() as tg:
-            service = GenerationService(gate, chosen, settings, tg)
+            service = GenerationService(gate, chosen, settings, tg, store)
             try:
+                await service.recover()
                 yield service
             finally:
-                service.closing = True
+                with anyio.CancelScope(shield=True):
+                    await service.drain()
                 tg.cancel_scope.cancel()
 
 

@@ -1,0 +1,192 @@
+"""The request store on real SQLite: what it keeps, in what order, and what survives a killed process."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from vramgate.errors import ConfigError, DecodeError
+from vramgate.messages import GenerationRequest
+from vramgate.server.schema import GenerationStatus
+from vramgate.server.store import MEMORY, StoredRequest, fingerprint, open_store
+
+pytestmark = pytest.mark.anyio
+ROOT = str(Path(__file__).resolve().parents[2])
+
+REQUEST = GenerationRequest(model="ti2v-5B", width=832, height=480, frames=33, steps=10)
+
+
+def row(rid: str, *, client: str = "", key: str | None = None, priority: int = 0) -> StoredRequest:
+    request = msgspec.structs.replace(REQUEST, request_id=rid, priority=priority)
+    return StoredRequest(
+        request_id=rid, request=request, client=client, idempotency_key=key, fingerprint=fingerprint(request)
+    )
+
+
+def ended(rid: str, state: str = "completed", reason: str = "") -> GenerationStatus:
+    return msgspec.convert({"request_id": rid, "state": state, "reason": reason}, GenerationStatus)
+
+
+async def test_a_request_is_kept_across_reopening_and_ends_once(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    async with open_store(path) as store:
+        first = await store.put(row("g1", priority=3))
+        second = await store.put(row("g2"))
+        assert first.seq < second.seq
+        assert await store.set_state("g1", "running")
+    async with open_store(path) as store:
+        again = await store.get("g1")
+        assert again is not None
+        assert again.request == first.request
+        assert again.request.priority == 3
+        assert again.state == "running"
+        assert [r.request_id for r in await store.unfinished()] == ["g1", "g2"]
+        assert await store.set_state("g1", "failed", ended("g1", "failed", "interrupted"))
+        assert not await store.set_state("g1", "completed", ended("g1"))  # an ended request never changes
+        assert not await store.set_state("g1", "running")
+        final = await store.get("g1")
+        assert final is not None
+        assert final.ended
+        assert final.view().state == "failed"
+        assert final.view().reason == "interrupted"
+        assert [r.request_id for r in await store.unfinished()] == ["g2"]
+        assert await store.get("g3") is None
+        assert (await store.get("g2")) is not None
+        assert not await store.set_state("g3", "running")
+
+
+async def test_idempotency_keys_are_per_client_and_lists_are_newest_first() -> None:
+    async with open_store(MEMORY) as store:
+        await store.put(row("a1", client="alice", key="k"))
+        await store.put(row("b1", client="bob", key="k"))  # the same key from another client is another request
+        await store.put(row("a2", client="alice"))
+        await store.put(row("n1", key="k"))  # no client: the key alone
+        held = await store.put(row("a3", client="alice", key="k"))
+        assert held.request_id == "a1"  # nothing new was kept
+        assert await store.get("a3") is None
+        found = await store.find_key("alice", "k")
+        assert found is not None
+        assert found.request_id == "a1"
+        assert (await store.find_key("", "k")) is not None
+        assert await store.find_key("carol", "k") is None
+        assert [r.request_id for r in await store.list_client("alice")] == ["a2", "a1"]
+        assert [r.request_id for r in await store.list_client("alice", limit=1)] == ["a2"]
+        assert await store.list_client("carol") == []
+
+
+async def test_concurrent_calls_share_batches_and_lose_nothing(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.sqlite") as store:
+        held: dict[int, str] = {}
+
+        async def put(number: int) -> None:
+            key = "shared" if number % 50 == 0 else None
+            held[number] = (await store.put(row(f"g{number:03d}", client="c", key=key))).request_id
+
+        async with anyio.create_task_group() as tg:
+            for number in range(200):
+                tg.start_soon(put, number)
+        owners = {held[n] for n in range(0, 200, 50)}
+        assert len(owners) == 1  # one request holds the key; the others were given it
+        rows = await store.unfinished()
+        assert len(rows) == 197
+        assert owners <= {r.request_id for r in rows}
+        assert {r.request_id for r in rows} >= {f"g{n:03d}" for n in range(200) if n % 50}
+        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+    async with open_store(tmp_path / "store.sqlite") as store:
+        assert len(await store.list_client("c", limit=1000)) == 197
+
+
+def test_fingerprints_ignore_the_id_and_field_order() -> None:
+    one = msgspec.json.decode(b'{"model": "ti2v-5B", "width": 832, "height": 480}', type=GenerationRequest)
+    two = msgspec.json.decode(b'{"height": 480, "width": 832, "model": "ti2v-5B"}', type=GenerationRequest)
+    assert fingerprint(one) == fingerprint(msgspec.structs.replace(two, request_id="g9"))
+    assert fingerprint(one) != fingerprint(msgspec.structs.replace(one, width=1280))
+
+
+async def test_a_file_that_is_not_a_store_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match=r"junk\.sqlite"):
+        async with open_store(junk):
+            pass
+    other = tmp_path / "other.sqlite"
+    with closing(sqlite3.connect(other)) as db, db:
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(ConfigError, match="not a vramgate request store"):
+        async with open_store(other):
+            pass
+    with pytest.raises(ConfigError, match="does not exist"):
+        async with open_store(tmp_path / "missing" / "store.sqlite"):
+            pass
+
+
+async def test_a_second_server_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    async with open_store(path) as store:
+        await store.put(row("g1"))
+        with pytest.raises(ConfigError, match="another server is using this request store"):
+            async with open_store(path):
+                pass
+        assert await store.get("g1") is not None
+    async with open_store(path) as store:  # free again once the first one closed
+        assert await store.get("g1") is not None
+
+
+async def test_a_damaged_row_is_a_decode_error_naming_the_request(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    async with open_store(path) as store:
+        await store.put(row("g1"))
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE requests SET request = ? WHERE request_id = 'g1'", (b'{"model": 5}',))
+    async with open_store(path) as store:
+        with pytest.raises(DecodeError, match=r"request g1"):
+            await store.get("g1")
+
+
+KILLED = """
+import os, sys, anyio, msgspec
+from vramgate.messages import GenerationRequest
+from vramgate.server.store import StoredRequest, open_store
+
+async def main():
+    async with open_store(sys.argv[1]) as store:
+        for i in range(20):
+            r = GenerationRequest(model="ti2v-5B", width=832, height=480, request_id=f"g{i}")
+            await store.put(StoredRequest(request_id=r.request_id, request=r))
+        await store.set_state("g0", "running")
+        os.kill(os.getpid(), 9)  # no close, no checkpoint
+
+anyio.run(main)
+"""
+
+
+async def test_committed_writes_survive_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    with anyio.fail_after(60):
+        done = await anyio.run_process([sys.executable, "-c", KILLED, str(path)], env=env, check=False)
+    assert done.returncode == -9, done.stderr
+    async with open_store(path) as store:
+        rows = await store.unfinished()
+        assert [r.request_id for r in rows] == [f"g{i}" for i in range(20)]
+        assert rows[0].state == "running"
+
+
+def test_serve_with_a_file_that_is_not_a_store_exits_2_with_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database" * 100)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VRAMGATE_")}
+    command = [sys.executable, "-m", "vramgate", "serve", "--port", "0", "--simulate", "RTX4090-24GB"]
+    done = subprocess.run([*command, "--store", str(junk)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(junk) in lines[0]

@@ -1,0 +1,330 @@
+"""Where the example server keeps what it accepted, so that a restart loses nothing.
+
+:class:`RequestStore` is the interface (a server can plug PostgreSQL behind it); :class:`SqliteStore` is the
+embedded default: one SQLite file in WAL mode (``synchronous=NORMAL``: a committed write survives the process
+being killed). Its calls run in a worker thread, in order; those made while a batch runs share the next batch (one
+transaction). ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file.
+
+A request is stored when it is accepted (before the client hears its id), marked ``running`` just before its run
+starts, and given its final status once when it ends; an ended request never changes again. Rows read back are
+decoded and validated like any outside input: a damaged row is a :class:`~vramgate.errors.DecodeError` naming the
+store and the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Protocol, TypeVar, cast
+
+import anyio
+import msgspec
+
+from vramgate.errors import ConfigError, DecodeError, SystemFault
+from vramgate.messages import GenerationRequest
+from vramgate.server.schema import TERMINAL, GenerationStatus, Status
+
+T = TypeVar("T")
+
+#: Version of the tables; a store written by another version is refused rather than misread.
+STORE_SCHEMA_VERSION = 1
+MEMORY = ":memory:"
+
+
+class StoreError(SystemFault):
+    """The store could not read or write (disk full, file removed, database locked for too long)."""
+
+
+class StoredRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One accepted request as the store keeps it.
+
+    ``request`` carries the server's id; ``fingerprint`` identifies the body it was accepted with (an idempotent
+    retry must match it); ``status`` is the final status, once it ended; ``seq`` is the order of acceptance.
+    """
+
+    request_id: str
+    request: GenerationRequest
+    client: str = ""
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+    state: Status = "queued"
+    status: GenerationStatus | None = None
+    seq: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL
+
+    def view(self) -> GenerationStatus:
+        """What a client sees of it when the server holds nothing more: its final status, else its state."""
+        if self.status is not None:
+            return self.status
+        return GenerationStatus(request_id=self.request_id, state=self.state)
+
+
+class RequestStore(Protocol):
+    """What the server needs from a durable store. Every call may wait (I/O); none may lose a committed write."""
+
+    async def put(self, row: StoredRequest) -> StoredRequest:
+        """Keep a newly accepted request and return it. When its client already used its idempotency key, keep
+        nothing and return the request that holds the key."""
+        ...
+
+    async def get(self, request_id: str) -> StoredRequest | None: ...
+
+    async def find_key(self, client: str, key: str) -> StoredRequest | None:
+        """The request ``client`` sent with idempotency key ``key``."""
+        ...
+
+    async def set_state(self, request_id: str, state: Status, final: GenerationStatus | None = None) -> bool:
+        """Mark a request ``running``, or end it with its ``final`` status. An ended request does not change:
+        the answer is then ``False``."""
+        ...
+
+    async def list_client(self, client: str, *, limit: int = 100) -> list[StoredRequest]:
+        """A client's latest ``limit`` requests, newest first."""
+        ...
+
+    async def unfinished(self) -> list[StoredRequest]:
+        """Every request that has not ended, in the order it was accepted."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def fingerprint(request: GenerationRequest) -> str:
+    """A digest of what a request asks for (its id aside): two bodies that decode alike have the same one."""
+    canonical = msgspec.json.encode(msgspec.structs.replace(request, request_id=""))
+    return hashlib.sha256(canonical).hexdigest()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    client TEXT NOT NULL,
+    idempotency_key TEXT,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    request BLOB NOT NULL,
+    status BLOB
+);
+CREATE UNIQUE INDEX IF NOT EXISTS requests_by_key ON requests (client, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_by_client ON requests (client, seq);
+CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (seq) WHERE state IN ('preflight', 'queued', 'running');
+"""
+_COLUMNS = "seq, request_id, client, idempotency_key, fingerprint, state, request, status"
+_Row = tuple[int, str, str, "str | None", str, str, bytes, "bytes | None"]
+_STATES: frozenset[str] = frozenset({"preflight", "queued", "running"} | TERMINAL)
+
+
+class _Call:
+    """One call waiting for the worker thread, and what it returned or raised."""
+
+    __slots__ = ("args", "error", "event", "function", "result")
+
+    def __init__(self, function: Callable[..., object], args: tuple[object, ...]) -> None:
+        self.function = function
+        self.args = args
+        self.result: object = None
+        self.error: Exception | None = None
+        self.event = anyio.Event()
+
+
+class SqliteStore:
+    """:class:`RequestStore` on SQLite (stdlib ``sqlite3``). Use :func:`open_store`."""
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        self.path = path
+        self._db = connection
+        self._lock = threading.Lock()
+        self._pending: list[_Call] = []
+        self._flushing = False
+        self._request_encoder = msgspec.json.Encoder()
+
+    @classmethod
+    def connect(cls, path: str | Path) -> SqliteStore:
+        """Open (or create) the store at ``path``; a file that is not a store of this version is a ConfigError."""
+        where = str(path)
+        if where != MEMORY and not Path(where).parent.is_dir():
+            raise ConfigError(f"{where}: the directory for the request store does not exist")
+        try:
+            db = sqlite3.connect(where, check_same_thread=False, isolation_level=None, timeout=2.0)
+        except sqlite3.Error as error:
+            raise ConfigError(f"{where}: cannot open the request store: {error}") from None
+        try:
+            _prepare(db, where)
+        except sqlite3.OperationalError as error:
+            db.close()
+            if "locked" in str(error):
+                raise ConfigError(f"{where}: another server is using this request store") from None
+            raise ConfigError(f"{where}: not a usable request store: {error}") from None
+        except sqlite3.Error as error:
+            db.close()
+            raise ConfigError(f"{where}: not a usable request store: {error}") from None
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, where)
+
+    # ------------------------------------------------------------------ RequestStore
+
+    async def put(self, row: StoredRequest) -> StoredRequest:
+        return await self._call(self._put, row)
+
+    async def get(self, request_id: str) -> StoredRequest | None:
+        rows = await self._call(self._select, "request_id = ?", (request_id,), "")
+        return rows[0] if rows else None
+
+    async def find_key(self, client: str, key: str) -> StoredRequest | None:
+        rows = await self._call(self._select, "client = ? AND idempotency_key = ?", (client, key), "")
+        return rows[0] if rows else None
+
+    async def set_state(self, request_id: str, state: Status, final: GenerationStatus | None = None) -> bool:
+        if state not in _STATES:
+            raise ValueError(f"unknown state {state!r}")
+        if (state in TERMINAL) != (final is not None):
+            raise ValueError("a terminal state needs its final status, and only a terminal state has one")
+        status = msgspec.json.encode(final) if final is not None else None
+        return await self._call(self._update, request_id, state, status)
+
+    async def list_client(self, client: str, *, limit: int = 100) -> list[StoredRequest]:
+        return await self._call(self._select, "client = ?", (client,), f"ORDER BY seq DESC LIMIT {int(limit)}")
+
+    async def unfinished(self) -> list[StoredRequest]:
+        where = "state IN ('preflight', 'queued', 'running')"
+        return await self._call(self._select, where, (), "ORDER BY seq")
+
+    async def aclose(self) -> None:
+        await self._call(lambda: None)  # after every call made before this one
+        await anyio.to_thread.run_sync(self.close)
+
+    def close(self) -> None:
+        """Close the connection (what :meth:`aclose` does, without waiting for calls in flight)."""
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ in the worker thread
+
+    async def _call(self, function: Callable[..., T], *args: object) -> T:
+        """Run ``function(*args)`` in the worker thread, in call order. Calls made while a batch runs go in the
+        next batch: one thread hop and one transaction (one commit) for all of them."""
+        call = _Call(function, args)
+        self._pending.append(call)
+        if not self._flushing:
+            self._flushing = True
+            try:
+                with anyio.CancelScope(shield=True):  # the batch is everyone's: it runs to the end
+                    while self._pending:
+                        batch, self._pending = self._pending, []
+                        await anyio.to_thread.run_sync(self._run_batch, batch)
+                        for done in batch:
+                            done.event.set()
+            finally:
+                self._flushing = False
+        await call.event.wait()
+        if call.error is not None:
+            raise call.error
+        return cast("T", call.result)
+
+    def _run_batch(self, batch: list[_Call]) -> None:
+        with self._lock:
+            transaction = self._db.in_transaction is False and len(batch) > 1
+            try:
+                if transaction:
+                    self._db.execute("BEGIN")
+                for call in batch:
+                    try:
+                        call.result = call.function(*call.args)
+                    except sqlite3.Error as error:
+                        call.error = StoreError(f"{self.path}: {error}")
+                    except Exception as error:
+                        call.error = error
+                if transaction:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as error:  # the commit failed: none of the batch's writes were kept
+                for call in batch:
+                    call.error = StoreError(f"{self.path}: {error}")
+                if self._db.in_transaction:
+                    self._db.rollback()
+
+    def _put(self, row: StoredRequest) -> StoredRequest:
+        status = msgspec.json.encode(row.status) if row.status is not None else None
+        values = (row.request_id, row.client, row.idempotency_key, row.fingerprint, row.state)
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO requests (request_id, client, idempotency_key, fingerprint, state, request, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*values, self._request_encoder.encode(row.request), status),
+            )
+        except sqlite3.IntegrityError:
+            if row.idempotency_key is not None:
+                held = self._select("client = ? AND idempotency_key = ?", (row.client, row.idempotency_key), "")
+                if held:
+                    return held[0]
+            raise
+        seq = cursor.lastrowid
+        assert seq is not None
+        return msgspec.structs.replace(row, seq=seq)
+
+    def _update(self, request_id: str, state: str, status: bytes | None) -> bool:
+        ended = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
+        cursor = self._db.execute(
+            f"UPDATE requests SET state = ?, status = ? WHERE request_id = ? AND state NOT IN ({ended})",
+            (state, status, request_id),
+        )
+        return cursor.rowcount == 1
+
+    def _select(self, where: str, args: tuple[object, ...], tail: str) -> list[StoredRequest]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM requests WHERE {where} {tail}", args).fetchall()
+        return [self._decode(row) for row in rows]
+
+    def _decode(self, row: _Row) -> StoredRequest:
+        seq, request_id, client, key, digest, state, request, status = row
+        source = f"{self.path} (request {request_id})"
+        try:
+            return StoredRequest(
+                request_id=request_id,
+                request=msgspec.json.decode(request, type=GenerationRequest),
+                client=client,
+                idempotency_key=key,
+                fingerprint=digest,
+                state=msgspec.convert(state, Status),
+                status=msgspec.json.decode(status, type=GenerationStatus) if status is not None else None,
+                seq=seq,
+            )
+        except msgspec.ValidationError as error:
+            raise DecodeError(str(error), source=source) from None
+        except msgspec.DecodeError as error:
+            raise DecodeError(f"malformed row: {error}", source=source) from None
+
+
+def _prepare(db: sqlite3.Connection, where: str) -> None:
+    """WAL mode, and the tables: created in a new file, checked in an old one."""
+    if where != MEMORY:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")  # one server per store: a second one is refused, not mixed in
+        db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    if version == 0 and tables == 0:
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version = {STORE_SCHEMA_VERSION}")
+    elif version != STORE_SCHEMA_VERSION:
+        raise ConfigError(f"{where}: not a vramgate request store of version {STORE_SCHEMA_VERSION} (found {version})")
+
+
+@asynccontextmanager
+async def open_store(path: str | Path = MEMORY) -> AsyncIterator[SqliteStore]:
+    """Open the SQLite store at ``path`` (``":memory:"``: in memory) for the block; close it after."""
+    store = await anyio.to_thread.run_sync(SqliteStore.connect, path)
+    try:
+        yield store
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
