@@ -206,6 +206,28 @@ class RunConfig(_Section, frozen=True):
         return self.pin_reservation
 
 
+_HOST_NAME = re.compile(r"^(\*|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])$")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class ServerConfig(_Section, frozen=True):
+    """The example HTTP server (``vramgate serve``): who may call it."""
+
+    section: ClassVar[str] = "server"
+    #: Names a request's ``Host`` may carry (any port): loopback only by default, so that a web page elsewhere
+    #: (DNS rebinding) cannot reach the server; ``"*"`` trusts every name.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in self.allowed_hosts:
+            if not _HOST_NAME.match(name):
+                raise ValueError(
+                    f"server.allowed_hosts: {name!r} is not a host name (a name or address without port, "
+                    "an IPv6 address in brackets, or '*')"
+                )
+
+
 class GateConfig(_Section, frozen=True):
     """Everything a gate needs. Every field has a default, so ``GateConfig()`` works on any machine."""
 
@@ -214,6 +236,7 @@ class GateConfig(_Section, frozen=True):
     admission: AdmissionSettings = AdmissionSettings()
     cleanup: CleanupConfig = CleanupConfig()
     run: RunConfig = RunConfig()
+    server: ServerConfig = ServerConfig()
     #: Write every message to this JSON Lines log (``None``: no log).
     log_path: str | None = None
     #: Persist what the estimator learns from runs here (``None``: keep it in memory).

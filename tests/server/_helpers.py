@@ -34,7 +34,7 @@ async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app's lifespan around an httpx client that calls it in-process."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://vramgate.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
             yield client
 
 

@@ -32,6 +32,14 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
 @click.option("--min-run-s", default=0.5, show_default=True, type=click.FloatRange(min=0.0), help="Shortest run.")
 @click.option("--log", "log_path", default=None, help="Record every message to this JSON Lines log.")
 @click.option("--max-body-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host is NAME (repeatable; besides [server] allowed_hosts, loopback by "
+    "default; '*' for any). Needed to serve on another address than loopback.",
+)
 def command(
     host: str,
     port: int,
@@ -43,6 +51,7 @@ def command(
     min_run_s: float,
     log_path: str | None,
     max_body_bytes: int,
+    allow_hosts: tuple[str, ...],
 ) -> None:
     """Serve POST /v1/generations, GET /v1/generations/{id}[/events], DELETE, /v1/devices, /healthz, /metrics."""
     from vramgate.config import load_config
@@ -60,7 +69,14 @@ def command(
         elif not devices.simulate and not _has_gpu(devices.use_real_gpus):
             click.echo(f"no GPU found here: serving on a simulated {', '.join(DEFAULT_SIMULATED)}", err=True)
             devices = msgspec.structs.replace(devices, simulate=DEFAULT_SIMULATED, use_real_gpus=False)
-        config = msgspec.structs.replace(config, devices=devices, log_path=log_path or config.log_path)
+        server = config.server
+        if allow_hosts:
+            try:
+                hosts = tuple(dict.fromkeys(server.allowed_hosts + allow_hosts))
+                server = msgspec.structs.replace(server, allowed_hosts=hosts)
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--allow-host") from None
+        config = msgspec.structs.replace(config, devices=devices, server=server, log_path=log_path or config.log_path)
         settings = ServerSettings(
             runner=cast("RunnerKind", runner),
             pipeline=pipeline,
@@ -70,7 +86,7 @@ def command(
         )
         app = create_app(config, settings=settings)
     except VramgateError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.UsageError(str(error)) from None
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -9,6 +9,9 @@
 ``GET /v1/devices``                          each device's ledger and the latest sample
 ``GET /healthz``, ``GET /metrics``           liveness; Prometheus metrics
 ===========================================  ===================================================================
+
+Before any route (:mod:`vramgate.server._security`): 421 when the ``Host`` is not one the server answers to
+(``[server] allowed_hosts``, loopback by default), 415 for a POST that is not ``application/json``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from fastapi.responses import Response, StreamingResponse
 
 from vramgate.actors import Recorder
 from vramgate.clock import Clock
-from vramgate.config import GateConfig
+from vramgate.config import LOOPBACK_HOSTS, GateConfig
 from vramgate.errors import ActorStopped, BadRequest, DecodeError, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet
 from vramgate.server._records import Record
+from vramgate.server._security import RequestGuard
 from vramgate.server.runners import Runner
 from vramgate.server.schema import Accepted, ErrorBody
 from vramgate.server.service import GenerationService, ServerSettings, open_service
@@ -101,6 +105,7 @@ def create_app(
             yield
 
     app = FastAPI(title="vramgate example server", lifespan=lifespan)
+    app.add_middleware(RequestGuard, allowed_hosts=config.server.allowed_hosts if config else LOOPBACK_HOSTS)
 
     @app.post("/v1/generations", status_code=202)
     async def create_generation(request: Request) -> Response:
