@@ -211,12 +211,18 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class ServerConfig(_Section, frozen=True):
-    """The example HTTP server (``vramgate serve``): who may call it."""
+    """The example HTTP server (``vramgate serve``): who may call it, and how long a connection may hold it."""
 
     section: ClassVar[str] = "server"
     #: Names a request's ``Host`` may carry (any port): loopback only by default, so that a web page elsewhere
     #: (DNS rebinding) cannot reach the server; ``"*"`` trusts every name.
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    #: An idle connection (before or between requests) is closed after this many seconds.
+    keep_alive_s: Annotated[int, msgspec.Meta(ge=1, le=600)] = 5
+    #: A request's head and body must arrive within this many seconds of its first byte (slow clients are cut).
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=600.0)] = 15.0
+    #: Connections (and requests in progress) held at once; beyond, new requests are answered 503.
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()

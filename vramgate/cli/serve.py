@@ -59,6 +59,8 @@ def command(
 
     try:
         import uvicorn
+
+        from vramgate.server.connections import uvicorn_config
     except ImportError:
         raise click.ClickException("the server needs uvicorn: pip install 'vramgate[server]'") from None
     try:
@@ -87,7 +89,7 @@ def command(
         app = create_app(config, settings=settings)
     except VramgateError as error:
         raise click.UsageError(str(error)) from None
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, limits=config.server, log_level="info")).run()
 
 
 def _has_gpu(use_real: bool) -> bool:

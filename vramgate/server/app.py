@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from vramgate.actors import Recorder
 from vramgate.clock import Clock
@@ -44,6 +45,10 @@ class BodyTooLarge(BadRequest):
     """The request body is larger than the server accepts."""
 
 
+class ClientGone(BadRequest):
+    """The client disconnected before it sent the whole body: nothing was accepted, and nobody reads an answer."""
+
+
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(content=_encode(body), status_code=status, media_type=JSON, headers=headers)
 
@@ -54,18 +59,22 @@ def _error(status: int, error: str, detail: str, **extra: Any) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, read no further than ``limit`` bytes (:class:`BodyTooLarge` beyond)."""
+    """The body, read no further than ``limit`` bytes (:class:`BodyTooLarge` beyond; :class:`ClientGone` when the
+    client disconnects before the end)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
     chunks: list[bytes] = []
     size = 0
-    async with aclosing(request.stream()) as stream:
-        async for chunk in stream:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"the body is larger than {limit} bytes")
-            chunks.append(chunk)
+    try:
+        async with aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"the body is larger than {limit} bytes")
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone(f"the client disconnected after {size} bytes of the body") from None
     return b"".join(chunks)
 
 
@@ -115,6 +124,8 @@ def create_app(
             record = await service.submit(body)
         except BodyTooLarge as error:
             return _error(413, "too_large", str(error))
+        except ClientGone as error:
+            return _error(400, "client_gone", str(error))
         except DecodeError as error:
             return _error(422, "invalid_request", error.reason, path=error.path)
         except InvalidParameter as error:
