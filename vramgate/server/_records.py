@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from vramgate.messages import Message, RequestEnded, RunProgress
+from vramgate.server._public import client_reason
 from vramgate.server.schema import GenerationStatus, PlanView, Progress, Status
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def status(record: Record, *, ended: RequestEnded | None = None) -> GenerationSt
         eta_s=ticket.eta_s() if ended is None else None,
         waited_s=admitted.waited_s if admitted is not None else None,
         outcome=finished.outcome if finished is not None else None,
-        reason=reason,
+        reason=client_reason(reason, finished),
         reject_code=rejected.code if rejected is not None else None,
         needed_mb=rejected.needed_mb if rejected is not None else None,
         smallest_gpu=rejected.smallest_gpu if rejected is not None else None,

@@ -31,6 +31,8 @@ from vramgate.clock import Clock
 from vramgate.config import LOOPBACK_HOSTS, GateConfig
 from vramgate.errors import ActorStopped, BadRequest, DecodeError, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet
+from vramgate.messages import RunFinished
+from vramgate.server._public import client_event
 from vramgate.server._records import Record
 from vramgate.server._security import RequestGuard
 from vramgate.server.runners import Runner
@@ -197,9 +199,13 @@ def create_app(
 
 
 async def _sse(record: Record) -> AsyncIterator[bytes]:
-    """Server-sent events: ``event:`` the message type, ``data:`` the message as JSON."""
+    """Server-sent events: ``event:`` the message type, ``data:`` the message as JSON (as a client reads it)."""
     count = 0
+    finished: RunFinished | None = None
     async for event in record.follow():
         count += 1
+        if isinstance(event, RunFinished):
+            finished = event
         name = type(event).__name__
-        yield b"id: %d\nevent: %s\ndata: %s\n\n" % (count, name.encode(), _encode(event))
+        shown = client_event(event, finished)
+        yield b"id: %d\nevent: %s\ndata: %s\n\n" % (count, name.encode(), _encode(shown))

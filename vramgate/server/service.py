@@ -29,7 +29,7 @@ from vramgate.hardware import DeviceSet
 from vramgate.messages import Message, RequestEnded
 from vramgate.server._records import Record, status
 from vramgate.server.runners import Runner, RunnerKind, make_runner
-from vramgate.server.schema import DevicesBody, GenerationStatus, Health
+from vramgate.server.schema import DevicesBody, GenerationStatus, Health, SampleView
 
 log = logging.getLogger("vramgate.server")
 
@@ -137,7 +137,7 @@ class GenerationService:
         stats = self.gate.statistics()
         return DevicesBody(
             devices=stats.devices,
-            sample=self.gate.latest_sample,
+            sample=SampleView.of(self.gate.latest_sample),
             queue_length=stats.queue_length,
             running=stats.running,
         )
