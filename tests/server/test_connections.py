@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -16,7 +14,7 @@ import uvicorn
 
 from vramgate.config import ServerConfig
 
-from ._helpers import SMALL, app_for
+from ._helpers import SMALL, running
 
 pytestmark = pytest.mark.anyio
 
@@ -28,25 +26,6 @@ def head(port: int, length: int) -> bytes:
         f"POST /v1/generations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()
-
-
-@asynccontextmanager
-async def running(config_of: Any) -> AsyncIterator[tuple[Any, int]]:
-    """A real uvicorn serving the app on a free loopback port; ``config_of(app)`` builds its ``uvicorn.Config``."""
-    app = app_for()
-    server = uvicorn.Server(config_of(app))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        with anyio.fail_after(10):
-            while True:
-                if server.started:
-                    break
-                await anyio.sleep(0.01)
-        port: int = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield app, port
-        finally:
-            server.should_exit = True
 
 
 async def closed_within(stream: anyio.abc.SocketStream, limit_s: float) -> bytes:

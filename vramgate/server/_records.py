@@ -56,14 +56,20 @@ class Record:
     async def wait_changed(self) -> None:
         await self._changed.wait()
 
-    async def follow(self) -> AsyncIterator[Message]:
-        """Every event still held, then each new one, until the terminal event."""
-        seen = 0
+    @property
+    def last_seq(self) -> int:
+        """The number of the latest event (events are numbered from 1; a run's progress takes a new number)."""
+        return self._seq
+
+    async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Message]]:
+        """``(number, event)`` for every event still held after event ``after``, then each new one, until the
+        terminal event."""
+        seen = after
         while True:
             for seq, event in list(self.events):
                 if seq > seen:
                     seen = seq
-                    yield event
+                    yield seq, event
                     if isinstance(event, RequestEnded):
                         return
             if self.final is not None:

@@ -4,7 +4,8 @@
 ``POST /v1/generations``                     a JSON ``GenerationRequest``: 202 with the id and queue position;
                                              422 naming the field; 413 too large; 429 + ``Retry-After`` when full
 ``GET /v1/generations/{id}``                 state, device, plan and its suggestions, progress, ETA
-``GET /v1/generations/{id}/events``          server-sent events: every lifecycle message until the end
+``GET /v1/generations/{id}/events``          server-sent events: every lifecycle message until the end, each with
+                                             an ``id:``; ``Last-Event-ID`` resumes after that event
 ``DELETE /v1/generations/{id}``              cancel: 202, or 409 when it had already ended
 ``GET /v1/devices``                          each device's ledger and the latest sample
 ``GET /healthz``, ``GET /metrics``           liveness; Prometheus metrics
@@ -45,6 +46,10 @@ _encode = msgspec.json.Encoder().encode
 
 class BodyTooLarge(BadRequest):
     """The request body is larger than the server accepts."""
+
+
+class BadLastEventId(BadRequest):
+    """A reconnecting event stream's ``Last-Event-ID`` is not an id the server sent for that request."""
 
 
 class ClientGone(BadRequest):
@@ -167,7 +172,12 @@ def create_app(
         record = _service(request).lookup(request_id)
         if record is None:
             return _not_found(request_id)
-        return StreamingResponse(_sse(record), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            after = last_event_id(request, record)
+        except BadLastEventId as error:
+            return _error(400, "bad_last_event_id", str(error))
+        stream = _sse(record, after)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.delete("/v1/generations/{request_id}")
     async def cancel_generation(request_id: str, request: Request) -> Response:
@@ -198,14 +208,32 @@ def create_app(
     return app
 
 
-async def _sse(record: Record) -> AsyncIterator[bytes]:
-    """Server-sent events: ``event:`` the message type, ``data:`` the message as JSON (as a client reads it)."""
-    count = 0
+def last_event_id(request: Request, record: Record) -> int:
+    """The ``Last-Event-ID`` a reconnecting client sends: the number of the last event it got (0 when none)."""
+    value = request.headers.get("last-event-id")
+    if value is None or not value.strip():
+        return 0
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        raise BadLastEventId(f"Last-Event-ID must be the id of an event this server sent, not {value[:40]!r}")
+    number = int(value)
+    if number > record.last_seq:
+        raise BadLastEventId(
+            f"Last-Event-ID {number} was never sent for this request (its latest is {record.last_seq})"
+        )
+    return number
+
+
+async def _sse(record: Record, after: int = 0) -> AsyncIterator[bytes]:
+    """Server-sent events after event ``after``: ``id:`` the event's number, ``event:`` the message type, ``data:``
+    the message as JSON (as a client reads it). A client that reconnects with ``Last-Event-ID`` resumes there."""
     finished: RunFinished | None = None
-    async for event in record.follow():
-        count += 1
+    for seq, event in record.events:
+        if seq <= after and isinstance(event, RunFinished):
+            finished = event
+    async for seq, event in record.follow(after):
         if isinstance(event, RunFinished):
             finished = event
         name = type(event).__name__
         shown = client_event(event, finished)
-        yield b"id: %d\nevent: %s\ndata: %s\n\n" % (count, name.encode(), _encode(shown))
+        yield b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name.encode(), _encode(shown))
