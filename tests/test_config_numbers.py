@@ -19,6 +19,11 @@ KEYS = [
     ("cleanup", "min_interval_s"),
     ("cleanup", "proactive_below_fraction"),
     ("cleanup", "proactive_after_s"),
+    ("run", "time_scale"),
+    ("run", "min_seconds"),
+    ("server", "keep_alive_s"),
+    ("server", "request_timeout_s"),
+    ("server", "max_connections"),
 ]
 
 

@@ -198,6 +198,15 @@ class RunConfig(_Section, frozen=True):
     #: memory before the run allocates it (:meth:`vramgate.Lease.pin`). ``"auto"``: on simulated devices only;
     #: ``true`` also on real CUDA devices (through torch's caching allocator: opt-in, see the README).
     pin_reservation: bool | Literal["auto"] = "auto"
+    #: Runs last their plan's estimated time times this, at least ``min_seconds``: 1 for real generations; a
+    #: server whose runs are simulated or compressed says so (``vramgate serve`` does), so that admission's
+    #: expected ends, ``Retry-After`` and the ETA before any progress follow the runs it really has.
+    time_scale: Annotated[float, msgspec.Meta(gt=0.0, le=100.0)] = 1.0
+    min_seconds: Seconds = 0.0
+
+    def expected_seconds(self, estimated_s: float) -> float:
+        """How long a run whose plan estimates ``estimated_s`` seconds is expected to last."""
+        return max(self.min_seconds, estimated_s * self.time_scale)
 
     def pins(self, *, simulated: bool) -> bool:
         """Whether a lease on a simulated (or real) device is pinned."""

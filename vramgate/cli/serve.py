@@ -29,7 +29,7 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
 @click.option("--pipeline", type=click.Path(file_okay=False), default=None, help="Local diffusers pipeline dir.")
 @click.option("--simulate", multiple=True, help="Simulate this GPU (repeatable; default one when none is found).")
 @click.option("--time-scale", default=0.01, show_default=True, type=click.FloatRange(min=1e-9, max=1.0))
-@click.option("--min-run-s", default=0.5, show_default=True, type=click.FloatRange(min=0.0), help="Shortest run.")
+@click.option("--min-run-s", default=0.5, show_default=True, type=click.FloatRange(0.0, 86_400.0), help="Shortest run.")
 @click.option("--log", "log_path", default=None, help="Record every message to this JSON Lines log.")
 @click.option("--max-body-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1))
 @click.option(

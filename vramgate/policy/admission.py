@@ -64,6 +64,9 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     ``stale_after_s``: a device whose latest sample is older admits nothing (``None``: samples are not required,
     and a device never sampled counts as empty). ``aging``: priority points a waiting request gains per second.
     ``others_decay_s``: the half-life with which a drop in others' measured use is believed (a rise is at once).
+    ``time_scale`` and ``min_run_s``: a run is expected to last its plan's estimated time times ``time_scale``, at
+    least ``min_run_s`` (a server whose runs are compressed or simulated says so); expected ends, the backfill
+    and ``retry_after`` use it.
     """
 
     queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
@@ -75,6 +78,8 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     others_decay_s: Annotated[float, msgspec.Meta(ge=0.0)] = 10.0
     retry_after_default_s: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
     min_retry_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
+    time_scale: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    min_run_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -86,10 +91,16 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             ("others_decay_s", self.others_decay_s >= 0),
             ("retry_after_default_s", self.retry_after_default_s > 0),
             ("min_retry_after_s", self.min_retry_after_s >= 0),
+            ("time_scale", self.time_scale > 0 and math.isfinite(self.time_scale)),
+            ("min_run_s", self.min_run_s >= 0 and math.isfinite(self.min_run_s)),
         )
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"admission.{name}={getattr(self, name)!r} is out of range")
+
+    def run_seconds(self, estimated_s: float) -> float:
+        """How long a run whose plan estimates ``estimated_s`` seconds is expected to last."""
+        return max(self.min_run_s, estimated_s * self.time_scale)
 
 
 class _Waiting:
@@ -158,6 +169,7 @@ class _Lease:
         admitted_at: float,
         seq: int,
         devices: tuple[int, ...],
+        expected_s: float,
     ) -> None:
         self.lease_id = lease_id
         self.request_id = request_id
@@ -165,7 +177,7 @@ class _Lease:
         #: The device indices of ``placement.positions``.
         self.devices = devices
         self.admitted_at = admitted_at
-        self.expected_end = admitted_at + placement.plan.requirement.estimated_time_seconds
+        self.expected_end = admitted_at + expected_s
         self.cancel_requested = False
         self.seq = seq
 
@@ -374,7 +386,15 @@ class AdmissionCore:
         number = item.lease_id.removeprefix("lease-")
         seq = int(number) if number.isdigit() else 0
         self._lease_counter = max(self._lease_counter, seq)
-        lease = _Lease(item.lease_id, item.request_id, placement, item.admitted_at, seq, self._lease_devices(placement))
+        lease = _Lease(
+            item.lease_id,
+            item.request_id,
+            placement,
+            item.admitted_at,
+            seq,
+            self._lease_devices(placement),
+            self.config.run_seconds(item.plan.requirement.estimated_time_seconds),
+        )
         lease.cancel_requested = item.cancel_requested
         for pos in placement.positions:
             self._ledgers[pos].restore(item.lease_id, item.reservation_mb, item.admitted_at)
@@ -660,7 +680,7 @@ class AdmissionCore:
                 extra = protected.extra
                 guarded = [min(f, extra[pos]) if pos in extra else f for pos, f in enumerate(free)]
                 top_guarded = max(guarded)
-            ends_before = now + waiting.expected_s <= protected.time < math.inf
+            ends_before = now + self.config.run_seconds(waiting.expected_s) <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
             found = place_groups(waiting.groups, free if ends_before else guarded, spread=spread)
@@ -712,7 +732,15 @@ class AdmissionCore:
         lease_id = f"lease-{self._lease_counter}"
         for pos in found.positions:
             self._ledgers[pos].reserve(lease_id, found.need_mb, now)
-        lease = _Lease(lease_id, request_id, found, now, self._lease_counter, self._lease_devices(found))
+        lease = _Lease(
+            lease_id,
+            request_id,
+            found,
+            now,
+            self._lease_counter,
+            self._lease_devices(found),
+            self.config.run_seconds(found.plan.requirement.estimated_time_seconds),
+        )
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id
         self._ends = None

@@ -28,7 +28,7 @@ from vramgate.gate import Gate, open_gate
 from vramgate.hardware import DeviceSet
 from vramgate.messages import Message, RequestEnded
 from vramgate.server._records import Record, status
-from vramgate.server.runners import Runner, RunnerKind, make_runner
+from vramgate.server.runners import Runner, RunnerKind, make_runner, timed_config
 from vramgate.server.schema import DevicesBody, GenerationStatus, Health, SampleView
 
 log = logging.getLogger("vramgate.server")
@@ -213,6 +213,13 @@ async def open_service(
 ) -> AsyncIterator[GenerationService]:
     """Open a gate and a task group for the runs; on exit stop the runs (their leases are released), then the gate."""
     settings = settings if settings is not None else ServerSettings()
+    if runner is None:  # the server's own runner: the gate learns how long its runs take
+        config = timed_config(
+            config if config is not None else GateConfig(),
+            settings.runner,
+            time_scale=settings.time_scale,
+            min_seconds=settings.min_run_s,
+        )
     async with open_gate(config, clock=clock, devices=devices, recorder=recorder) as gate:
         if gate_hook is not None:
             gate_hook(gate)
