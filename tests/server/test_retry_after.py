@@ -33,7 +33,7 @@ async def test_retry_after_follows_the_compressed_runs() -> None:
         assert 0 < retry_after_s <= run_s
         assert full.headers["retry-after"] == str(max(1, math.ceil(retry_after_s)))
         await anyio.sleep(retry_after_s)
-        with anyio.fail_after(run_s):  # then the queue has room (allowing for a slow machine)
+        with anyio.fail_after(5):  # then the queue has room soon (a busy machine is slower than the estimate)
             while True:
                 if (await client.post("/v1/generations", json=SMALL)).status_code == 202:
                     break
