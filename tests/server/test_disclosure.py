@@ -122,3 +122,15 @@ async def test_devices_show_names_capacities_and_ledgers_only() -> None:
         assert not keys(body) & {"processes", "pid", "uuid", "disk_path", "warnings", "mapping"}
         for secret in ("424242", "alice", "train.py", os.getcwd(), "/proc"):
             assert secret not in response.text
+
+
+def test_a_runner_error_kept_by_the_server_reads_as_its_phrase() -> None:
+    # The server keeps the runner's exception (``Record.error``) for the moments before the gate reports the run,
+    # and for a run whose report never came (the gate closing): it reads as the same phrase.
+    from vramgate.server._public import error_reason
+
+    assert error_reason("RuntimeError: cannot open /srv/models/x.safetensors at 0x7f3a2b1c") == (
+        "the run failed (RuntimeError)"
+    )
+    assert error_reason("no type here: /etc/passwd") == "the run failed"
+    assert error_reason("") == "the run failed"

@@ -22,14 +22,18 @@ RUN_REASONS = {
 _TYPE_NAME = re.compile(r"^([A-Z][A-Za-z0-9_]{0,79}): ")
 
 
+def error_reason(error: str) -> str:
+    """The client's phrase for a run that raised, from the operator's ``"Type: message"``: ``"the run failed
+    (Type)"``."""
+    match = _TYPE_NAME.match(error)
+    return f"{RUN_REASONS['error']} ({match.group(1)})" if match is not None else RUN_REASONS["error"]
+
+
 def run_reason(finished: RunFinished) -> str:
     """The client's phrase for a run that did not end ``ok`` (``"the run failed (RuntimeError)"``)."""
-    phrase = RUN_REASONS.get(finished.outcome, "the run failed")
     if finished.outcome == "error":
-        match = _TYPE_NAME.match(finished.error)
-        if match is not None:
-            phrase = f"{phrase} ({match.group(1)})"
-    return phrase
+        return error_reason(finished.error)
+    return RUN_REASONS.get(finished.outcome, RUN_REASONS["error"])
 
 
 def client_reason(reason: str, finished: RunFinished | None) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from vramgate.messages import Message, RequestEnded, RunProgress
-from vramgate.server._public import client_reason
+from vramgate.server._public import client_reason, error_reason
 from vramgate.server.schema import GenerationStatus, PlanView, Progress, Status
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def status(record: Record, *, ended: RequestEnded | None = None) -> GenerationSt
     if rejected is not None and not reason:
         reason = rejected.reason
     if record.error and not reason:
-        reason = record.error
+        reason = error_reason(record.error)
     return GenerationStatus(
         request_id=record.request_id,
         state=state,
