@@ -77,13 +77,15 @@ async def drive(app: Any, requests: int, concurrency: int) -> float:
     """Accepted requests per second."""
     accepted = 0
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
         per_client = requests // concurrency
 
         async def one() -> None:
             nonlocal accepted
             for _ in range(per_client):
-                response = await client.post("/v1/generations", content=BODY)
+                response = await client.post(
+                    "/v1/generations", content=BODY, headers={"content-type": "application/json"}
+                )
                 accepted += response.status_code == 202
 
         start = time.perf_counter()

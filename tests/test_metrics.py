@@ -30,6 +30,7 @@ CONFIG = GateConfig(
 )
 SMALL = GenerationRequest(model="ti2v-5B", width=832, height=480, frames=33, steps=10)
 HUGE = GenerationRequest(model="t2v-A14B", width=1920, height=1088, frames=241, max_level="none")
+JSON_BODY = {"content-type": "application/json"}
 
 
 async def eventually(predicate: Callable[[], bool]) -> None:
@@ -115,9 +116,12 @@ async def test_server_metrics_endpoint_parses_and_matches() -> None:
     async with app.router.lifespan_context(app):
         service = app.state.service
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://vramgate.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
             body = msgspec.json.encode(SMALL)
-            ids = [(await client.post("/v1/generations", content=body)).json()["request_id"] for _ in range(3)]
+            ids = [
+                (await client.post("/v1/generations", content=body, headers=JSON_BODY)).json()["request_id"]
+                for _ in range(3)
+            ]
             await eventually(lambda: all(service.lookup(rid).final is not None for rid in ids))
             response = await client.get("/metrics")
             assert response.status_code == 200

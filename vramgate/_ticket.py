@@ -184,7 +184,8 @@ class Ticket:
         if progress is not None and progress.step > 0 and self.progress_at is not None:
             per_step = (self.progress_at - self.admitted_at) / progress.step
             return max(0.0, per_step * (progress.total_steps - progress.step) - (now - self.progress_at))
-        return max(0.0, self.plan.requirement.estimated_time_seconds - (now - self.admitted_at))
+        expected = self._gate.config.run.expected_seconds(self.plan.requirement.estimated_time_seconds)
+        return max(0.0, expected - (now - self.admitted_at))
 
     async def __aiter__(self) -> AsyncIterator[Message]:
         seen = 0  # events pushed so far that this iterator has yielded (or that were dropped before it could)

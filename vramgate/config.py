@@ -22,8 +22,9 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -52,7 +53,10 @@ _UNITS = {
 
 #: A memory size: a number of MiB, or a string with a unit.
 Size = int | str
-PositiveSeconds = Annotated[float, msgspec.Meta(gt=0.0)]
+#: Durations and rates are finite and bounded: ``inf`` or ``nan`` would stall the monitor or admission.
+DAY_S = 86_400.0
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0.0, le=DAY_S)]
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=DAY_S)]
 
 
 def parse_size_mb(value: Size, *, field: str = "size") -> int:
@@ -90,12 +94,55 @@ def _check_size(value: Size | None, field: str) -> None:
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    """A configuration section. Its numbers are checked against their annotated bounds when it is built in Python
+    too (msgspec checks them only when decoding), so that ``inf`` or ``nan`` never gets in."""
+
+    #: The section's name in the TOML file, for errors.
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for name, low, low_open, high, high_open in _bounds(type(self)):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            below = value <= low if low_open else value < low
+            above = value >= high if high_open else value > high
+            if not math.isfinite(value) or below or above:
+                lo = f"{'(' if low_open else '['}{low:g}" if math.isfinite(low) else "(-inf"
+                hi = f"{high:g}{')' if high_open else ']'}" if math.isfinite(high) else "inf)"
+                raise ValueError(f"{self.section}.{name} must be a finite number in {lo}, {hi}, not {value!r}")
+
+
+@cache
+def _bounds(cls: type[_Section]) -> tuple[tuple[str, float, bool, float, bool], ...]:
+    """``(field, low, low is open, high, high is open)`` for each numeric field, from its msgspec annotation."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    found: list[tuple[str, float, bool, float, bool]] = []
+    for field in info.fields:
+        kind = field.type
+        options = kind.types if isinstance(kind, msgspec.inspect.UnionType) else (kind,)
+        for option in options:
+            if isinstance(option, msgspec.inspect.FloatType | msgspec.inspect.IntType):
+                low, low_open = (option.gt, True) if option.gt is not None else (option.ge, False)
+                high, high_open = (option.lt, True) if option.lt is not None else (option.le, False)
+                found.append(
+                    (
+                        field.name,
+                        -math.inf if low is None else float(low),
+                        low_open,
+                        math.inf if high is None else float(high),
+                        high_open,
+                    )
+                )
+                break
+    return tuple(found)
 
 
 class DevicesConfig(_Section, frozen=True):
     """Which devices the gate manages."""
 
+    section: ClassVar[str] = "devices"
     use_real_gpus: bool = True
     simulate: tuple[str, ...] = ()
     context_overhead: Size = "500MiB"
@@ -103,38 +150,44 @@ class DevicesConfig(_Section, frozen=True):
     fallback: Literal["none", "demo"] = "none"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_size(self.context_overhead, "devices.context_overhead")
 
 
 class MonitorConfig(_Section, frozen=True):
-    interval_s: PositiveSeconds = 0.5
+    section: ClassVar[str] = "monitor"
+    #: Seconds between samples (at most a minute: admission needs fresh samples).
+    interval_s: Annotated[float, msgspec.Meta(gt=0.0, le=60.0)] = 0.5
     history_s: PositiveSeconds = 600.0
-    probe_timeout_s: PositiveSeconds = 2.0
+    probe_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=60.0)] = 2.0
     disk_path: str = "."
 
 
 class AdmissionSettings(_Section, frozen=True):
+    section: ClassVar[str] = "admission"
     queue_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 1000
     #: Safety margin per device; default the larger of 1 GiB and ``margin_fraction`` of capacity.
     margin: Size | None = None
     margin_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.05
     stale_after_s: PositiveSeconds = 10.0
-    aging_per_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
+    aging_per_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.1
     placement: Literal["best_fit", "spread"] = "best_fit"
     backfill: bool = True
     #: Host RAM the runs may use in total (offloaded weights live there); default what the host has.
     ram_budget: Size | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_size(self.margin, "admission.margin")
         _check_size(self.ram_budget, "admission.ram_budget")
 
 
 class CleanupConfig(_Section, frozen=True):
+    section: ClassVar[str] = "cleanup"
     after_run: bool = True
     aggressive: bool = False
     #: At most one post-run cleanup per this many seconds; runs ending closer together share one.
-    min_interval_s: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    min_interval_s: Seconds = 1.0
     #: Clean up proactively when a device's free memory stays below this fraction of capacity ...
     proactive_below_fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.05
     #: ... for this long, while torch holds at least ``proactive_min_unused`` reserved but unused.
@@ -142,22 +195,61 @@ class CleanupConfig(_Section, frozen=True):
     proactive_min_unused: Size = "512MiB"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_size(self.proactive_min_unused, "cleanup.proactive_min_unused")
 
 
 class RunConfig(_Section, frozen=True):
+    section: ClassVar[str] = "run"
     retry_on_oom: bool = False
     max_oom_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
     #: Pin each lease's reservation on its devices when it is granted, so that other processes cannot take the
     #: memory before the run allocates it (:meth:`vramgate.Lease.pin`). ``"auto"``: on simulated devices only;
     #: ``true`` also on real CUDA devices (through torch's caching allocator: opt-in, see the README).
     pin_reservation: bool | Literal["auto"] = "auto"
+    #: Runs last their plan's estimated time times this, at least ``min_seconds``: 1 for real generations; a
+    #: server whose runs are simulated or compressed says so (``vramgate serve`` does), so that admission's
+    #: expected ends, ``Retry-After`` and the ETA before any progress follow the runs it really has.
+    time_scale: Annotated[float, msgspec.Meta(gt=0.0, le=100.0)] = 1.0
+    min_seconds: Seconds = 0.0
+
+    def expected_seconds(self, estimated_s: float) -> float:
+        """How long a run whose plan estimates ``estimated_s`` seconds is expected to last."""
+        return max(self.min_seconds, estimated_s * self.time_scale)
 
     def pins(self, *, simulated: bool) -> bool:
         """Whether a lease on a simulated (or real) device is pinned."""
         if self.pin_reservation == "auto":
             return simulated
         return self.pin_reservation
+
+
+_HOST_NAME = re.compile(r"^(\*|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])$")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class ServerConfig(_Section, frozen=True):
+    """The example HTTP server (``vramgate serve``): who may call it, and how long a connection may hold it."""
+
+    section: ClassVar[str] = "server"
+    #: Names a request's ``Host`` may carry (any port): loopback only by default, so that a web page elsewhere
+    #: (DNS rebinding) cannot reach the server; ``"*"`` trusts every name.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    #: An idle connection (before or between requests) is closed after this many seconds.
+    keep_alive_s: Annotated[int, msgspec.Meta(ge=1, le=600)] = 5
+    #: A request's head and body must arrive within this many seconds of its first byte (slow clients are cut).
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=600.0)] = 15.0
+    #: Connections (and requests in progress) held at once; beyond, new requests are answered 503.
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in self.allowed_hosts:
+            if not _HOST_NAME.match(name):
+                raise ValueError(
+                    f"server.allowed_hosts: {name!r} is not a host name (a name or address without port, "
+                    "an IPv6 address in brackets, or '*')"
+                )
 
 
 class GateConfig(_Section, frozen=True):
@@ -168,6 +260,7 @@ class GateConfig(_Section, frozen=True):
     admission: AdmissionSettings = AdmissionSettings()
     cleanup: CleanupConfig = CleanupConfig()
     run: RunConfig = RunConfig()
+    server: ServerConfig = ServerConfig()
     #: Write every message to this JSON Lines log (``None``: no log). A restart appends a run; it never erases.
     log_path: str | None = None
     #: Rotate the log when it reaches this many bytes (0: never): it becomes ``log_path.1``, older ones ``.2`` ...
@@ -176,6 +269,15 @@ class GateConfig(_Section, frozen=True):
     log_backups: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     #: Persist what the estimator learns from runs here (``None``: keep it in memory).
     learned_path: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        interval, stale = self.monitor.interval_s, self.admission.stale_after_s
+        if interval >= stale:
+            raise ValueError(
+                f"monitor.interval_s ({interval:g}) must be shorter than admission.stale_after_s ({stale:g}): "
+                "every sample would be stale by the next one and admission would stop"
+            )
 
 
 _CODEC: Codec[GateConfig] = Codec(GateConfig)

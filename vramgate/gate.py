@@ -838,6 +838,8 @@ def _admission_config(config: GateConfig) -> AdmissionConfig:
         aging=settings.aging_per_s,
         placement=settings.placement,
         backfill=settings.backfill,
+        time_scale=config.run.time_scale,
+        min_run_s=config.run.min_seconds,
     )
 
 

@@ -11,9 +11,14 @@ import os
 from vramgate.config import load_config
 from vramgate.server import ServerSettings, create_app
 
-app = create_app(load_config(os.environ.get("VRAMGATE_CONFIG")), settings=ServerSettings())
+config = load_config(os.environ.get("VRAMGATE_CONFIG"))
+app = create_app(config, settings=ServerSettings())
 
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
+    from vramgate.server.connections import uvicorn_config
+
+    # The [server] section's timeouts and connection limit (plain ``uvicorn app:app`` has neither).
+    port = int(os.environ.get("PORT", "8000"))
+    uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, limits=config.server)).run()

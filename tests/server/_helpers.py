@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import httpx
 import msgspec
+import uvicorn
 
 from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig, MonitorConfig
 from vramgate.server import ServerSettings, create_app
@@ -34,7 +35,7 @@ async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app's lifespan around an httpx client that calls it in-process."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://vramgate.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
             yield client
 
 
@@ -59,3 +60,23 @@ async def wait_state(client: httpx.AsyncClient, request_id: str, states: set[str
             if body["state"] in states:
                 return body
             await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running(config_of: Any, app: Any = None) -> AsyncIterator[tuple[Any, int]]:
+    """A real uvicorn serving ``app`` (default :func:`app_for`) on a free loopback port (asyncio only);
+    ``config_of(app)`` builds its ``uvicorn.Config``."""
+    app = app if app is not None else app_for()
+    server = uvicorn.Server(config_of(app))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while True:
+                if server.started:
+                    break
+                await anyio.sleep(0.01)
+        port: int = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield app, port
+        finally:
+            server.should_exit = True

@@ -101,7 +101,9 @@ async def test_bad_input_is_422_naming_the_field(body: dict[str, Any], path: str
 async def test_malformed_and_oversized_bodies() -> None:
     settings = ServerSettings(runner="simulated", time_scale=1e-4, min_run_s=0.02, max_body_bytes=512)
     async with serving(app_for(settings=settings)) as client:
-        broken = await client.post("/v1/generations", content=b'{"model": "ti2v-5B", "width":')
+        broken = await client.post(
+            "/v1/generations", content=b'{"model": "ti2v-5B", "width":', headers={"content-type": "application/json"}
+        )
         assert broken.status_code == 422
         assert broken.json()["path"] == "$"
         big = await client.post("/v1/generations", json={**SMALL, "prompt": "x" * 1000})

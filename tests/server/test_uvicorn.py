@@ -46,6 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sys.executable, "-m", "vramgate", "serve", "--port", str(port), "--config", str(config),
         "--simulate", "RTX4090-24GB", "--runner", "simulated", "--time-scale", "0.0001", "--min-run-s", "0.6",
         "--store", str(directory / "store.sqlite"),
+        "--allow-host", "gpu-box.lan",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("VRAMGATE_")}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=Path.cwd())
@@ -117,3 +118,16 @@ async def test_serve_submit_queue_full_cancel_and_events(server: str) -> None:
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200
         assert "vramgate_admissions_total" in metrics.text
+
+
+async def test_serve_answers_only_trusted_hosts_and_json_posts(server: str) -> None:
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        assert (await client.get("/healthz", headers={"host": "gpu-box.lan:8000"})).status_code == 200
+        rebound = await client.get("/v1/devices", headers={"host": "attacker.example:8000"})
+        assert rebound.status_code == 421
+        assert rebound.json()["error"] == "untrusted_host"
+        simple = await client.post(
+            "/v1/generations", content=msgspec.json.encode(SMALL), headers={"content-type": "text/plain"}
+        )
+        assert simple.status_code == 415
+        assert "application/json" in simple.json()["detail"]

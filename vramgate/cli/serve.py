@@ -33,7 +33,7 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
 @click.option("--pipeline", type=click.Path(file_okay=False), default=None, help="Local diffusers pipeline dir.")
 @click.option("--simulate", multiple=True, help="Simulate this GPU (repeatable; default one when none is found).")
 @click.option("--time-scale", default=0.01, show_default=True, type=FiniteFloat(min=1e-9, max=1.0))
-@click.option("--min-run-s", default=0.5, show_default=True, type=FiniteFloat(min=0.0), help="Shortest run.")
+@click.option("--min-run-s", default=0.5, show_default=True, type=FiniteFloat(0.0, 86_400.0), help="Shortest run.")
 @click.option("--log", "log_path", default=None, type=OutputFile(), help="Record every message to this JSON Lines log.")
 @click.option("--max-body-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -42,6 +42,14 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
     default="vramgate.sqlite",
     show_default=True,
     help="SQLite file that keeps accepted requests across restarts (':memory:' keeps none).",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host is NAME (repeatable; besides [server] allowed_hosts, loopback by "
+    "default; '*' for any). Needed to serve on another address than loopback.",
 )
 def command(
     host: str,
@@ -55,6 +63,7 @@ def command(
     log_path: str | None,
     max_body_bytes: int,
     store_path: str,
+    allow_hosts: tuple[str, ...],
 ) -> None:
     """Serve POST /v1/generations, GET /v1/generations/{id}[/events], DELETE, /v1/devices, /healthz, /metrics."""
     from vramgate.config import load_config
@@ -76,7 +85,14 @@ def command(
         elif not devices.simulate and not _has_gpu(devices.use_real_gpus):
             click.echo(f"no GPU found here: serving on a simulated {', '.join(DEFAULT_SIMULATED)}", err=True)
             devices = msgspec.structs.replace(devices, simulate=DEFAULT_SIMULATED, use_real_gpus=False)
-        config = msgspec.structs.replace(config, devices=devices, log_path=log_path or config.log_path)
+        server = config.server
+        if allow_hosts:
+            try:
+                hosts = tuple(dict.fromkeys(server.allowed_hosts + allow_hosts))
+                server = msgspec.structs.replace(server, allowed_hosts=hosts)
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--allow-host") from None
+        config = msgspec.structs.replace(config, devices=devices, server=server, log_path=log_path or config.log_path)
         _check_devices(config)
         settings = ServerSettings(
             runner=cast("RunnerKind", runner),
@@ -89,7 +105,7 @@ def command(
         app = create_app(config, settings=settings)
     except VramgateError as error:
         raise bad_input(error) from None
-    serve(app, host=host, port=port)
+    serve(app, host=host, port=port, limits=config.server)
 
 
 def _check_devices(config: GateConfig) -> None:

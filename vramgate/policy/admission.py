@@ -76,6 +76,9 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     and a device never sampled counts as empty). ``aging``: priority points a waiting request gains per second.
     ``others_decay_s``: the half-life with which a drop in others' measured use is believed (a rise is at once).
     ``permanent_after_s``: others' use that has not come free once in this long counts as never leaving.
+    ``time_scale`` and ``min_run_s``: a run is expected to last its plan's estimated time times ``time_scale``, at
+    least ``min_run_s`` (a server whose runs are compressed or simulated says so); expected ends, the backfill
+    and ``retry_after`` use it.
     """
 
     queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
@@ -88,6 +91,8 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     permanent_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 600.0
     retry_after_default_s: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
     min_retry_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
+    time_scale: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    min_run_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -100,10 +105,16 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             ("permanent_after_s", self.permanent_after_s >= 0 and math.isfinite(self.permanent_after_s)),
             ("retry_after_default_s", self.retry_after_default_s > 0),
             ("min_retry_after_s", self.min_retry_after_s >= 0),
+            ("time_scale", self.time_scale > 0 and math.isfinite(self.time_scale)),
+            ("min_run_s", self.min_run_s >= 0 and math.isfinite(self.min_run_s)),
         )
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"admission.{name}={getattr(self, name)!r} is out of range")
+
+    def run_seconds(self, estimated_s: float) -> float:
+        """How long a run whose plan estimates ``estimated_s`` seconds is expected to last."""
+        return max(self.min_run_s, estimated_s * self.time_scale)
 
 
 class _Waiting:
@@ -172,6 +183,7 @@ class _Lease:
         admitted_at: float,
         seq: int,
         devices: tuple[int, ...],
+        expected_s: float,
     ) -> None:
         self.lease_id = lease_id
         self.request_id = request_id
@@ -179,7 +191,7 @@ class _Lease:
         #: The device indices of ``placement.positions``.
         self.devices = devices
         self.admitted_at = admitted_at
-        self.expected_end = admitted_at + placement.plan.requirement.estimated_time_seconds
+        self.expected_end = admitted_at + expected_s
         self.cancel_requested = False
         self.seq = seq
 
@@ -409,7 +421,15 @@ class AdmissionCore:
         number = item.lease_id.removeprefix("lease-")
         seq = int(number) if number.isdigit() else 0
         self._lease_counter = max(self._lease_counter, seq)
-        lease = _Lease(item.lease_id, item.request_id, placement, item.admitted_at, seq, self._lease_devices(placement))
+        lease = _Lease(
+            item.lease_id,
+            item.request_id,
+            placement,
+            item.admitted_at,
+            seq,
+            self._lease_devices(placement),
+            self.config.run_seconds(item.plan.requirement.estimated_time_seconds),
+        )
         lease.cancel_requested = item.cancel_requested
         for pos in placement.positions:
             self._ledgers[pos].restore(item.lease_id, item.reservation_mb, item.admitted_at)
@@ -728,7 +748,7 @@ class AdmissionCore:
             mine = waiting is protector
             if not (backfill or mine):
                 continue
-            ends_before = mine or now + waiting.expected_s <= protected.time < math.inf
+            ends_before = mine or now + self.config.run_seconds(waiting.expected_s) <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
             found = place_groups(waiting.groups, free if ends_before else guarded, spread=spread)
@@ -769,7 +789,10 @@ class AdmissionCore:
                 need = protector.min_mb
                 held = [f - need if pos in protected.extra else f for pos, f in enumerate(free)]
                 ends = sorted(
-                    [*self._timeline(now), (protected.time + protector.expected_s, tuple(protected.extra), need)]
+                    [
+                        *self._timeline(now),
+                        (protected.time + self.config.run_seconds(protector.expected_s), tuple(protected.extra), need),
+                    ]
                 )
                 start = max(protected.time, self._shadow(waiting, held, now, ends).time)
         return Standing(
@@ -827,7 +850,15 @@ class AdmissionCore:
         lease_id = f"lease-{self._lease_counter}"
         for pos in found.positions:
             self._ledgers[pos].reserve(lease_id, found.need_mb, now)
-        lease = _Lease(lease_id, request_id, found, now, self._lease_counter, self._lease_devices(found))
+        lease = _Lease(
+            lease_id,
+            request_id,
+            found,
+            now,
+            self._lease_counter,
+            self._lease_devices(found),
+            self.config.run_seconds(found.plan.requirement.estimated_time_seconds),
+        )
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id
         self._ends = None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from vramgate.messages import Message, RequestEnded, RunProgress
+from vramgate.server._public import client_reason, error_reason
 from vramgate.server.schema import GenerationStatus, PlanView, Progress, Status
 
 if TYPE_CHECKING:
@@ -71,15 +72,20 @@ class Record:
             await self._changed.wait()
         return self.final
 
-    async def follow(self) -> AsyncIterator[Message]:
-        """Every event still held, then each new one, until the terminal event (or until the server, shutting
-        down, keeps the request for its next start)."""
-        seen = 0
+    @property
+    def last_seq(self) -> int:
+        """The number of the latest event (events are numbered from 1; a run's progress takes a new number)."""
+        return self._seq
+
+    async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Message]]:
+        """``(number, event)`` for every event still held after event ``after``, then each new one, until the
+        terminal event (or until the server, shutting down, keeps the request for its next start)."""
+        seen = after
         while True:
             for seq, event in list(self.events):
                 if seq > seen:
                     seen = seq
-                    yield event
+                    yield seq, event
                     if isinstance(event, RequestEnded):
                         return
             if self.final is not None or self.kept:
@@ -111,7 +117,7 @@ def status(record: Record, *, ended: RequestEnded | None = None) -> GenerationSt
     if rejected is not None and not reason:
         reason = rejected.reason
     if record.error and not reason:
-        reason = record.error
+        reason = error_reason(record.error)
     if ended is None and not reason:
         reason = ticket.reason  # what a queued request waits for
     return GenerationStatus(
@@ -125,7 +131,7 @@ def status(record: Record, *, ended: RequestEnded | None = None) -> GenerationSt
         eta_s=ticket.eta_s() if ended is None else None,
         waited_s=admitted.waited_s if admitted is not None else None,
         outcome=finished.outcome if finished is not None else None,
-        reason=reason,
+        reason=client_reason(reason, finished),
         reject_code=rejected.code if rejected is not None else None,
         needed_mb=rejected.needed_mb if rejected is not None else None,
         smallest_gpu=rejected.smallest_gpu if rejected is not None else None,

@@ -4,7 +4,8 @@
 ``POST /v1/generations``                     a JSON ``GenerationRequest``: 202 with the id and queue position;
                                              422 naming the field; 413 too large; 429 + ``Retry-After`` when full
 ``GET /v1/generations/{id}``                 state, device, plan and its suggestions, progress, ETA
-``GET /v1/generations/{id}/events``          server-sent events: every lifecycle message until the end
+``GET /v1/generations/{id}/events``          server-sent events: every lifecycle message until the end, each with
+                                             an ``id:``; ``Last-Event-ID`` resumes after that event
 ``DELETE /v1/generations/{id}``              cancel: 202, or 409 when it had already ended
 ``GET /v1/generations?client=ID``            a client's latest requests (``X-Client-Id``), newest first
 ``GET /v1/devices``                          each device's ledger and the latest sample
@@ -13,6 +14,9 @@
 
 A POST may carry ``Idempotency-Key`` (and ``X-Client-Id``, which scopes the key): a retry with the same key and
 body answers 200 with the same request; the same key with another body is 422 ``idempotency_key_reused``.
+
+Before any route (:mod:`vramgate.server._security`): 421 when the ``Host`` is not one the server answers to
+(``[server] allowed_hosts``, loopback by default), 415 for a POST that is not ``application/json``.
 """
 
 from __future__ import annotations
@@ -27,15 +31,18 @@ from typing import Any
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from vramgate.actors import Recorder
 from vramgate.clock import Clock
-from vramgate.config import GateConfig
+from vramgate.config import LOOPBACK_HOSTS, GateConfig, ServerConfig
 from vramgate.errors import ActorStopped, BadRequest, DecodeError, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet
-from vramgate.messages import RequestEnded
+from vramgate.messages import RequestEnded, RunFinished
 from vramgate.policy.learning import open_corrections
+from vramgate.server._public import client_event
 from vramgate.server._records import Record
+from vramgate.server._security import RequestGuard
 from vramgate.server.openapi import install_openapi
 from vramgate.server.runners import Runner
 from vramgate.server.schema import TERMINAL, Accepted, ErrorBody, GenerationList, ServerShutdown
@@ -53,6 +60,14 @@ class BodyTooLarge(BadRequest):
     """The request body is larger than the server accepts."""
 
 
+class BadLastEventId(BadRequest):
+    """A reconnecting event stream's ``Last-Event-ID`` is not an id the server sent for that request."""
+
+
+class ClientGone(BadRequest):
+    """The client disconnected before it sent the whole body: nothing was accepted, and nobody reads an answer."""
+
+
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(content=_encode(body), status_code=status, media_type=JSON, headers=headers)
 
@@ -63,18 +78,22 @@ def _error(status: int, error: str, detail: str, **extra: Any) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, read no further than ``limit`` bytes (:class:`BodyTooLarge` beyond)."""
+    """The body, read no further than ``limit`` bytes (:class:`BodyTooLarge` beyond; :class:`ClientGone` when the
+    client disconnects before the end)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
     chunks: list[bytes] = []
     size = 0
-    async with aclosing(request.stream()) as stream:
-        async for chunk in stream:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"the body is larger than {limit} bytes")
-            chunks.append(chunk)
+    try:
+        async with aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"the body is larger than {limit} bytes")
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone(f"the client disconnected after {size} bytes of the body") from None
     return b"".join(chunks)
 
 
@@ -140,6 +159,7 @@ def create_app(
 
     app = FastAPI(title="vramgate example server", lifespan=lifespan)
     app.state.settings = settings
+    app.add_middleware(RequestGuard, allowed_hosts=config.server.allowed_hosts if config else LOOPBACK_HOSTS)
 
     @app.post("/v1/generations", status_code=202)
     async def create_generation(request: Request) -> Response:
@@ -150,6 +170,8 @@ def create_app(
             submitted = await service.submit(body, client=client, key=key)
         except BodyTooLarge as error:
             return _error(413, "too_large", str(error))
+        except ClientGone as error:
+            return _error(400, "client_gone", str(error))
         except BadHeader as error:
             return _error(422, "invalid_header", str(error))
         except IdempotencyConflict as error:
@@ -204,8 +226,15 @@ def create_app(
         record = await _service(request).find(request_id)
         if record is None:
             return _not_found(request_id)
-        events = _sse(record) if isinstance(record, Record) else _sse_stored(record)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        if isinstance(record, Record):
+            try:
+                after = last_event_id(request, record)
+            except BadLastEventId as error:
+                return _error(400, "bad_last_event_id", str(error))
+            stream = _sse(record, after)
+        else:
+            stream = _sse_stored(record)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.delete("/v1/generations/{request_id}")
     async def cancel_generation(request_id: str, request: Request) -> Response:
@@ -243,17 +272,39 @@ def create_app(
     return app
 
 
-async def _sse(record: Record) -> AsyncIterator[bytes]:
-    """Server-sent events: ``event:`` the message type, ``data:`` the message as JSON. When the server shuts down
-    and keeps the request queued for its next start, the last event is ``ServerShutdown``."""
-    count = 0
-    async for event in record.follow():
-        count += 1
+def last_event_id(request: Request, record: Record) -> int:
+    """The ``Last-Event-ID`` a reconnecting client sends: the number of the last event it got (0 when none)."""
+    value = request.headers.get("last-event-id")
+    if value is None or not value.strip():
+        return 0
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        raise BadLastEventId(f"Last-Event-ID must be the id of an event this server sent, not {value[:40]!r}")
+    number = int(value)
+    if number > record.last_seq:
+        raise BadLastEventId(
+            f"Last-Event-ID {number} was never sent for this request (its latest is {record.last_seq})"
+        )
+    return number
+
+
+async def _sse(record: Record, after: int = 0) -> AsyncIterator[bytes]:
+    """Server-sent events after event ``after``: ``id:`` the event's number, ``event:`` the message type, ``data:``
+    the message as JSON (as a client reads it). A client that reconnects with ``Last-Event-ID`` resumes there. When
+    the server shuts down and keeps the request queued for its next start, the last event is ``ServerShutdown``."""
+    finished: RunFinished | None = None
+    for seq, event in record.events:
+        if seq <= after and isinstance(event, RunFinished):
+            finished = event
+    async for seq, event in record.follow(after):
+        if isinstance(event, RunFinished):
+            finished = event
         name = type(event).__name__
-        yield b"id: %d\nevent: %s\ndata: %s\n\n" % (count, name.encode(), _encode(event))
-    if record.kept:
+        shown = client_event(event, finished)
+        yield b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name.encode(), _encode(shown))
+    if record.kept:  # the server, shutting down, keeps the request queued for its next start
         final = ServerShutdown(request_id=record.request_id, state="queued")
-        yield b"id: %d\nevent: ServerShutdown\ndata: %s\n\n" % (count + 1, _encode(final))
+        yield b"id: %d\nevent: ServerShutdown\ndata: %s\n\n" % (record.last_seq + 1, _encode(final))
 
 
 async def _sse_stored(row: StoredRequest) -> AsyncIterator[bytes]:
@@ -264,10 +315,20 @@ async def _sse_stored(row: StoredRequest) -> AsyncIterator[bytes]:
         yield b"id: 1\nevent: RequestEnded\ndata: %s\n\n" % _encode(ended)
 
 
-def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Run ``app`` under uvicorn until SIGINT or SIGTERM. A signal drains the server first (queued requests kept
+def serve(
+    app: FastAPI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: ServerConfig | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run ``app`` under uvicorn until SIGINT or SIGTERM, with the timeouts and connection limit of ``limits``
+    (:func:`vramgate.server.connections.uvicorn_config`). A signal drains the server first (queued requests kept
     for the next start, running ones stopped, event streams ended), so that open streams do not hold it up."""
     import uvicorn
+
+    from vramgate.server.connections import uvicorn_config
 
     class DrainingServer(uvicorn.Server):
         loop: asyncio.AbstractEventLoop | None = None
@@ -284,5 +345,7 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level:
 
     service_settings: ServerSettings | None = getattr(app.state, "settings", None)
     grace = service_settings.shutdown_timeout_s if service_settings is not None else 10.0
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(grace) + 5)
+    config = uvicorn_config(
+        app, host=host, port=port, limits=limits, log_level=log_level, timeout_graceful_shutdown=int(grace) + 5
+    )
     DrainingServer(config).run()

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+import msgspec
+
+from vramgate.config import GateConfig
 from vramgate.errors import ConfigError
 from vramgate.runners import SimulatedRun, TorchWorkload
 
@@ -61,6 +64,17 @@ def load_pipeline(path: str) -> Any:
         raise ConfigError("the diffusers runner needs diffusers: pip install 'vramgate[diffusers]'") from None
     pipeline_class: Any = DiffusionPipeline
     return pipeline_class.from_pretrained(path, local_files_only=True)
+
+
+def timed_config(config: GateConfig, kind: RunnerKind, *, time_scale: float, min_seconds: float) -> GateConfig:
+    """``config`` told how long the runs of the runner ``kind`` take (``[run] time_scale`` and ``min_seconds``):
+    simulated and torch runs last their plan's estimate times ``time_scale``, at least ``min_seconds``; a
+    diffusers run takes what it takes. Admission then expects runs to end when they really do, and a full
+    queue's ``Retry-After`` says when this server will have room."""
+    if kind == "diffusers":
+        return config
+    run = msgspec.structs.replace(config.run, time_scale=time_scale, min_seconds=min_seconds)
+    return msgspec.structs.replace(config, run=run)
 
 
 def make_runner(

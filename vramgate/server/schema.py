@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from vramgate.messages import OptimizationSuggestion, Plan, ResourceSample
+from vramgate.messages import DeviceSample, HostSample, OptimizationSuggestion, Plan, ResourceSample
 from vramgate.messages.gate import DeviceStatistics
 
 #: What a client sees of a request: the gate's ticket states, with ``admitted`` shown as ``running``, and the
@@ -104,11 +104,65 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     retry_after_s: float | None = None
 
 
+class DeviceView(msgspec.Struct, frozen=True, kw_only=True):
+    """One device as a client sees it: its name and memory. Never the other processes on it (their PIDs and
+    names), its UUID, or what this process's allocator holds."""
+
+    index: int
+    name: str
+    backend: str
+    total_mb: int
+    free_mb: int
+    used_mb: int
+    utilization_pct: float | None = None
+    simulated: bool = False
+    lost: bool = False
+
+    @classmethod
+    def of(cls, device: DeviceSample) -> DeviceView:
+        return cls(
+            index=device.index,
+            name=device.name,
+            backend=device.backend,
+            total_mb=device.total_mb,
+            free_mb=device.free_mb,
+            used_mb=device.used_mb,
+            utilization_pct=device.utilization_pct,
+            simulated=device.simulated,
+            lost=device.lost,
+        )
+
+
+class HostView(msgspec.Struct, frozen=True, kw_only=True):
+    """The host as a client sees it: its RAM and CPUs (not its paths)."""
+
+    ram_total_mb: int
+    ram_available_mb: int
+    cpu_count: int
+
+    @classmethod
+    def of(cls, host: HostSample) -> HostView:
+        return cls(ram_total_mb=host.ram_total_mb, ram_available_mb=host.ram_available_mb, cpu_count=host.cpu_count)
+
+
+class SampleView(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest measurement as a client sees it (the monitor's warnings, which name files, are left out)."""
+
+    at: float
+    devices: tuple[DeviceView, ...]
+    host: HostView | None
+
+    @classmethod
+    def of(cls, sample: ResourceSample) -> SampleView:
+        host = HostView.of(sample.host) if sample.host is not None else None
+        return cls(at=sample.at, devices=tuple(DeviceView.of(d) for d in sample.devices), host=host)
+
+
 class DevicesBody(msgspec.Struct, frozen=True, kw_only=True):
     """``GET /v1/devices``: each device's admission ledger and the latest sample of every device and the host."""
 
     devices: tuple[DeviceStatistics, ...]
-    sample: ResourceSample
+    sample: SampleView
     queue_length: int
     running: int
 

@@ -40,8 +40,8 @@ from vramgate.gate import Gate, open_gate
 from vramgate.hardware import DeviceSet
 from vramgate.messages import GenerationRequest, Message, RequestEnded
 from vramgate.server._records import Record, status
-from vramgate.server.runners import Runner, RunnerKind, make_runner
-from vramgate.server.schema import DevicesBody, GenerationStatus, Health, Status
+from vramgate.server.runners import Runner, RunnerKind, make_runner, timed_config
+from vramgate.server.schema import DevicesBody, GenerationStatus, Health, SampleView, Status
 from vramgate.server.store import MEMORY, RequestStore, StoredRequest, fingerprint, open_store
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ class GenerationService:
         stats = self.gate.statistics()
         return DevicesBody(
             devices=stats.devices,
-            sample=self.gate.latest_sample,
+            sample=SampleView.of(self.gate.latest_sample),
             queue_length=stats.queue_length,
             running=stats.running,
         )
@@ -379,6 +379,13 @@ async def open_service(
     """Open the store (``store``, else ``settings.store_path``), a gate and a task group for the runs; queue again
     what the store holds. On exit drain (:meth:`GenerationService.drain`), then stop the runs and the gate."""
     settings = settings if settings is not None else ServerSettings()
+    if runner is None:  # the server's own runner: the gate learns how long its runs take
+        config = timed_config(
+            config if config is not None else GateConfig(),
+            settings.runner,
+            time_scale=settings.time_scale,
+            min_seconds=settings.min_run_s,
+        )
     async with AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(open_store(settings.store_path or MEMORY))
