@@ -13,10 +13,11 @@ entry. Aging bounds starvation: after waiting ``W`` seconds a request outranks e
 Backfilling (EASY, as HPC schedulers do). The first request in order, the head, is admitted as soon as it fits.
 While it does not, the core computes its shadow: the earliest time it would fit as running leases end at their
 expected ends, and the memory its placement leaves over then. A later request may start first only if it fits
-now and either is expected to end before that time or takes, on the head's devices, no more than what is left
-over. A request that cannot start within its bound (not even once every running lease has ended, because
-others' use blocks it, or not before its ``max_wait_s``) protects nothing: the first waiting request that can
-start takes the head's place for backfilling, so an un-startable head never holds back what fits behind it.
+now and either is expected to end before that time (by the top of its time interval, when its plan has one) or
+takes, on the head's devices, no more than what is left over. A request that cannot start within its bound (not
+even once every running lease has ended, because others' use blocks it, or not before its ``max_wait_s``)
+protects nothing: the first waiting request that can start takes the head's place for backfilling, so an
+un-startable head never holds back what fits behind it.
 Only the first ``backfill_depth`` waiting requests are examined per pass, so each decision is bounded.
 
 Placement (``placement``). ``earliest_finish``, the default: a request goes where it is expected to finish first
@@ -163,9 +164,12 @@ class _Waiting:
         self.plans = plans
         self.groups = groups
         given = [p.requirement for p in plans if p is not None]
-        #: The least any of its plans needs per GPU, and the longest any of them is expected to run.
+        #: The least any of its plans needs per GPU, and the longest any of them may run (the top of its time
+        #: interval when it has one): backfilling lets it pass the protected request only if it ends before.
         self.min_mb = min((r.vram_mb for r in given), default=0)
-        self.expected_s = max((r.estimated_time_seconds for r in given), default=0.0)
+        self.expected_s = max(
+            (r.estimated_time_seconds if r.time_high_s is None else r.time_high_s for r in given), default=0.0
+        )
 
 
 class _Lease:
