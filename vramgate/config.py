@@ -171,7 +171,7 @@ class AdmissionSettings(_Section, frozen=True):
     margin_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.05
     stale_after_s: PositiveSeconds = 10.0
     aging_per_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.1
-    placement: Literal["best_fit", "spread"] = "best_fit"
+    placement: Literal["earliest_finish", "best_fit", "spread"] = "earliest_finish"
     backfill: bool = True
     #: Host RAM the runs may use in total (offloaded weights live there); default what the host has.
     ram_budget: Size | None = None

@@ -121,3 +121,15 @@ def test_a_queue_waiting_for_a_running_lease_is_not_stalled() -> None:
     d.send(ReleaseLease(lease_id="lease-1"), 60.0)
     assert d.core.stalled(60.0) is None  # b was admitted
     assert "b" in d.admitted
+
+
+def test_a_run_above_its_reservation_does_not_count_as_memory_that_never_leaves() -> None:
+    ledger = DeviceLedger(h100(0), stale_after_s=None, others_decay_s=10.0, permanent_after_s=100.0)
+    ledger.observe(sample(0.0, {0: 512}, ours={0: 0}).devices[0], 0.0)  # the CUDA context
+    ledger.reserve("lease-1", 40_000, 0.0)
+    for at in (1.0, 50.0, 120.0, 200.0):
+        # The run holds 300 MiB more than its reservation, for longer than permanent_after_s.
+        ledger.observe(sample(at, {0: 40_812}, ours={0: 40_300}).devices[0], at)
+    assert ledger.others_mb == 812  # counted against what is free while it lasts ...
+    assert ledger.permanent_mb == 512  # ... but it is this process's: it leaves with the run
+    assert ledger.attainable_mb == BUDGET - 512

@@ -16,6 +16,7 @@ SHIPPED = (
     ("burst-24gb.jsonl", "RTX4090-24GB"),
     ("mixed-8xh100.jsonl", "8xH100-80GB"),
     ("day-diurnal.jsonl", "2xH100-80GB,RTX4090-24GB"),
+    ("mixed-hetero.jsonl", "2xH100-80GB,2xRTX4090-24GB"),
 )
 
 

@@ -27,6 +27,8 @@ class ResourceRequirement(Message, frozen=True):
     """What a run needs: peak VRAM per GPU, peak host RAM and total time, with their components.
 
     ``confidence`` is in [0, 1]; ``correction`` is the learned observed/predicted factor applied to ``vram_mb``.
+    ``time_low_s`` / ``time_high_s``: the interval the time is expected within (``None``: only the point is known;
+    :mod:`vramgate.policy.timing` gives it).
     """
 
     vram_mb: MB
@@ -38,6 +40,8 @@ class ResourceRequirement(Message, frozen=True):
     world_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     confidence: Fraction = 0.5
     correction: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    time_low_s: Seconds | None = None
+    time_high_s: Seconds | None = None
 
 
 class ResolvedOptions(Message, frozen=True):

@@ -7,7 +7,7 @@ all resolved to that same plan, each with the plan's ``vram_mb`` free (all or no
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from vramgate.messages.plans import Plan
@@ -153,3 +153,86 @@ def shadow(
             extra = {pos: avail[pos] - found.need_mb for pos in found.positions}
             return Shadow(max(end, now), extra)
     return Shadow(math.inf, {})
+
+
+class Choice(NamedTuple):
+    """Where a request is expected to finish first: the placement, when it can start there (``start``), when it is
+    expected to end (``finish``), the memory left over then on each of its devices (``extra``), and whether it
+    fits there now (``ready``; a lease past its expected end is expected to end now, but has not yet)."""
+
+    placement: Placement
+    start: float
+    finish: float
+    extra: dict[int, int]
+    ready: bool
+
+
+def releases_of(ends: Sequence[tuple[float, tuple[int, ...], int]], devices: int) -> list[list[tuple[float, int]]]:
+    """The running leases' ``ends`` (time, positions, MiB; in order of time) per position: (time, MiB) in order."""
+    per: list[list[tuple[float, int]]] = [[] for _ in range(devices)]
+    for end, positions, mb in ends:
+        for pos in positions:
+            per[pos].append((end, mb))
+    return per
+
+
+def earliest_finish(
+    groups: Sequence[Group],
+    avail: Sequence[int],
+    later: Sequence[int],
+    releases: Sequence[Sequence[tuple[float, int]]],
+    *,
+    now: float,
+    run_seconds: Callable[[float], float] = float,
+) -> Choice | None:
+    """Where a request (its :func:`groups_of`) is expected to finish first, or ``None`` when it can start nowhere.
+
+    On each device of a plan it can start ``now`` when ``avail`` (MiB per position, now) holds the plan, else when
+    the running leases there have returned enough (``later``, what the device will have once they end, plus each
+    lease's ``releases`` in order). It finishes its plan's expected time later, so a slower plan that could start
+    now loses to a faster one on a device that comes free soon enough. A plan of world size N runs on its N devices
+    where it would finish first. Ties go to the sooner start, to what fits now, to the least
+    slack (best fit), then to the lowest positions. ``run_seconds`` turns a plan's estimated time into how long
+    its run is expected to last here (the admission configuration's time scale), as the leases' ends were.
+
+    Liveness: a request never waits for a busier or faster device while a device with no lease could take it now;
+    then it starts now, on the device where it is expected to finish first among those it fits now.
+    """
+    best: Choice | None = None
+    best_score: tuple[float, float, int, int, tuple[int, ...]] | None = None
+    idle: Choice | None = None
+    idle_score: tuple[float, float, int, int, tuple[int, ...]] | None = None
+    for plan, need, world, candidates in groups:
+        duration = run_seconds(plan.requirement.estimated_time_seconds)
+        options: list[tuple[float, float, int, int, int]] = []  # (finish, start, 0 if it fits now, slack, position)
+        for pos in candidates:
+            slack = avail[pos] - need
+            if slack >= 0:
+                options.append((now + duration, now, 0, slack, pos))
+                continue
+            have = later[pos]
+            for end, mb in releases[pos]:
+                have += mb
+                if have >= need:
+                    start = max(end, now)
+                    options.append((start + duration, start, 1, have - need, pos))
+                    break
+        for ready_only in (False, True):
+            chosen = [o for o in options if not (ready_only and o[2])]
+            if len(chosen) < world:
+                continue
+            chosen = [min(chosen)] if world == 1 else sorted(chosen)[:world]
+            waits = max(o[2] for o in chosen)
+            positions = tuple(sorted(o[4] for o in chosen))
+            score = (max(o[0] for o in chosen), max(o[1] for o in chosen), waits, sum(o[3] for o in chosen), positions)
+            choice = Choice(
+                Placement(positions, plan, need), score[1], score[0], {o[4]: o[3] for o in chosen}, not waits
+            )
+            if not ready_only:
+                if best_score is None or score < best_score:
+                    best_score, best = score, choice
+            elif all(not releases[pos] for pos in positions) and (idle_score is None or score < idle_score):
+                idle_score, idle = score, choice
+    if best is not None and not best.ready and idle is not None:
+        return idle
+    return best

@@ -13,11 +13,20 @@ entry. Aging bounds starvation: after waiting ``W`` seconds a request outranks e
 Backfilling (EASY, as HPC schedulers do). The first request in order, the head, is admitted as soon as it fits.
 While it does not, the core computes its shadow: the earliest time it would fit as running leases end at their
 expected ends, and the memory its placement leaves over then. A later request may start first only if it fits
-now and either is expected to end before that time or takes, on the head's devices, no more than what is left
-over. A request that cannot start within its bound (not even once every running lease has ended, because
-others' use blocks it, or not before its ``max_wait_s``) protects nothing: the first waiting request that can
-start takes the head's place for backfilling, so an un-startable head never holds back what fits behind it.
+now and either is expected to end before that time (by the top of its time interval, when its plan has one) or
+takes, on the head's devices, no more than what is left over. A request that cannot start within its bound (not
+even once every running lease has ended, because others' use blocks it, or not before its ``max_wait_s``)
+protects nothing: the first waiting request that can start takes the head's place for backfilling, so an
+un-startable head never holds back what fits behind it.
 Only the first ``backfill_depth`` waiting requests are examined per pass, so each decision is bounded.
+
+Placement (``placement``). ``earliest_finish``, the default: a request goes where it is expected to finish first
+(:func:`~vramgate.policy._placement.earliest_finish`): on each device its own plan's time (a faster GPU kind has
+a shorter plan), started now where it fits now, or when the running leases there are expected to have returned
+enough memory; so it may wait for a faster device that comes free soon rather than start on a slow one, but never
+while a device that runs nothing could take it now. Backfilled requests start only where they fit now (and wait
+when waiting would finish them sooner). ``best_fit`` starts a request now on the devices left with the least
+slack, ``spread`` on those left with the most; both wait only while nothing fits.
 
 Liveness. Nothing is queued for memory that never comes free: a plan above what a device can ever give
 (:attr:`~vramgate.policy.ledger.DeviceLedger.attainable_mb`, less the memory others never gave back) does not
@@ -61,7 +70,17 @@ from vramgate.messages.lifecycle import (
 )
 from vramgate.messages.plans import Plan
 from vramgate.messages.resources import ResourceSample
-from vramgate.policy._placement import Group, Placement, Shadow, groups_of, place_groups, shadow
+from vramgate.policy._placement import (
+    UNUSABLE,
+    Group,
+    Placement,
+    Shadow,
+    earliest_finish,
+    groups_of,
+    place_groups,
+    releases_of,
+    shadow,
+)
 from vramgate.policy._plans import PlanResolver, Reoptimizer
 from vramgate.policy._queue import DeadlineHeap, Key, SortedKeys
 from vramgate.policy._standing import Standing, waiting_reason
@@ -84,7 +103,7 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
     stale_after_s: Annotated[float, msgspec.Meta(gt=0.0)] | None = 10.0
     aging: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
-    placement: Literal["best_fit", "spread"] = "best_fit"
+    placement: Literal["earliest_finish", "best_fit", "spread"] = "earliest_finish"
     backfill: bool = True
     backfill_depth: Annotated[int, msgspec.Meta(ge=0)] = 256
     others_decay_s: Annotated[float, msgspec.Meta(ge=0.0)] = 10.0
@@ -99,7 +118,7 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             ("queue_limit", self.queue_limit >= 1),
             ("stale_after_s", self.stale_after_s is None or self.stale_after_s > 0),
             ("aging", self.aging >= 0 and math.isfinite(self.aging)),
-            ("placement", self.placement in ("best_fit", "spread")),
+            ("placement", self.placement in ("earliest_finish", "best_fit", "spread")),
             ("backfill_depth", self.backfill_depth >= 0),
             ("others_decay_s", self.others_decay_s >= 0),
             ("permanent_after_s", self.permanent_after_s >= 0 and math.isfinite(self.permanent_after_s)),
@@ -156,9 +175,12 @@ class _Waiting:
         self.plans = plans
         self.groups = groups
         given = [p.requirement for p in plans if p is not None]
-        #: The least any of its plans needs per GPU, and the longest any of them is expected to run.
+        #: The least any of its plans needs per GPU, and the longest any of them may run (the top of its time
+        #: interval when it has one): backfilling lets it pass the protected request only if it ends before.
         self.min_mb = min((r.vram_mb for r in given), default=0)
-        self.expected_s = max((r.estimated_time_seconds for r in given), default=0.0)
+        self.expected_s = max(
+            (r.estimated_time_seconds if r.time_high_s is None else r.time_high_s for r in given), default=0.0
+        )
 
 
 class _Lease:
@@ -226,6 +248,7 @@ class AdmissionCore:
         ]
         self._plans = PlanResolver(self._devices, self._ledgers, catalog, reoptimize)
         self._spread = self.config.placement == "spread"
+        self._earliest = self.config.placement == "earliest_finish"
         self._queue: SortedKeys = SortedKeys()
         self._waiting: dict[str, _Waiting] = {}
         self._by_seq: dict[int, _Waiting] = {}
@@ -234,6 +257,8 @@ class AdmissionCore:
         self._lease_of_request: dict[str, str] = {}
         #: The running leases' (expected end, positions, MiB per position), in order; ``None`` after a change.
         self._ends: list[tuple[float, tuple[int, ...], int]] | None = None
+        #: :meth:`_releases` of a timeline, with the timeline it was made from.
+        self._released: tuple[list[tuple[float, tuple[int, ...], int]], list[list[tuple[float, int]]]] | None = None
         self._seq = 0
         self._lease_counter = 0
         self._now = -math.inf
@@ -510,7 +535,7 @@ class AdmissionCore:
         arrival = message.arrival if message.arrival is not None else now
         groups = groups_of(plans)
         if not self._queue:
-            found = place_groups(groups, self._free(now), spread=self._spread)
+            found = self._place(groups, self._free(now), now)
             if found is not None:
                 self._admit(out, request_id, found, now, arrival, backfilled=False)
                 return
@@ -685,11 +710,58 @@ class AdmissionCore:
         """When ``waiting`` can start as the running leases (or ``ends``) end, and what it leaves over then."""
         ledgers = self._ledgers
         usable = [ledger.admits(now) for ledger in ledgers]
+        if self._earliest:
+            avail = [f if ok else UNUSABLE for f, ok in zip(free, usable, strict=True)]
+            later = [min(f, ledger.headroom_mb()) for f, ledger in zip(avail, ledgers, strict=True)]
+            releases = self._releases(now) if ends is None else releases_of(ends, len(ledgers))
+            choice = earliest_finish(
+                waiting.groups, avail, later, releases, now=now, run_seconds=self.config.run_seconds
+            )
+            return Shadow(math.inf, {}) if choice is None else Shadow(choice.start, choice.extra)
         # What each device will have once leases end: the headroom, which may be below zero (others grew).
         free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, ledgers, strict=True)]
         return shadow(
             waiting.groups, free, usable, self._timeline(now) if ends is None else ends, now=now, spread=self._spread
         )
+
+    def _place(
+        self, groups: Sequence[Group], avail: list[int], now: float, free: list[int] | None = None
+    ) -> Placement | None:
+        """Where a request starts now on ``avail``, or ``None`` when it waits: it fits nowhere, or (earliest
+        finish) it is expected to finish sooner on a device that is not free yet. A backfilled request (``avail``
+        is what backfilling lets it use, ``free`` what is free) waits when it would finish sooner by waiting on
+        ``free``; otherwise it starts where it finishes first among the devices ``avail`` lets it start on now."""
+        if not self._earliest:
+            return place_groups(groups, avail, spread=self._spread)
+        releases = self._releases(now)
+        choice = earliest_finish(
+            groups,
+            free if free is not None else avail,
+            self._later(now),
+            releases,
+            now=now,
+            run_seconds=self.config.run_seconds,
+        )
+        if choice is None or not choice.ready:
+            return None
+        if free is None or free is avail:
+            return choice.placement
+        nothing_later = [UNUSABLE] * len(avail)
+        choice = earliest_finish(groups, avail, nothing_later, releases, now=now, run_seconds=self.config.run_seconds)
+        return None if choice is None else choice.placement
+
+    def _later(self, now: float) -> list[int]:
+        """What each device will have once its leases end: the headroom (below zero when others grew);
+        ``UNUSABLE`` on devices that admit nothing now."""
+        return [ledger.headroom_mb() if ledger.admits(now) else UNUSABLE for ledger in self._ledgers]
+
+    def _releases(self, now: float) -> list[list[tuple[float, int]]]:
+        """The running leases' expected ends per position (see :func:`releases_of`), cached with the timeline."""
+        ends = self._timeline(now)
+        cached = self._released
+        if cached is None or cached[0] is not ends:
+            cached = self._released = (ends, releases_of(ends, len(self._ledgers)))
+        return cached[1]
 
     def _protector(self, free: list[int], now: float) -> tuple[_Waiting | None, Shadow]:
         """The first waiting request (of the first ``1 + backfill_depth``) that can start within its bound (once
@@ -708,11 +780,10 @@ class AdmissionCore:
         only the first request that can start may pass an un-startable head."""
         self._pass_at = now
         free = self._free(now)
-        spread = self._spread
         if only is None:
             while self._queue:
                 head = self._by_seq[self._queue.first()[2]]
-                found = place_groups(head.groups, free, spread=spread)
+                found = self._place(head.groups, free, now)
                 if found is None:
                     break
                 self._dequeue(head)
@@ -751,7 +822,7 @@ class AdmissionCore:
             ends_before = mine or now + self.config.run_seconds(waiting.expected_s) <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
-            found = place_groups(waiting.groups, free if ends_before else guarded, spread=spread)
+            found = self._place(waiting.groups, free if ends_before else guarded, now, free)
             if found is None:
                 continue
             self._dequeue(waiting)
@@ -825,7 +896,20 @@ class AdmissionCore:
     def _why_waiting(self, waiting: _Waiting, now: float, free: list[int] | None = None, ahead: int = -1) -> str:
         free = self._free(now) if free is None else free
         ahead = self._queue.rank(waiting.key) if ahead < 0 else ahead
-        return waiting_reason(waiting.plans, self._ledgers, free, now, ahead)
+        reason = waiting_reason(waiting.plans, self._ledgers, free, now, ahead)
+        if self._earliest and place_groups(waiting.groups, free, spread=False) is not None:
+            choice = earliest_finish(
+                waiting.groups,
+                free,
+                self._later(now),
+                self._releases(now),
+                now=now,
+                run_seconds=self.config.run_seconds,
+            )
+            if choice is not None and not choice.ready:
+                where = ", ".join(f"gpu{self._devices[pos].index}" for pos in choice.placement.positions)
+                reason += f"; it is expected to finish sooner on {where}, free in {choice.start - now:,.0f} s"
+        return reason
 
     # ================================================================== bookkeeping
 

@@ -24,7 +24,8 @@ admits nothing until a fresh one arrives; nor does a lost device.
 **Memory that never leaves.** Part of others' use does not come free in a bounded way: a CUDA context (the
 gate's own, a simulated device's), a neighbour process that stays. The ledger counts as *permanent* the least
 others' use any sample showed within the last ``permanent_after_s`` seconds (or since its first sample, when
-that is more recent): memory that has not come free once in that time. ``attainable_mb = capacity - margin -
+that is more recent): memory that has not come free once in that time. This process's own memory (torch's) is
+not counted there, even above its reservations: it leaves with the run. ``attainable_mb = capacity - margin -
 permanent`` is the most reservations can ever have on the device, so a plan above it is never queued here.
 """
 
@@ -251,15 +252,19 @@ class DeviceLedger:
         used = sample.used_mb
         torch = sample.torch
         raw = used
+        # What others hold for good is measured without this process's own memory above its reservations (a run
+        # past its reservation): that leaves with the run, though it counts against what is free while it lasts.
+        foreign = used
         if torch is not None:
             raw = max(0, used - min(torch.reserved_mb, self._reserved_at(at), used))
+            foreign = max(0, used - min(torch.reserved_mb, used))
         elif raw < 0:
-            raw = 0
+            raw = foreign = 0
         self.others_raw_mb = raw
         lows = self._lows
-        while lows and lows[-1][1] >= raw:
+        while lows and lows[-1][1] >= foreign:
             lows.pop()
-        lows.append((at, raw))
+        lows.append((at, foreign))
         horizon = at - self._permanent_after_s
         while lows[0][0] < horizon:
             lows.popleft()

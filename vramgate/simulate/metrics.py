@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from vramgate.simulate.bound import speed_bound_makespan
 from vramgate.simulate.engine import Simulation
 
 
@@ -16,7 +17,9 @@ class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
         ``overcommits``: starts after which the memory the policy had committed on a device (its own per-run
         figures) plus what its latest sample showed in use by others exceeded the capacity. ``bound_makespan_s``: the
         shortest makespan possible ignoring memory (the total work, as given on the fastest device, over the devices,
-        and no shorter than any single request's arrival plus run time). ``terminal_violations``: requests without
+        and no shorter than any single request's arrival plus run time). ``speed_bound_makespan_s``: the
+        speed-aware lower bound (:mod:`vramgate.simulate.bound`: vramgate's plans' times on each GPU kind, the work
+        split fractionally over the kinds). ``terminal_violations``: requests without
         exactly one terminal state. ``digest``: SHA-256 of the event sequence. ``outside_denied_mb``: memory outside
     consumers asked for and were refused because it was not free (pinned blocks make more of them refused).
     ``pin_failures``: runs whose planned memory could not be pinned when they started (they ran unprotected).
@@ -46,6 +49,7 @@ class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
     leaked_leases: int
     terminal_violations: int
     digest: str
+    speed_bound_makespan_s: float = 0.0
     outside_denied_mb: int = 0
     pin_failures: int = 0
     wall_s: float = 0.0
@@ -113,6 +117,7 @@ def collect(sim: Simulation, *, wall_s: float = 0.0) -> PolicyResult:
         mean_memory_use=round(sim.mean_memory_use(), 4),
         overcommits=c.overcommits,
         bound_makespan_s=round(bound_makespan(sim), 3),
+        speed_bound_makespan_s=round(speed_bound_makespan(sim), 3),
         runs=c.runs,
         faults=dict(sorted(c.faults.items())),
         leaked_leases=sim.policy.open_leases() + sim.leaked_allocations(),

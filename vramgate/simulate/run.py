@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
 
 from vramgate.errors import InvalidParameter
 from vramgate.policy.estimate import Estimator
@@ -12,19 +15,25 @@ from vramgate.policy.optimize import Optimizer
 from vramgate.simulate._truth import Truth
 from vramgate.simulate.engine import Policy, Simulation
 from vramgate.simulate.faults import FaultSpec
-from vramgate.simulate.gate import VramgatePolicy
+from vramgate.simulate.gate import SIMULATED_ADMISSION, VramgatePolicy
 from vramgate.simulate.metrics import PolicyResult, collect
 from vramgate.simulate.policies import CheckThenRunPolicy, RetryOnOomPolicy, SeedPolicy, SerialPolicy
 from vramgate.simulate.trace import Trace
+
+#: The vramgate policy's placements (see :class:`~vramgate.policy.admission.AdmissionConfig`).
+Placement = Literal["earliest_finish", "best_fit", "spread"]
 
 #: Every policy, in the order tables list them.
 POLICIES = ("vramgate", "serial", "check-then-run", "retry-on-oom", "seed")
 
 
-def make_policy(name: str, estimator: Estimator) -> Policy:
-    """A fresh policy by name."""
+def make_policy(name: str, estimator: Estimator, *, placement: Placement | None = None) -> Policy:
+    """A fresh policy by name (``placement``: the vramgate policy's, else the admission core's default)."""
     if name == "vramgate":
-        return VramgatePolicy(Optimizer(estimator))
+        if placement is None:
+            return VramgatePolicy(Optimizer(estimator))
+        config = msgspec.structs.replace(SIMULATED_ADMISSION, placement=placement)
+        return VramgatePolicy(Optimizer(estimator), config)
     if name == "serial":
         return SerialPolicy()
     if name == "check-then-run":
@@ -61,13 +70,14 @@ def simulate(
     timeline: bool = False,
     estimator: Estimator | None = None,
     truth: Truth | None = None,
+    placement: Placement | None = None,
 ) -> tuple[PolicyResult, Simulation]:
     """Run one policy; returns its metrics and the finished simulation (for plots and checks)."""
     estimator = estimator or Estimator()
     sim = Simulation(
         trace,
         devices,
-        make_policy(policy, estimator),
+        make_policy(policy, estimator, placement=placement),
         estimator=estimator,
         seed=seed,
         mem_spread=mem_spread,
@@ -90,11 +100,19 @@ def compare(
     faults: FaultSpec | None = None,
     mem_spread: float = 0.02,
     time_spread: float = 0.1,
+    placements: Sequence[Placement] = (),
 ) -> list[PolicyResult]:
-    """Every policy against the same trace, seed and faults (one shared estimator, so one shared truth)."""
+    """Every policy against the same trace, seed and faults (one shared estimator, so one shared truth); with
+    ``placements``, the vramgate policy once with each of them (each result named ``vramgate:<placement>``)."""
     estimator = Estimator()
     truth = Truth(estimator, devices[0], mem_spread=mem_spread, time_spread=time_spread)
-    return [
-        simulate(trace, devices, name, seed=seed, faults=faults, estimator=estimator, truth=truth)[0]
-        for name in policies
-    ]
+    results: list[PolicyResult] = []
+    for name in policies:
+        for placement in placements if name == "vramgate" and placements else (None,):
+            result = simulate(
+                trace, devices, name, seed=seed, faults=faults, estimator=estimator, truth=truth, placement=placement
+            )[0]
+            if placement is not None:
+                result = msgspec.structs.replace(result, policy=f"vramgate:{placement}")
+            results.append(result)
+    return results
