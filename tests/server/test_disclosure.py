@@ -134,3 +134,15 @@ def test_a_runner_error_kept_by_the_server_reads_as_its_phrase() -> None:
     )
     assert error_reason("no type here: /etc/passwd") == "the run failed"
     assert error_reason("") == "the run failed"
+
+
+async def test_a_cancel_right_after_admission_stops_the_run() -> None:
+    """A DELETE that comes before the run's task has started still stops it (the run never holds the GPU)."""
+    runner = HeldRun()
+    async with serving(app_for(runner=runner)) as client:
+        for _ in range(10):
+            accepted = (await client.post("/v1/generations", json=SMALL)).json()
+            assert accepted["state"] == "running"
+            assert (await client.delete(f"/v1/generations/{accepted['request_id']}")).status_code == 202
+            status = await wait_state(client, accepted["request_id"], {"cancelled", "completed"})
+            assert status["state"] == "cancelled"

@@ -19,7 +19,19 @@ if TYPE_CHECKING:
 class Record:
     """One request as the server knows it. Its events are a bounded ring; a run's progress keeps only its latest."""
 
-    __slots__ = ("_changed", "_seq", "error", "events", "final", "kept", "request_id", "scope", "started", "ticket")
+    __slots__ = (
+        "_changed",
+        "_seq",
+        "cancel_requested",
+        "error",
+        "events",
+        "final",
+        "kept",
+        "request_id",
+        "scope",
+        "started",
+        "ticket",
+    )
 
     def __init__(self, ticket: Ticket, *, events_limit: int) -> None:
         self.request_id = ticket.request_id
@@ -27,6 +39,8 @@ class Record:
         self.events: collections.deque[tuple[int, Message]] = collections.deque(maxlen=events_limit)
         self.final: GenerationStatus | None = None
         self.scope: anyio.CancelScope | None = None
+        #: A client cancelled the request once admitted, before its run's task opened ``scope``.
+        self.cancel_requested = False
         self.error = ""
         #: its run was started (the store says ``running``)
         self.started = False

@@ -220,6 +220,7 @@ class GenerationService:
         if record.done or ticket is None:
             return False
         if ticket.state == "admitted":
+            record.cancel_requested = True  # the run's task may not have opened its scope yet
             if record.scope is not None:
                 record.scope.cancel()
             return True
@@ -333,6 +334,8 @@ class GenerationService:
         try:
             with anyio.CancelScope() as scope:
                 record.scope = scope
+                if record.cancel_requested:
+                    scope.cancel()
                 try:
                     lease = await ticket.wait_admitted()
                 except VramgateError:
