@@ -46,10 +46,12 @@ from vramgate.messages.plans import (
 )
 from vramgate.messages.requests import (
     LEVELS,
+    RUNNER_NAMES,
     GenerationRequest,
     LoraSpec,
     OptimizationLevel,
     ParamDtype,
+    RunnerName,
     RunOptions,
     Task,
     level_index,
@@ -88,6 +90,8 @@ __all__ = [
     "Outcome",
     "ParamDtype",
     "Plan",
+    "RUNNER_NAMES",
+    "RunnerName",
     "PlanOptimized",
     "ProcessMemory",
     "QualityImpact",

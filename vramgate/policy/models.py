@@ -1,18 +1,20 @@
 """Model profiles: the architecture numbers of a video model, as data.
 
 A :class:`ModelProfile` holds what the estimator needs to know about a model: the diffusion transformer (DiT)
-shape, its experts and weight dtypes, the VAE family and stride, the text encoder, and the generation defaults
-and supported sizes. The built-in Wan2.2 profiles use the same schema that users write in JSON or TOML files
-(:meth:`ModelCatalog.load_file`), so a user can describe another Wan-family model without code.
+shape, its experts and weight dtypes, the VAE family and stride, the text encoder, the generation defaults and
+supported sizes, and the traced activation term of each runner. The built-in Wan2.2 and Wan2.1 profiles use the
+same schema that users write in JSON or TOML files (:meth:`ModelCatalog.load_file`), so a user can describe
+another model without code (``vramgate profile trace`` writes one from a transformer's configuration).
 
-Numbers of the built-ins are from the Wan2.2 code's configs (``wan/configs/*.py``) and modules
+Numbers of the built-ins are from the Wan2.2 and Wan2.1 code's configs (``wan/configs/*.py``) and modules
 (``wan/modules/model.py``, ``vae2_1.py``, ``vae2_2.py``, ``t5.py``); parameter counts are computed from those
-shapes (see :func:`dit_params`).
+shapes (see :func:`dit_params`); their activation terms are traced (``activations.json``).
 """
 
 from __future__ import annotations
 
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +22,7 @@ import msgspec
 
 from vramgate.errors import ConfigError, DecodeError, UnknownModel
 from vramgate.messages.codec import Codec
-from vramgate.messages.requests import ParamDtype, Task
+from vramgate.messages.requests import ParamDtype, RunnerName, Task
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,12 +102,31 @@ class TextEncoderSpec(_Schema, frozen=True):
     layers: PosInt = 24
 
 
+class ActivationTerm(_Schema, frozen=True):
+    """The DiT's live activation memory in one runner at its peak, as traced by ``vramgate profile trace``.
+
+    Peak live bytes of one denoising forward are linear in the sequence length once attention is
+    memory-efficient: ``bytes_per_token`` for each token a GPU computes (split by sequence parallelism),
+    ``bytes_per_full_token`` for each token of the whole sequence, held on every GPU (Wan2.2's per-token time
+    modulation, computed before the sequence is split), and ``fixed_bytes`` that do not grow with the sequence
+    (the text context). ``peak_phase`` is the module that was running at the peak.
+    """
+
+    bytes_per_token: NonNegFloat
+    bytes_per_full_token: NonNegFloat = 0.0
+    fixed_bytes: NonNegFloat = 0.0
+    peak_phase: str = ""
+    source: str = ""
+
+
 class ModelProfile(_Schema, frozen=True):
     """One model: its architecture, the defaults ``generate.py`` uses, and the sizes it supports.
 
     ``sizes`` are ``"W*H"`` strings as Wan's ``--size`` takes them. ``image_encoder_params_b`` is a CLIP image
     encoder's size (Wan2.1 I2V has one; Wan2.2 has none). ``guidance`` is true when each step runs the DiT twice
-    (classifier-free guidance, conditional and unconditional).
+    (classifier-free guidance, conditional and unconditional). ``activations`` holds the traced activation term
+    of each runner (``generate.py``, ``diffusers``, ``diffsynth``); a runner without one is priced by the
+    calibrated formula.
     """
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._+-]+$")]
@@ -124,6 +145,7 @@ class ModelProfile(_Schema, frozen=True):
     sizes: tuple[str, ...] = ()
     image_encoder_params_b: NonNegFloat = 0.0
     source: str = ""
+    activations: dict[RunnerName, ActivationTerm] = {}
 
     def __post_init__(self) -> None:
         if self.default_task not in self.tasks:
@@ -270,8 +292,84 @@ BUILTIN_MODELS: tuple[ModelProfile, ...] = (
         sizes=("1280*704", "704*1280"),
         source="Wan-Video/Wan2.2 wan/configs/wan_ti2v_5B.py",
     ),
+    # Wan2.1: the same DiT and VAE code, but one timestep per sample (no per-token time modulation); its
+    # checkpoints hold fp32 DiT weights.
+    ModelProfile(
+        name="wan2.1-t2v-14B",
+        description="Wan2.1 text-to-video 14B",
+        family="wan2.1",
+        dit=DitSpec(dim=5120, ffn_dim=13824, heads=40, layers=40, checkpoint_dtype="fp32", param_dtype="bf16"),
+        vae=_WAN21_VAE,
+        default_steps=50,
+        default_guidance_scale=5.0,
+        sizes=("1280*720", "720*1280", "832*480", "480*832"),
+        source="Wan-Video/Wan2.1 wan/configs/wan_t2v_14B.py",
+    ),
+    ModelProfile(
+        name="wan2.1-i2v-14B",
+        description="Wan2.1 image-to-video 14B with a CLIP image encoder; the image latent is concatenated",
+        family="wan2.1",
+        dit=DitSpec(
+            dim=5120, ffn_dim=13824, heads=40, layers=40, in_dim=36, checkpoint_dtype="fp32", param_dtype="bf16"
+        ),
+        vae=_WAN21_VAE,
+        tasks=("i2v",),
+        default_task="i2v",
+        default_steps=40,
+        default_guidance_scale=5.0,
+        sizes=("1280*720", "720*1280", "832*480", "480*832"),
+        image_encoder_params_b=0.63,
+        source="Wan-Video/Wan2.1 wan/configs/wan_i2v_14B.py",
+    ),
+    ModelProfile(
+        name="wan2.1-t2v-1.3B",
+        description="Wan2.1 text-to-video 1.3B",
+        family="wan2.1",
+        dit=DitSpec(dim=1536, ffn_dim=8960, heads=12, layers=30, checkpoint_dtype="fp32", param_dtype="bf16"),
+        vae=_WAN21_VAE,
+        default_steps=50,
+        default_guidance_scale=6.0,
+        sizes=("832*480", "480*832"),
+        source="Wan-Video/Wan2.1 wan/configs/wan_t2v_1_3B.py",
+    ),
 )
 
+
+#: The built-ins' traced activation terms (package data), written by ``vramgate profile trace --builtins``.
+ACTIVATIONS_FILE = "activations.json"
+TracedTerms = dict[str, dict[RunnerName, ActivationTerm]]
+
+
+_ACTIVATIONS_CODEC: Codec[TracedTerms] = Codec(TracedTerms)
+
+
+def decode_activations(data: bytes | str, *, source: str | None = None) -> TracedTerms:
+    """Decode an activations file (model name -> runner -> term); bad content raises :class:`DecodeError`."""
+    return _ACTIVATIONS_CODEC.decode_json(data, source=source)
+
+
+def encode_activations(terms: TracedTerms) -> bytes:
+    """The activations file for ``terms``: indented JSON, keys sorted, a trailing newline."""
+    return msgspec.json.format(msgspec.json.encode(terms, order="sorted"), indent=2) + b"\n"
+
+
+def with_traced_activations(profiles: tuple[ModelProfile, ...], terms: TracedTerms) -> tuple[ModelProfile, ...]:
+    """``profiles`` with the traced terms of ``terms`` added (a profile's own terms win)."""
+    return tuple(
+        msgspec.structs.replace(p, activations={**terms[p.name], **p.activations}) if p.name in terms else p
+        for p in profiles
+    )
+
+
+def _shipped_activations() -> TracedTerms:
+    try:
+        data = resources.files("vramgate.policy").joinpath(ACTIVATIONS_FILE).read_bytes()
+    except FileNotFoundError:
+        return {}
+    return decode_activations(data, source=ACTIVATIONS_FILE)
+
+
+BUILTIN_MODELS = with_traced_activations(BUILTIN_MODELS, _shipped_activations())
 
 _PROFILE_CODEC: Codec[ModelProfile] = Codec(ModelProfile)
 
@@ -340,6 +438,6 @@ class ModelCatalog:
 
 
 #: Literal names of the built-in profiles.
-BuiltinModel = Literal["t2v-A14B", "i2v-A14B", "ti2v-5B"]
+BuiltinModel = Literal["t2v-A14B", "i2v-A14B", "ti2v-5B", "wan2.1-t2v-14B", "wan2.1-i2v-14B", "wan2.1-t2v-1.3B"]
 
 DEFAULT_MODEL_CATALOG = ModelCatalog()
