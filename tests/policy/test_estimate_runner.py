@@ -79,6 +79,18 @@ def test_ti2v_5b_is_not_charged_an_ffn_that_is_not_live_at_the_peak() -> None:
     assert formula / GIB > 1.08 * traced
 
 
+def test_diffusers_decodes_with_its_own_vae_code() -> None:
+    estimator = Estimator()
+    params = _params("t2v-A14B", 1280, 720, 81, ResolvedOptions(runner="diffusers"))
+    b = estimator.breakdown(params, "H100")
+    assert b.peak_phase == "vae_decode"
+    term = estimator.profile("t2v-A14B").vae_decode["diffusers"]
+    pixels = 1280 * 720
+    assert b.vae_work == pytest.approx(term.bytes_per_pixel * pixels + term.bytes_per_pixel_frame * pixels * 81)
+    # generate.py keeps the calibrated working memory of Wan's own VAE code (not traced): diffusers' holds more
+    assert term.bytes_per_pixel > 1.5 * estimator.constants.vae_bytes_per_pixel("wan2.1")
+
+
 def test_block_streaming_under_diffusers_keeps_the_diffusers_term() -> None:
     estimator = Estimator()
     streamed = ResolvedOptions(convert_model_dtype=True, sequential_offload=True, vae_tiling=True)
@@ -109,7 +121,7 @@ def test_the_optimizer_keeps_the_runner_and_prices_by_it() -> None:
         )
     assert plans["diffusers"].params.options.runner == "diffusers"
     assert plans["generate.py"].params.options.runner == "generate.py"
-    assert plans["diffusers"].requirement.vram_mb < plans["generate.py"].requirement.vram_mb - 15 * 1024
+    assert plans["diffusers"].requirement.vram_mb < plans["generate.py"].requirement.vram_mb - 10 * 1024
 
 
 def test_an_unknown_runner_is_a_decode_error_naming_the_field() -> None:

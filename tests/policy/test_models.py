@@ -39,7 +39,7 @@ def test_builtins_match_the_wan_configs() -> None:
     assert DEFAULT_MODEL_CATALOG.get("wan2.1-i2v-14B").dit.in_dim == 36
 
 
-def test_builtins_carry_the_traced_activation_terms_of_both_runners() -> None:
+def test_builtins_carry_the_traced_terms_of_both_runners() -> None:
     for profile in DEFAULT_MODEL_CATALOG.all():
         assert set(profile.activations) == {"generate.py", "diffusers"}, profile.name
         # Wan2.2's own code embeds the timestep per token and holds it for the whole sequence; Wan2.1's does not
@@ -48,6 +48,8 @@ def test_builtins_carry_the_traced_activation_terms_of_both_runners() -> None:
             assert full > 20 * profile.dit.dim
         else:
             assert full < 0.5 * profile.dit.dim
+        # diffusers' AutoencoderKLWan is traced for the Wan2.1 VAE
+        assert set(profile.vae_decode) == ({"diffusers"} if profile.vae.family == "wan2.1" else set())
 
 
 def test_parameter_counts_and_tokens_follow_the_architecture() -> None:

@@ -5,7 +5,7 @@ plain JSON that the estimator loads without torch::
 
     vramgate profile trace --config hunyuan/transformer/config.json --name hunyuanvideo --out hunyuan.json
     vramgate estimate --profile hunyuan.json --model hunyuanvideo --size 1280x720 --gpu H100 --runner diffusers
-    vramgate profile trace --builtins --write vramgate/policy/activations.json
+    vramgate profile trace --builtins --write vramgate/policy/traced.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import click
 import msgspec
 
 from vramgate.errors import VramgateError
-from vramgate.policy.models import BUILTIN_MODELS, DEFAULT_MODEL_CATALOG, TracedTerms, encode_activations
+from vramgate.policy.models import BUILTIN_MODELS, DEFAULT_MODEL_CATALOG, TracedTerms, encode_traced
 
 
 def _import_trace() -> Any:
@@ -62,7 +62,7 @@ def command() -> None:
     help="Trace this many blocks (terms do not depend on depth).",
 )
 @click.option("--out", default=None, help="Write the profile (--config) here instead of printing it.")
-@click.option("--write", "write_path", default=None, help="Write the built-ins' activation terms to this file.")
+@click.option("--write", "write_path", default=None, help="Write the built-ins' traced terms to this file.")
 def trace(
     config_path: str | None,
     name: str | None,
@@ -77,7 +77,7 @@ def trace(
 
     With --config: a whole profile (DiT shape and weights from the configuration, traced activations of the
     runners that have code here). With --builtin/--builtins: the built-in Wan profiles' terms for generate.py
-    and diffusers (--write saves them as the activations file the estimator ships with).
+    and diffusers, and diffusers' VAE decode (--write saves them as the file the estimator ships with).
     """
     if (config_path is None) == (not builtins and not all_builtins):
         raise click.UsageError("give --config PATH, or --builtin NAME / --builtins")
@@ -99,8 +99,8 @@ def trace(
         if found is None:
             valid = ", ".join(DEFAULT_MODEL_CATALOG.names())
             raise click.BadParameter(f"unknown model {wanted!r}; built-ins: {valid}", param_hint="--builtin")
-        terms[found.name] = profiles.traced_activations(found, layers=layers)
-    _emit(encode_activations(terms), write_path)
+        terms[found.name] = profiles.traced_terms(found, layers=layers)
+    _emit(encode_traced(terms), write_path)
 
 
 def _emit(data: bytes, path: str | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramgate.messages.requests import RunnerName
-from vramgate.policy.models import DTYPE_BYTES, ActivationTerm, ModelProfile, dit_params
+from vramgate.policy.models import DTYPE_BYTES, ActivationTerm, ModelProfile, VaeDecodeTerm, dit_params
 
 GIB = float(1 << 30)
 MIB = float(1 << 20)
@@ -43,6 +43,7 @@ class Derived:
     guidance_passes: int
     token_timesteps: bool  # per-token time modulation in every runner (not only in Wan's own code)
     activations: dict[RunnerName, ActivationTerm]  # traced activation terms by runner
+    vae_decode: dict[RunnerName, VaeDecodeTerm]  # traced VAE decode terms by runner
 
 
 def derive(profile: ModelProfile) -> Derived:
@@ -91,4 +92,5 @@ def derive(profile: ModelProfile) -> Derived:
         guidance_passes=2 if profile.guidance else 1,
         token_timesteps=dit.token_timesteps,
         activations=dict(profile.activations),
+        vae_decode=dict(profile.vae_decode),
     )

@@ -186,6 +186,9 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     vbpp = d.vae_decode_bytes_per_pixel or cal.vae_bytes_per_pixel(d.vae_family)
     work_pixels = min(pixels, cal.vae_tile_pixels * 1.5) if o.vae_tiling else pixels
     decode_work = vbpp * work_pixels + 2.0 * _OUT_BYTES * pixels * params.frames
+    vae_term = d.vae_decode.get(o.runner)
+    if vae_term is not None:  # the runner's own VAE code, traced
+        decode_work = vae_term.bytes_per_pixel * work_pixels + vae_term.bytes_per_pixel_frame * pixels * params.frames
     encode_work = 0.0
     if params.task == "i2v":
         encode_work = cal.vae_encode_fraction * vbpp * work_pixels + 2.0 * _OUT_BYTES * pixels * params.frames

@@ -53,7 +53,7 @@ class Param:
     weight: float = 0.02
 
 
-#: The DiT activations of the built-ins are traced (``activations.json``), not fitted: the memory fit is left
+#: The DiT activations of the built-ins are traced (``traced.json``), not fitted: the memory fit is left
 #: with what the traces do not cover.
 MEMORY_PARAMS = (
     Param("sp_extra_bytes_per_token_dim", 10.0, 0.0001, 100.0),

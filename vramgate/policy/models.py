@@ -8,7 +8,7 @@ another model without code (``vramgate profile trace`` writes one from a transfo
 
 Numbers of the built-ins are from the Wan2.2 and Wan2.1 code's configs (``wan/configs/*.py``) and modules
 (``wan/modules/model.py``, ``vae2_1.py``, ``vae2_2.py``, ``t5.py``); parameter counts are computed from those
-shapes (see :func:`dit_params`); their activation terms are traced (``activations.json``).
+shapes (see :func:`dit_params`); their activation and VAE decode terms are traced (``traced.json``).
 """
 
 from __future__ import annotations
@@ -119,6 +119,17 @@ class ActivationTerm(_Schema, frozen=True):
     source: str = ""
 
 
+class VaeDecodeTerm(_Schema, frozen=True):
+    """A runner's VAE decode at its peak, as traced: ``bytes_per_pixel`` of working memory per output pixel of one
+    frame (the decoder works a frame chunk at a time) and ``bytes_per_pixel_frame`` per output pixel of every
+    frame (the decoded video it holds)."""
+
+    bytes_per_pixel: NonNegFloat
+    bytes_per_pixel_frame: NonNegFloat = 0.0
+    peak_phase: str = ""
+    source: str = ""
+
+
 class ModelProfile(_Schema, frozen=True):
     """One model: its architecture, the defaults ``generate.py`` uses, and the sizes it supports.
 
@@ -126,7 +137,7 @@ class ModelProfile(_Schema, frozen=True):
     encoder's size (Wan2.1 I2V has one; Wan2.2 has none). ``guidance`` is true when each step runs the DiT twice
     (classifier-free guidance, conditional and unconditional). ``activations`` holds the traced activation term
     of each runner (``generate.py``, ``diffusers``, ``diffsynth``); a runner without one is priced by the
-    calibrated formula.
+    calibrated formula. ``vae_decode`` likewise holds each runner's traced VAE decode.
     """
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._+-]+$")]
@@ -146,6 +157,7 @@ class ModelProfile(_Schema, frozen=True):
     image_encoder_params_b: NonNegFloat = 0.0
     source: str = ""
     activations: dict[RunnerName, ActivationTerm] = {}
+    vae_decode: dict[RunnerName, VaeDecodeTerm] = {}
 
     def __post_init__(self) -> None:
         if self.default_task not in self.tasks:
@@ -335,41 +347,54 @@ BUILTIN_MODELS: tuple[ModelProfile, ...] = (
 )
 
 
-#: The built-ins' traced activation terms (package data), written by ``vramgate profile trace --builtins``.
-ACTIVATIONS_FILE = "activations.json"
-TracedTerms = dict[str, dict[RunnerName, ActivationTerm]]
+class Traced(_Schema, frozen=True):
+    """What ``vramgate profile trace`` derived for one model: activation and VAE decode terms by runner."""
+
+    activations: dict[RunnerName, ActivationTerm] = {}
+    vae_decode: dict[RunnerName, VaeDecodeTerm] = {}
 
 
-_ACTIVATIONS_CODEC: Codec[TracedTerms] = Codec(TracedTerms)
+#: The built-ins' traced terms (package data), written by ``vramgate profile trace --builtins``.
+TRACED_FILE = "traced.json"
+TracedTerms = dict[str, Traced]
+
+_TRACED_CODEC: Codec[TracedTerms] = Codec(TracedTerms)
 
 
-def decode_activations(data: bytes | str, *, source: str | None = None) -> TracedTerms:
-    """Decode an activations file (model name -> runner -> term); bad content raises :class:`DecodeError`."""
-    return _ACTIVATIONS_CODEC.decode_json(data, source=source)
+def decode_traced(data: bytes | str, *, source: str | None = None) -> TracedTerms:
+    """Decode a traced-terms file (model name -> terms); bad content raises :class:`DecodeError`."""
+    return _TRACED_CODEC.decode_json(data, source=source)
 
 
-def encode_activations(terms: TracedTerms) -> bytes:
-    """The activations file for ``terms``: indented JSON, keys sorted, a trailing newline."""
+def encode_traced(terms: TracedTerms) -> bytes:
+    """The traced-terms file for ``terms``: indented JSON, keys sorted, a trailing newline."""
     return msgspec.json.format(msgspec.json.encode(terms, order="sorted"), indent=2) + b"\n"
 
 
-def with_traced_activations(profiles: tuple[ModelProfile, ...], terms: TracedTerms) -> tuple[ModelProfile, ...]:
+def with_traced(profiles: tuple[ModelProfile, ...], terms: TracedTerms) -> tuple[ModelProfile, ...]:
     """``profiles`` with the traced terms of ``terms`` added (a profile's own terms win)."""
-    return tuple(
-        msgspec.structs.replace(p, activations={**terms[p.name], **p.activations}) if p.name in terms else p
-        for p in profiles
-    )
+    out = []
+    for p in profiles:
+        found = terms.get(p.name)
+        if found is not None:
+            p = msgspec.structs.replace(
+                p,
+                activations={**found.activations, **p.activations},
+                vae_decode={**found.vae_decode, **p.vae_decode},
+            )
+        out.append(p)
+    return tuple(out)
 
 
-def _shipped_activations() -> TracedTerms:
+def _shipped_traced() -> TracedTerms:
     try:
-        data = resources.files("vramgate.policy").joinpath(ACTIVATIONS_FILE).read_bytes()
+        data = resources.files("vramgate.policy").joinpath(TRACED_FILE).read_bytes()
     except FileNotFoundError:
         return {}
-    return decode_activations(data, source=ACTIVATIONS_FILE)
+    return decode_traced(data, source=TRACED_FILE)
 
 
-BUILTIN_MODELS = with_traced_activations(BUILTIN_MODELS, _shipped_activations())
+BUILTIN_MODELS = with_traced(BUILTIN_MODELS, _shipped_traced())
 
 _PROFILE_CODEC: Codec[ModelProfile] = Codec(ModelProfile)
 

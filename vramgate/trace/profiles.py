@@ -23,10 +23,13 @@ from vramgate.policy.models import (
     DitSpec,
     ModelProfile,
     TextEncoderSpec,
+    Traced,
+    VaeDecodeTerm,
     VaeSpec,
     parse_size,
 )
 from vramgate.trace.dit import Grid, InputBuilder, trace_diffusers, trace_wan_reference
+from vramgate.trace.vae import trace_vae_decode
 from vramgate.trace.wan_reference import WanShape
 
 BF16 = torch.bfloat16
@@ -112,6 +115,35 @@ def wan_diffusers_inputs(config: dict[str, Any], per_token_time: bool, text_len:
         return kwargs
 
     return build
+
+
+def vae_grids(profile: ModelProfile) -> tuple[Grid, Grid, Grid]:
+    """Three latent grids for a VAE decode trace: two sizes at the default length, the larger at about half."""
+    (t0, h0, w0), (t1, h1, w1) = trace_grids(profile)
+    if (h0, w0) == (h1, w1):
+        h0, w0 = h1 // 2, w1 // 2
+    t = max(t0, t1)
+    return ((t, h0, w0), (t, h1, w1), (t // 2 + 1, h1, w1))
+
+
+def traced_vae_decode(
+    profile: ModelProfile, *, grids: tuple[Grid, Grid, Grid] | None = None
+) -> dict[RunnerName, VaeDecodeTerm]:
+    """diffusers' VAE decode of a Wan2.1-VAE profile (``AutoencoderKLWan``'s defaults are that VAE); other VAEs
+    have no term (the estimator keeps the calibrated working memory)."""
+    if profile.vae.family != "wan2.1":
+        return {}
+    from diffusers import AutoencoderKLWan
+
+    term, _ = trace_vae_decode(
+        AutoencoderKLWan, {}, grids or vae_grids(profile), profile.vae.stride, channels=profile.vae.z_dim
+    )
+    return {"diffusers": term}
+
+
+def traced_terms(profile: ModelProfile, *, layers: int | None = None) -> Traced:
+    """Everything ``vramgate profile trace`` derives for a built-in: DiT activations and the VAE decode."""
+    return Traced(activations=traced_activations(profile, layers=layers), vae_decode=traced_vae_decode(profile))
 
 
 def traced_activations(
@@ -428,6 +460,9 @@ __all__ = [
     "profile_from_config",
     "trace_grids",
     "traced_activations",
+    "traced_terms",
+    "traced_vae_decode",
+    "vae_grids",
     "wan_diffusers_config",
     "wan_diffusers_inputs",
     "wan_shape",
