@@ -8,9 +8,9 @@ Run from the repository root on a machine with a CUDA GPU (about 60 GiB free for
 For each runner of t2v-A14B (Wan's ``generate.py`` DiT as restated in ``vramgate.trace.wan_reference``, and
 diffusers' ``WanTransformer3DModel``) it builds one expert in bf16 on the GPU with random weights, runs one
 denoising forward per size and compares ``torch.cuda.max_memory_allocated`` above the weights with the traced term
-the estimator ships (``vramgate/policy/activations.json``); the baseline is the calibrated formula that priced every
-runner before the traces. Then it decodes one latent video with diffusers' ``AutoencoderKLWan`` (fp32) and prints
-its peak against the estimator's VAE working memory (informational: Wan's own VAE code is not installed).
+the estimator ships (``vramgate/policy/traced.json``); the baseline is the calibrated formula that priced every
+runner before the traces. Then it decodes one latent video per size with diffusers' ``AutoencoderKLWan`` (fp32)
+against its traced term (baseline: the working memory calibrated for Wan's own VAE code).
 Prints PASS / FAIL per check; exits 1 when a check fails, 2 without CUDA.
 """
 
@@ -124,14 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.empty_cache()
 
     vae = AutoencoderKLWan().to(dev).eval()
+    vae_term = profile.vae_decode["diffusers"]
     for (w, h), grid in zip(sizes, grids, strict=True):
         latents = torch.zeros(1, 16, *grid, device=dev)
         measured = peak_of(functools.partial(vae.decode, latents))
-        cal = estimator.constants
-        expected = cal.vae_bytes_per_pixel("wan2.1") * w * h + 2.0 * 12.0 * w * h * 81
+        pixels = w * h
+        traced = vae_term.bytes_per_pixel * pixels + vae_term.bytes_per_pixel_frame * pixels * 81
+        baseline = estimator.constants.vae_bytes_per_pixel("wan2.1") * pixels + 24.0 * pixels * 81
+        err = traced / measured - 1
+        ok = abs(err) <= args.tolerance
+        failures += not ok
         print(
-            f"[INFO] diffusers AutoencoderKLWan decode {w}x{h}x81: measured {measured / GIB:.2f} GiB,"
-            f" estimator's vae_work {expected / GIB:.2f} GiB ({expected / measured - 1:+.1%})",
+            f"[{'PASS' if ok else 'FAIL'}] diffusers AutoencoderKLWan decode {w}x{h}x81: measured {measured / GIB:.2f}"
+            f" GiB, traced {traced / GIB:.2f} GiB ({err:+.1%}), baseline {baseline / GIB:.2f} GiB"
+            f" ({baseline / measured - 1:+.1%})",
             flush=True,
         )
     return 1 if failures else 0
