@@ -150,6 +150,14 @@ def test_profile_trace_rejects_bad_configs_with_exit_2(tmp_path: Path, content: 
     assert "Traceback" not in result.output
 
 
+def test_profile_trace_rejects_a_name_the_estimator_could_not_load(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(COGVIDEOX))
+    result = CliRunner().invoke(main, ["profile", "trace", "--config", str(config), "--name", "my model!"])
+    assert result.exit_code == 2, result.output
+    assert "$.name" in result.output
+
+
 def test_profile_trace_needs_exactly_one_source(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["profile", "trace"])
     assert result.exit_code == 2

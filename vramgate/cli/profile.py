@@ -19,7 +19,7 @@ import click
 import msgspec
 
 from vramgate.errors import VramgateError
-from vramgate.policy.models import BUILTIN_MODELS, DEFAULT_MODEL_CATALOG, TracedTerms, encode_traced
+from vramgate.policy.models import BUILTIN_MODELS, DEFAULT_MODEL_CATALOG, TracedTerms, decode_profile, encode_traced
 
 
 def _import_trace() -> Any:
@@ -52,7 +52,12 @@ def command() -> None:
 @command.command("trace")
 @click.option("--config", "config_path", default=None, help="A transformer config.json (diffusers, or Wan's WanModel).")
 @click.option("--name", default=None, help="Profile name (default: the config's folder name).")
-@click.option("--family", type=click.Choice(["wan2.1", "wan2.2"]), default=None, help="Wan code a WanModel runs on.")
+@click.option(
+    "--family",
+    type=click.Choice(["wan2.1", "wan2.2"]),
+    default=None,
+    help="Wan code a WanModel config runs on (default: wan2.2 for model_type ti2v, else wan2.1).",
+)
 @click.option("--builtin", "builtins", multiple=True, help="Trace a built-in Wan profile (repeatable).")
 @click.option("--builtins", "all_builtins", is_flag=True, help="Trace every built-in Wan profile.")
 @click.option(
@@ -90,6 +95,10 @@ def trace(
         except (VramgateError, ValueError, TypeError) as exc:
             raise click.UsageError(f"{config_path}: {exc}") from None
         data = msgspec.json.format(msgspec.json.encode(profile), indent=2) + b"\n"
+        try:
+            decode_profile(data, source="the traced profile")  # what the estimator will load: validated now
+        except VramgateError as exc:
+            raise click.UsageError(str(exc)) from None
         _emit(data, out)
         return
     names = [p.name for p in BUILTIN_MODELS] if all_builtins else list(builtins)
