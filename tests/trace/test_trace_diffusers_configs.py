@@ -58,7 +58,16 @@ LTX: dict[str, Any] = {
     "num_layers": 1,
     "caption_channels": 32,
 }
-CONFIGS = {"hunyuanvideo": HUNYUAN, "cogvideox": COGVIDEOX, "ltx-video": LTX}
+WAN: dict[str, Any] = {
+    "_class_name": "WanTransformer3DModel",
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "text_dim": 32,
+    "freq_dim": 16,
+    "ffn_dim": 64,
+    "num_layers": 1,
+}
+CONFIGS = {"hunyuanvideo": HUNYUAN, "cogvideox": COGVIDEOX, "ltx-video": LTX, "wan": WAN}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -67,7 +76,7 @@ def test_a_meta_trace_of_a_diffusers_dit_is_a_real_cpu_run(name: str) -> None:
     family = FAMILIES[CONFIGS[name]["_class_name"]]
     model_cls = getattr(diffusers, family.loader)
     patch = family.spec(config)["patch"]
-    grids = ((9, 8, 8), (9, 16, 16))
+    grids = ((9, 32, 32), (9, 48, 48))
     runs = [trace_diffusers(model_cls, config, family.inputs(config), grids, patch, device=d) for d in ("cpu", "meta")]
     (real, real_points, real_weights), (fake, fake_points, fake_weights) = runs
     assert real_points == fake_points

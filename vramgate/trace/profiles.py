@@ -99,15 +99,17 @@ def wan_diffusers_config(profile: ModelProfile, *, layers: int | None = None) ->
 
 
 def wan_diffusers_inputs(config: dict[str, Any], per_token_time: bool, text_len: int) -> InputBuilder:
-    patch = tuple(config["patch_size"])
+    """Inputs of ``WanTransformer3DModel.forward`` (unset keys take the class defaults: the 14B's)."""
+    patch = tuple(config.get("patch_size", (1, 2, 2)))
+    channels, text_dim = int(config.get("in_channels", 16)), int(config.get("text_dim", 4096))
 
     def build(grid: Grid, device: torch.device) -> dict[str, Any]:
         tokens = (grid[0] // patch[0]) * (grid[1] // patch[1]) * (grid[2] // patch[2])
         kwargs: dict[str, Any] = {
-            "hidden_states": _zeros(1, config["in_channels"], *grid, device=device),
+            "hidden_states": _zeros(1, channels, *grid, device=device),
             # diffusers' Wan2.2 TI2V pipeline expands the timestep to every token (``expand_timesteps``)
             "timestep": torch.full((1, tokens) if per_token_time else (1,), 999.0, device=device),
-            "encoder_hidden_states": _zeros(1, text_len, config["text_dim"], device=device),
+            "encoder_hidden_states": _zeros(1, text_len, text_dim, device=device),
             "return_dict": False,
         }
         if config.get("image_dim"):
