@@ -131,6 +131,20 @@ POSITIONAL: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+#: commands with subcommands: whole argument lists, each with one bad value (good runs are tested where they live)
+SUBCOMMANDS: dict[str, list[list[str]]] = {
+    "profile": [
+        ["trace", "--config", "{garbage}"],
+        ["trace", "--config", "{deep}"],
+        ["trace", "--config", "{dir}"],
+        ["trace", "--config", "{missing}"],
+        ["trace", "--builtin", "nope"],
+        ["trace", "--builtins", "--layers", "0"],
+        ["trace", "--builtins", "--layers", "nan"],
+    ],
+}
+
+
 def _with(base: list[str], option: str, value: str) -> list[str]:
     args = list(base)
     if option in args:
@@ -148,6 +162,9 @@ def _cases() -> Iterator[tuple[str, list[str]]]:
     for command, (rest, values) in POSITIONAL.items():
         for value in values:
             yield command, [value, *rest]
+    for command, cases in SUBCOMMANDS.items():
+        for args in cases:
+            yield command, args
 
 
 def _fill(args: list[str], files: dict[str, str]) -> list[str]:

@@ -264,8 +264,8 @@ def test_block_streaming_prices_the_streaming_runners_activations() -> None:
     per_token = (cal.act_streamed_bytes_per_token_dim * 5120 + cal.act_ffn_bytes_per_token * 13824) * 75_600
     latents = 4.0 * 4.0 * 16 * 21 * 1280 * 720 / 64
     assert runner.activations == pytest.approx(per_token + latents)
-    # ti2v-5B conditions every token on its own timestep: streaming keeps that whole-sequence modulation
-    options = msgspec.structs.replace(ONE_GPU, sequential_offload=True, vae_tiling=True)
+    # ti2v-5B conditions every token on its own timestep: DiffSynth-Studio keeps that whole-sequence modulation
+    options = msgspec.structs.replace(ONE_GPU, sequential_offload=True, vae_tiling=True, runner="diffsynth")
     five = RunParams(model="ti2v-5B", task="t2v", width=1280, height=704, frames=241, steps=50, options=options)
     catalog = ModelCatalog()
     profile = catalog.get("ti2v-5B")

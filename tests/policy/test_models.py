@@ -14,7 +14,14 @@ PROFILES = Path(__file__).parent / "profiles"
 
 
 def test_builtins_match_the_wan_configs() -> None:
-    assert set(DEFAULT_MODEL_CATALOG.names()) == {"t2v-A14B", "i2v-A14B", "ti2v-5B"}
+    assert set(DEFAULT_MODEL_CATALOG.names()) == {
+        "t2v-A14B",
+        "i2v-A14B",
+        "ti2v-5B",
+        "wan2.1-t2v-14B",
+        "wan2.1-i2v-14B",
+        "wan2.1-t2v-1.3B",
+    }
     a14b = DEFAULT_MODEL_CATALOG.get("t2v-A14B")
     assert (a14b.dit.dim, a14b.dit.ffn_dim, a14b.dit.heads, a14b.dit.layers) == (5120, 13824, 40, 40)
     assert a14b.dit.experts == 2
@@ -25,6 +32,24 @@ def test_builtins_match_the_wan_configs() -> None:
     assert five.vae.z_dim == 48
     assert five.spatial_multiple == 32
     assert five.frame_multiple == 4
+    small = DEFAULT_MODEL_CATALOG.get("wan2.1-t2v-1.3B")
+    assert (small.dit.dim, small.dit.ffn_dim, small.dit.heads, small.dit.layers) == (1536, 8960, 12, 30)
+    assert small.dit.checkpoint_dtype == "fp32"  # Wan2.1's DiT checkpoints hold fp32 weights
+    assert 1.2e9 < dit_params(small.dit) < 1.5e9  # "1.3B"
+    assert DEFAULT_MODEL_CATALOG.get("wan2.1-i2v-14B").dit.in_dim == 36
+
+
+def test_builtins_carry_the_traced_terms_of_both_runners() -> None:
+    for profile in DEFAULT_MODEL_CATALOG.all():
+        assert set(profile.activations) == {"generate.py", "diffusers"}, profile.name
+        # Wan2.2's own code embeds the timestep per token and holds it for the whole sequence; Wan2.1's does not
+        full = profile.activations["generate.py"].bytes_per_full_token
+        if profile.family == "wan2.2":
+            assert full > 20 * profile.dit.dim
+        else:
+            assert full < 0.5 * profile.dit.dim
+        # diffusers' AutoencoderKLWan is traced for the Wan2.1 VAE
+        assert set(profile.vae_decode) == ({"diffusers"} if profile.vae.family == "wan2.1" else set())
 
 
 def test_parameter_counts_and_tokens_follow_the_architecture() -> None:

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("estimate", "Estimate peak VRAM per GPU, host RAM and time of one run, with components."),
     "monitor": ("monitor", "Show live GPU and host memory, or stream samples as JSON Lines."),
     "optimize": ("optimize", "Find the plan with the least quality loss that fits a GPU and the host RAM."),
+    "profile": ("profile", "Derive a model profile's activation memory by tracing its DiT (needs vramgate[trace])."),
     "plot": ("plot", "Draw a message log's memory timeline per device, with the runs as bars (PNG)."),
     "replay": ("replay", "Replay a message log and check that it reproduces the same decisions."),
     "serve": ("serve", "Serve the example HTTP generation server with one gate (POST /v1/generations)."),

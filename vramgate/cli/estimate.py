@@ -20,7 +20,7 @@ from rich.table import Table
 from vramgate.cli._errors import bad_input
 from vramgate.cli._request import build_request, positive
 from vramgate.errors import VramgateError
-from vramgate.messages import ResourceRequirement
+from vramgate.messages import RUNNER_NAMES, ResourceRequirement
 from vramgate.messages.codec import encode_json
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.models import ModelCatalog
@@ -73,6 +73,12 @@ def _print(console: Console, req: ResourceRequirement, fits: bool, usable_mb: in
 @click.option("--sequential-offload", is_flag=True, default=None, help="Stream every DiT layer from the host.")
 @click.option("--dit-dtype", type=click.Choice(["bf16", "fp16", "fp8"]), default=None, help="DiT weight dtype.")
 @click.option("--task", type=click.Choice(["t2v", "i2v"]), default=None, help="Task (default: the model's).")
+@click.option(
+    "--runner",
+    type=click.Choice(RUNNER_NAMES),
+    default=None,
+    help="Code that runs it (default generate.py): prices its activations.",
+)
 @click.option("--lora", type=int, default=0, show_default=True, help="Number of LoRA adapters.")
 @click.option(
     "--profile",

@@ -14,7 +14,7 @@ from vramgate.cli._errors import bad_input
 from vramgate.cli._request import build_request
 from vramgate.errors import VramgateError
 from vramgate.messages import Plan
-from vramgate.messages.requests import LEVELS, OptimizationLevel
+from vramgate.messages.requests import LEVELS, RUNNER_NAMES, OptimizationLevel
 from vramgate.policy._explain import fmt_mb, fmt_seconds
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuSpec
 from vramgate.policy.models import ModelCatalog
@@ -102,6 +102,9 @@ def _print(console: Console, plan: Plan, optimizer: Optimizer, ram_mb: int | Non
 @click.option("--t5-fsdp/--no-t5-fsdp", default=None, help="Pin --t5_fsdp on (or off).")
 @click.option("--ulysses", type=click.IntRange(1, 64), default=None, help="Pin --ulysses_size.")
 @click.option("--lora", type=click.IntRange(0, 64), default=0, help="Number of LoRA adapters.")
+@click.option(
+    "--runner", type=click.Choice(RUNNER_NAMES), default=None, help="Code that runs the plan (default generate.py)."
+)
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False), default=None, help="Model profile file.")
 @click.option("--gpu", "gpu_name", default=None, help="GPU (catalog name or size such as 24GB).")
 @click.option("--vram-mb", type=click.IntRange(1), default=None, help="VRAM budget in MiB (default: GPU less margin).")
@@ -123,6 +126,7 @@ def command(
     t5_fsdp: bool | None,
     ulysses: int | None,
     lora: int,
+    runner: str | None,
     profile: str | None,
     gpu_name: str | None,
     vram_mb: int | None,
@@ -147,6 +151,7 @@ def command(
         "t5_fsdp": t5_fsdp,
         "ulysses": ulysses,
         "gpus": gpus,
+        "runner": runner,
     }
     max_level: OptimizationLevel = level  # type: ignore[assignment]  # click.Choice(LEVELS)
     request = build_request(model, size, frames, steps, task, lora, options, max_level=level)

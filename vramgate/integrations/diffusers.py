@@ -20,17 +20,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import msgspec
 
 from vramgate.errors import InvalidParameter
 from vramgate.integrations import _diffusers_placement as _place
 from vramgate.integrations._torch_peak import is_cuda, is_oom, observed_peak, reset_peak
-from vramgate.messages import ObservedPeak, Outcome, Plan, RunParams
+from vramgate.messages import ObservedPeak, Outcome, Plan, RunnerName, RunOptions, RunParams
 
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
 __all__ = [
+    "RUNNER",
     "AppliedPlan",
     "LeaseLike",
     "LeaseRun",
@@ -38,11 +40,21 @@ __all__ = [
     "apply_plan",
     "lease_device",
     "observed_peak",
+    "request_options",
     "run_in_lease",
     "torch_device",
 ]
 
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
+
+#: What this adapter runs: a diffusers pipeline, whose DiT holds its own activations per token (a quarter of
+#: Wan's ``generate.py`` for the Wan transformers). Requests it will run are priced for it.
+RUNNER: RunnerName = "diffusers"
+
+
+def request_options(options: RunOptions | None = None) -> RunOptions:
+    """``options`` (or none pinned) naming this adapter as the runner, for requests it will run."""
+    return msgspec.structs.replace(options or RunOptions(), runner=RUNNER)
 
 
 class LeaseLike(Protocol):

@@ -54,10 +54,12 @@ from vramgate.messages.plans import (
 )
 from vramgate.messages.requests import (
     LEVELS,
+    RUNNER_NAMES,
     GenerationRequest,
     LoraSpec,
     OptimizationLevel,
     ParamDtype,
+    RunnerName,
     RunOptions,
     Task,
     level_index,
@@ -99,6 +101,8 @@ __all__ = [
     "Outcome",
     "ParamDtype",
     "Plan",
+    "RUNNER_NAMES",
+    "RunnerName",
     "PlanOptimized",
     "ProcessMemory",
     "QualityImpact",

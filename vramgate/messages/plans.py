@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from vramgate.messages._base import MB, Fraction, Ident, Message, Seconds
-from vramgate.messages.requests import LoraSpec, OptimizationLevel, ParamDtype, Task
+from vramgate.messages.requests import LoraSpec, OptimizationLevel, ParamDtype, RunnerName, Task
 
 QualityImpact = Literal["none", "low", "medium", "high"]
 Value = str | int | float | bool | None
@@ -58,6 +58,7 @@ class ResolvedOptions(Message, frozen=True):
     resident_blocks: Annotated[int, msgspec.Meta(ge=0, le=1024)] | None = None
     sequential_offload: bool = False
     dit_dtype: ParamDtype = "bf16"
+    runner: RunnerName = "generate.py"
 
 
 class RunParams(Message, frozen=True):

@@ -14,6 +14,10 @@ LEVELS: tuple[OptimizationLevel, ...] = ("none", "basic", "aggressive", "maximum
 
 Task = Literal["t2v", "i2v"]
 ParamDtype = Literal["fp32", "bf16", "fp16", "fp8"]
+#: The code that runs a generation: Wan's reference ``generate.py``, a diffusers pipeline, or DiffSynth-Studio.
+#: Each holds a different amount of activation memory per token, so a plan is priced for its runner.
+RunnerName = Literal["generate.py", "diffusers", "diffsynth"]
+RUNNER_NAMES: tuple[RunnerName, ...] = ("generate.py", "diffusers", "diffsynth")
 
 Pixels = Annotated[int, msgspec.Meta(gt=0, le=16384)]
 
@@ -37,6 +41,7 @@ class RunOptions(Message, frozen=True):
 
     ``gpus`` is the world size of a multi-GPU run; ``resident_blocks`` enables block (group) offloading of the
     DiT with that many transformer blocks kept on the GPU; ``sequential_offload`` streams every layer.
+    ``runner`` names the code that will run the plan (default ``generate.py``); the optimizer never changes it.
     """
 
     offload_model: bool | None = None
@@ -50,6 +55,7 @@ class RunOptions(Message, frozen=True):
     resident_blocks: Annotated[int, msgspec.Meta(ge=0, le=1024)] | None = None
     sequential_offload: bool | None = None
     dit_dtype: ParamDtype | None = None
+    runner: RunnerName | None = None
 
 
 class GenerationRequest(Message, frozen=True):

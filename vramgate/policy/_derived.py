@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramgate.policy.models import DTYPE_BYTES, ModelProfile, dit_params
+from vramgate.messages.requests import RunnerName
+from vramgate.policy.models import DTYPE_BYTES, ActivationTerm, ModelProfile, VaeDecodeTerm, dit_params
 
 GIB = float(1 << 30)
 MIB = float(1 << 20)
@@ -41,6 +42,8 @@ class Derived:
     spatial_multiple: int
     guidance_passes: int
     token_timesteps: bool  # per-token time modulation in every runner (not only in Wan's own code)
+    activations: dict[RunnerName, ActivationTerm]  # traced activation terms by runner
+    vae_decode: dict[RunnerName, VaeDecodeTerm]  # traced VAE decode terms by runner
 
 
 def derive(profile: ModelProfile) -> Derived:
@@ -88,4 +91,6 @@ def derive(profile: ModelProfile) -> Derived:
         spatial_multiple=profile.spatial_multiple,
         guidance_passes=2 if profile.guidance else 1,
         token_timesteps=dit.token_timesteps,
+        activations=dict(profile.activations),
+        vae_decode=dict(profile.vae_decode),
     )

@@ -1,9 +1,10 @@
 """The memory and time model of one Wan-style generation run (see ``estimate.py`` for the public API).
 
 It follows what Wan2.2's ``generate.py`` does (``wan/text2video.py``, ``image2video.py``,
-``textimage2video.py``), except where a plan streams DiT blocks (``resident_blocks``, ``sequential_offload``):
-generate.py cannot, so those plans are priced as the runners that do (DiffSynth-Studio, diffusers), whose DiTs
-hold fewer activations per token:
+``textimage2video.py``). The DiT's activations are those of the runner the plan names (``generate.py``,
+``diffusers``, ``diffsynth``: traced per profile by ``vramgate profile trace``, see :func:`dit_activations`);
+plans that stream DiT blocks (``resident_blocks``, ``sequential_offload``) cannot run under generate.py, so
+a generate.py plan that streams is priced as DiffSynth-Studio, which does. Where generate.py keeps the weights:
 
 * one GPU: the DiT experts start on the CPU; the expert a step needs is moved to the GPU and the other one back
   (one expert resident at a time); with ``offload_model`` the T5 encoder returns to the CPU after encoding and
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramgate.messages.plans import ResolvedOptions, RunParams
+from vramgate.messages.requests import RunnerName
 from vramgate.policy._derived import MIB, Derived
 from vramgate.policy.calibration import Calibration
 from vramgate.policy.gpus import GpuSpec
@@ -34,6 +36,8 @@ class Breakdown:
     """Numbers of one estimate, in bytes and seconds, before rounding into messages."""
 
     peak_phase: str
+    activation_peak: str  # the DiT module at the activations' peak, when traced
+    runner: str
     # VRAM parts at the peak phase (bytes)
     dit_weights: float
     lora: float
@@ -96,6 +100,38 @@ def dit_weight_bytes(o: ResolvedOptions, d: Derived) -> tuple[float, float, floa
     return stored, d.expert_params * stored, d.block_params * compute
 
 
+def dit_activations(
+    o: ResolvedOptions, d: Derived, cal: Calibration, tokens: int, local_tokens: int, blocks_streamed: bool
+) -> tuple[float, str]:
+    """Live DiT activation bytes at the denoising peak of the plan's runner, and the module at that peak.
+
+    A runner's traced term (``vramgate profile trace``) is used when the profile has one. Otherwise the
+    calibrated formulas: ``generate.py``'s (fp32 residual and modulation, float64 RoPE, the FFN, and the
+    per-token time modulation for the whole sequence) or the streaming runners' (bf16 residual, one time
+    modulation per sample unless the model has per-token timesteps). generate.py cannot stream DiT blocks,
+    so its streamed plans are priced as DiffSynth-Studio, which does (and whose DiT holds no more than Wan's).
+    """
+    own = _runner_activations(o.runner, d, cal, tokens, local_tokens)
+    if o.runner == "generate.py" and blocks_streamed:
+        return min(own, _runner_activations("diffsynth", d, cal, tokens, local_tokens))
+    return own
+
+
+def _runner_activations(
+    runner: RunnerName, d: Derived, cal: Calibration, tokens: int, local_tokens: int
+) -> tuple[float, str]:
+    term = d.activations.get(runner)
+    if term is not None:
+        value = term.bytes_per_token * local_tokens + term.bytes_per_full_token * tokens + term.fixed_bytes
+        return value, term.peak_phase
+    ffn_act = cal.act_ffn_bytes_per_token * d.ffn_dim
+    act_full = cal.act_full_bytes_per_token_dim * d.dim * tokens
+    if runner == "generate.py":
+        return (cal.act_local_bytes_per_token_dim * d.dim + ffn_act) * local_tokens + act_full, ""
+    streamed = (cal.act_streamed_bytes_per_token_dim * d.dim + ffn_act) * local_tokens
+    return streamed + (act_full if d.token_timesteps else 0.0), ""
+
+
 def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Breakdown:
     o = params.options
     world = o.gpus
@@ -140,16 +176,9 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     te_act = cal.text_encoder_activation_mb * MIB if not o.t5_cpu else 0.0
 
     # ---------------------------------------------------------------- activations and VAE work
-    ffn_act = cal.act_ffn_bytes_per_token * d.ffn_dim
-    act_full = cal.act_full_bytes_per_token_dim * d.dim * tokens
-    activations = (cal.act_local_bytes_per_token_dim * d.dim + ffn_act) * local_tokens + act_full
-    if blocks_streamed:
-        # Block streaming is what DiffSynth-Studio and diffusers do, not generate.py: their DiTs keep a bf16
-        # residual and one time modulation per sample (per token only for models with per-token timesteps).
-        streamed = (cal.act_streamed_bytes_per_token_dim * d.dim + ffn_act) * local_tokens
-        if d.token_timesteps:
-            streamed += act_full
-        activations = min(activations, streamed)
+    activations, activation_peak = dit_activations(o, d, cal, tokens, local_tokens, blocks_streamed)
+    if sp > 1:
+        activations += cal.sp_extra_bytes_per_token_dim * d.dim * tokens
     # the latent video and the scheduler's copies of it (noise prediction, conditional, unconditional), fp32
     latents = 4.0 * 4.0 * d.latent_channels * lt * pixels / d.vae_pixels_per_latent
     activations += latents
@@ -157,6 +186,9 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     vbpp = d.vae_decode_bytes_per_pixel or cal.vae_bytes_per_pixel(d.vae_family)
     work_pixels = min(pixels, cal.vae_tile_pixels * 1.5) if o.vae_tiling else pixels
     decode_work = vbpp * work_pixels + 2.0 * _OUT_BYTES * pixels * params.frames
+    vae_term = d.vae_decode.get(o.runner)
+    if vae_term is not None:  # the runner's own VAE code, traced
+        decode_work = vae_term.bytes_per_pixel * work_pixels + vae_term.bytes_per_pixel_frame * pixels * params.frames
     encode_work = 0.0
     if params.task == "i2v":
         encode_work = cal.vae_encode_fraction * vbpp * work_pixels + 2.0 * _OUT_BYTES * pixels * params.frames
@@ -243,6 +275,8 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
         t_stream = forwards * streamed / (link * cal.stream_link_efficiency)
     return Breakdown(
         peak_phase=peak_phase,
+        activation_peak=activation_peak,
+        runner=o.runner,
         dit_weights=p_dit,
         lora=p_lora,
         text_encoder=p_te,

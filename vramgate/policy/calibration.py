@@ -31,15 +31,23 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     Memory (per GPU):
 
     * ``act_local_bytes_per_token_dim`` - bytes of live DiT activations per token of the local (sequence-parallel
-      split) sequence per unit of model width (float32 residual and modulation, qkv, the float64 RoPE copies).
+      split) sequence per unit of model width (float32 residual and modulation, qkv, the float64 RoPE copies),
+      in ``generate.py``. Used only for profiles without a traced ``generate.py`` term (the built-ins have one,
+      see ``vramgate profile trace``); fixed at the value once fitted to ``wan_published.csv``.
     * ``act_full_bytes_per_token_dim`` - bytes per token per unit of width that every rank holds for the *whole*
-      sequence (the per-token time modulation ``e``/``e0`` that ``sp_dit_forward`` computes before it splits).
+      sequence (the per-token time modulation ``e``/``e0`` that ``sp_dit_forward`` computes before it splits);
+      a fallback like the one above.
+    * ``sp_extra_bytes_per_token_dim`` - bytes per token of the whole sequence per unit of width that every rank
+      of a Ulysses sequence-parallel run holds beyond what the traced forward does (the traced ``generate.py``
+      term explains the one-GPU rows of ``wan_published.csv``; the four-GPU rows need this much more per token:
+      all-to-all staging and allocator fragmentation, not in the trace). Fitted.
     * ``act_ffn_bytes_per_token`` - bytes per token per unit of FFN width (fixed: two bf16 tensors, pre/post GELU).
     * ``act_streamed_bytes_per_token_dim`` - bytes of live DiT activations per token of the local sequence per unit
       of width in the runners that stream DiT blocks (DiffSynth-Studio's VRAM management, diffusers' group and
       sequential offloading), which is what ``resident_blocks``/``sequential_offload`` plans run: their DiTs keep
       the residual stream in bf16 and compute the time modulation once per sample, so they have no whole-sequence
-      term (except for models with per-token timesteps). Fitted to the streamed rows of ``offload_tradeoffs.csv``.
+      term (except for models with per-token timesteps). Fitted to the streamed rows of ``offload_tradeoffs.csv``;
+      used for ``diffsynth`` and for runners a profile has no traced term for.
     * ``runtime_overhead_mb`` - CUDA context, cuBLAS/cuDNN workspaces and allocator slack on every GPU.
     * ``multi_gpu_overhead_mb`` - NCCL communicators and FSDP bookkeeping of a DiT-sharded (FSDP) run, per GPU.
     * ``fsdp_unsharded_blocks`` - transformer blocks FSDP holds gathered at once (current and prefetched; fixed).
@@ -74,8 +82,9 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
       (allocator fragmentation and memory other libraries take outside the caching allocator).
     """
 
-    act_local_bytes_per_token_dim: Pos = 45.0
-    act_full_bytes_per_token_dim: Pos = 40.0
+    act_local_bytes_per_token_dim: Pos = 40.4
+    act_full_bytes_per_token_dim: Pos = 36.74
+    sp_extra_bytes_per_token_dim: NonNeg = 0.0
     act_ffn_bytes_per_token: NonNeg = 4.0
     act_streamed_bytes_per_token_dim: Pos = 30.0
     runtime_overhead_mb: NonNeg = 1200.0

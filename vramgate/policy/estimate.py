@@ -143,7 +143,8 @@ class Estimator:
                 name="activations",
                 vram_mb=_mb(b.activations),
                 seconds=b.t_denoise,
-                note=f"{b.tokens} tokens, {b.tokens_per_gpu} per GPU",
+                note=f"{b.tokens} tokens, {b.tokens_per_gpu} per GPU, {b.runner}"
+                + (f", peak in {b.activation_peak}" if b.activation_peak else ""),
             ),
             Component(name="vae_work", vram_mb=_mb(b.vae_work), seconds=b.t_vae),
             Component(name="runtime", vram_mb=_mb(b.runtime), ram_mb=_mb(b.ram_runtime), seconds=b.t_overhead),
@@ -219,6 +220,7 @@ def resolve_options(options: RunOptions | None) -> ResolvedOptions:
         resident_blocks=options.resident_blocks,
         sequential_offload=bool(options.sequential_offload),
         dit_dtype=options.dit_dtype if options.dit_dtype is not None else "bf16",
+        runner=options.runner if options.runner is not None else "generate.py",
     )
 
 

@@ -1,18 +1,20 @@
 """Model profiles: the architecture numbers of a video model, as data.
 
 A :class:`ModelProfile` holds what the estimator needs to know about a model: the diffusion transformer (DiT)
-shape, its experts and weight dtypes, the VAE family and stride, the text encoder, and the generation defaults
-and supported sizes. The built-in Wan2.2 profiles use the same schema that users write in JSON or TOML files
-(:meth:`ModelCatalog.load_file`), so a user can describe another Wan-family model without code.
+shape, its experts and weight dtypes, the VAE family and stride, the text encoder, the generation defaults and
+supported sizes, and the traced activation term of each runner. The built-in Wan2.2 and Wan2.1 profiles use the
+same schema that users write in JSON or TOML files (:meth:`ModelCatalog.load_file`), so a user can describe
+another model without code (``vramgate profile trace`` writes one from a transformer's configuration).
 
-Numbers of the built-ins are from the Wan2.2 code's configs (``wan/configs/*.py``) and modules
+Numbers of the built-ins are from the Wan2.2 and Wan2.1 code's configs (``wan/configs/*.py``) and modules
 (``wan/modules/model.py``, ``vae2_1.py``, ``vae2_2.py``, ``t5.py``); parameter counts are computed from those
-shapes (see :func:`dit_params`).
+shapes (see :func:`dit_params`); their activation and VAE decode terms are traced (``traced.json``).
 """
 
 from __future__ import annotations
 
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +22,7 @@ import msgspec
 
 from vramgate.errors import ConfigError, DecodeError, UnknownModel
 from vramgate.messages.codec import TOO_DEEP, Codec
-from vramgate.messages.requests import ParamDtype, Task
+from vramgate.messages.requests import ParamDtype, RunnerName, Task
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,12 +102,42 @@ class TextEncoderSpec(_Schema, frozen=True):
     layers: PosInt = 24
 
 
+class ActivationTerm(_Schema, frozen=True):
+    """The DiT's live activation memory in one runner at its peak, as traced by ``vramgate profile trace``.
+
+    Peak live bytes of one denoising forward are linear in the sequence length once attention is
+    memory-efficient: ``bytes_per_token`` for each token a GPU computes (split by sequence parallelism),
+    ``bytes_per_full_token`` for each token of the whole sequence, held on every GPU (Wan2.2's per-token time
+    modulation, computed before the sequence is split), and ``fixed_bytes`` that do not grow with the sequence
+    (the text context). ``peak_phase`` is the module that was running at the peak.
+    """
+
+    bytes_per_token: NonNegFloat
+    bytes_per_full_token: NonNegFloat = 0.0
+    fixed_bytes: NonNegFloat = 0.0
+    peak_phase: str = ""
+    source: str = ""
+
+
+class VaeDecodeTerm(_Schema, frozen=True):
+    """A runner's VAE decode at its peak, as traced: ``bytes_per_pixel`` of working memory per output pixel of one
+    frame (the decoder works a frame chunk at a time) and ``bytes_per_pixel_frame`` per output pixel of every
+    frame (the decoded video it holds)."""
+
+    bytes_per_pixel: NonNegFloat
+    bytes_per_pixel_frame: NonNegFloat = 0.0
+    peak_phase: str = ""
+    source: str = ""
+
+
 class ModelProfile(_Schema, frozen=True):
     """One model: its architecture, the defaults ``generate.py`` uses, and the sizes it supports.
 
     ``sizes`` are ``"W*H"`` strings as Wan's ``--size`` takes them. ``image_encoder_params_b`` is a CLIP image
     encoder's size (Wan2.1 I2V has one; Wan2.2 has none). ``guidance`` is true when each step runs the DiT twice
-    (classifier-free guidance, conditional and unconditional).
+    (classifier-free guidance, conditional and unconditional). ``activations`` holds the traced activation term
+    of each runner (``generate.py``, ``diffusers``, ``diffsynth``); a runner without one is priced by the
+    calibrated formula. ``vae_decode`` likewise holds each runner's traced VAE decode.
     """
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._+-]+$")]
@@ -124,6 +156,8 @@ class ModelProfile(_Schema, frozen=True):
     sizes: tuple[str, ...] = ()
     image_encoder_params_b: NonNegFloat = 0.0
     source: str = ""
+    activations: dict[RunnerName, ActivationTerm] = {}
+    vae_decode: dict[RunnerName, VaeDecodeTerm] = {}
 
     def __post_init__(self) -> None:
         if self.default_task not in self.tasks:
@@ -270,8 +304,97 @@ BUILTIN_MODELS: tuple[ModelProfile, ...] = (
         sizes=("1280*704", "704*1280"),
         source="Wan-Video/Wan2.2 wan/configs/wan_ti2v_5B.py",
     ),
+    # Wan2.1: the same DiT and VAE code, but one timestep per sample (no per-token time modulation); its
+    # checkpoints hold fp32 DiT weights.
+    ModelProfile(
+        name="wan2.1-t2v-14B",
+        description="Wan2.1 text-to-video 14B",
+        family="wan2.1",
+        dit=DitSpec(dim=5120, ffn_dim=13824, heads=40, layers=40, checkpoint_dtype="fp32", param_dtype="bf16"),
+        vae=_WAN21_VAE,
+        default_steps=50,
+        default_guidance_scale=5.0,
+        sizes=("1280*720", "720*1280", "832*480", "480*832"),
+        source="Wan-Video/Wan2.1 wan/configs/wan_t2v_14B.py",
+    ),
+    ModelProfile(
+        name="wan2.1-i2v-14B",
+        description="Wan2.1 image-to-video 14B with a CLIP image encoder; the image latent is concatenated",
+        family="wan2.1",
+        dit=DitSpec(
+            dim=5120, ffn_dim=13824, heads=40, layers=40, in_dim=36, checkpoint_dtype="fp32", param_dtype="bf16"
+        ),
+        vae=_WAN21_VAE,
+        tasks=("i2v",),
+        default_task="i2v",
+        default_steps=40,
+        default_guidance_scale=5.0,
+        sizes=("1280*720", "720*1280", "832*480", "480*832"),
+        image_encoder_params_b=0.63,
+        source="Wan-Video/Wan2.1 wan/configs/wan_i2v_14B.py",
+    ),
+    ModelProfile(
+        name="wan2.1-t2v-1.3B",
+        description="Wan2.1 text-to-video 1.3B",
+        family="wan2.1",
+        dit=DitSpec(dim=1536, ffn_dim=8960, heads=12, layers=30, checkpoint_dtype="fp32", param_dtype="bf16"),
+        vae=_WAN21_VAE,
+        default_steps=50,
+        default_guidance_scale=6.0,
+        sizes=("832*480", "480*832"),
+        source="Wan-Video/Wan2.1 wan/configs/wan_t2v_1_3B.py",
+    ),
 )
 
+
+class Traced(_Schema, frozen=True):
+    """What ``vramgate profile trace`` derived for one model: activation and VAE decode terms by runner."""
+
+    activations: dict[RunnerName, ActivationTerm] = {}
+    vae_decode: dict[RunnerName, VaeDecodeTerm] = {}
+
+
+#: The built-ins' traced terms (package data), written by ``vramgate profile trace --builtins``.
+TRACED_FILE = "traced.json"
+TracedTerms = dict[str, Traced]
+
+_TRACED_CODEC: Codec[TracedTerms] = Codec(TracedTerms)
+
+
+def decode_traced(data: bytes | str, *, source: str | None = None) -> TracedTerms:
+    """Decode a traced-terms file (model name -> terms); bad content raises :class:`DecodeError`."""
+    return _TRACED_CODEC.decode_json(data, source=source)
+
+
+def encode_traced(terms: TracedTerms) -> bytes:
+    """The traced-terms file for ``terms``: indented JSON, keys sorted, a trailing newline."""
+    return msgspec.json.format(msgspec.json.encode(terms, order="sorted"), indent=2) + b"\n"
+
+
+def with_traced(profiles: tuple[ModelProfile, ...], terms: TracedTerms) -> tuple[ModelProfile, ...]:
+    """``profiles`` with the traced terms of ``terms`` added (a profile's own terms win)."""
+    out = []
+    for p in profiles:
+        found = terms.get(p.name)
+        if found is not None:
+            p = msgspec.structs.replace(
+                p,
+                activations={**found.activations, **p.activations},
+                vae_decode={**found.vae_decode, **p.vae_decode},
+            )
+        out.append(p)
+    return tuple(out)
+
+
+def _shipped_traced() -> TracedTerms:
+    try:
+        data = resources.files("vramgate.policy").joinpath(TRACED_FILE).read_bytes()
+    except FileNotFoundError:
+        return {}
+    return decode_traced(data, source=TRACED_FILE)
+
+
+BUILTIN_MODELS = with_traced(BUILTIN_MODELS, _shipped_traced())
 
 _PROFILE_CODEC: Codec[ModelProfile] = Codec(ModelProfile)
 
@@ -344,6 +467,6 @@ class ModelCatalog:
 
 
 #: Literal names of the built-in profiles.
-BuiltinModel = Literal["t2v-A14B", "i2v-A14B", "ti2v-5B"]
+BuiltinModel = Literal["t2v-A14B", "i2v-A14B", "ti2v-5B", "wan2.1-t2v-14B", "wan2.1-i2v-14B", "wan2.1-t2v-1.3B"]
 
 DEFAULT_MODEL_CATALOG = ModelCatalog()
