@@ -205,7 +205,7 @@ def test_repeated_identical_errors_are_printed_a_few_times_then_counted(tmp_path
         (
             '{"model": "x", "width": 1280, "height": 720}',
             "$.model",
-            "unknown model 'x' (known: i2v-A14B, t2v-A14B, ti2v-5B)",
+            "unknown model 'x' (known: i2v-A14B, t2v-A14B, ti2v-5B, wan2.1-i2v-14B, wan2.1-t2v-1.3B, wan2.1-t2v-14B)",
         ),
         ('{"model": "t2v-A14B", "width": 1281, "height": 720}', "$.width", "must be a multiple of 16"),
         ('{"model": "ti2v-5B", "width": 1280, "height": 720}', "$.height", "must be a multiple of 32"),

@@ -74,6 +74,8 @@ FIELD_DOCS: dict[type[msgspec.Struct], dict[str, str]] = {
         "resident_blocks": "offload DiT blocks, keeping this many on the GPU",
         "sequential_offload": "stream every layer to the GPU as it runs",
         "dit_dtype": "the DiT weights' dtype",
+        "runner": "the code that runs the plan (`generate.py`, the default; `diffusers`; `diffsynth`): it sets the "
+        "activation memory the plan is priced for",
     },
 }
 
