@@ -1,6 +1,7 @@
 """The typed message protocol. Every message is a frozen, tagged msgspec Struct."""
 
 from vramgate.messages import admission as admission
+from vramgate.messages import cluster as cluster  # a router and its node gates (NodeResult, RouteDecision, ...)
 from vramgate.messages import estimation as estimation  # the estimator's messages (EstimateRequirement, ...)
 from vramgate.messages import gate as gate  # the gate's statistics (GateStatistics, ...)
 from vramgate.messages import monitor as monitor  # the monitor's messages (Subscribe, GetTrend, ...)
