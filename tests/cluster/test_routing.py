@@ -6,7 +6,7 @@ import random
 import subprocess
 import sys
 
-from vramgate.cluster.routing import RouterCore, pow2_order, random_order, retry_after
+from vramgate.cluster.routing import ReplicaLoad, RouterCore, pow2_order, random_order, rank_replicas, retry_after
 from vramgate.messages.quote import Quote
 
 
@@ -95,3 +95,19 @@ def test_the_core_and_the_gate_import_no_ray() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_serve_replicas_rank_by_load_per_device_counting_the_router_s_own_requests() -> None:
+    loads = {
+        "a": ReplicaLoad(waiting=2, devices=1, free_mb=0),
+        "b": ReplicaLoad(waiting=2, devices=2, free_mb=10_000),
+        "c": None,  # no report yet
+    }
+    assert rank_replicas(loads, {}) == ["c", "b", "a"]
+    # The router sent 3 to "c" since; its own count is the load until "c" reports.
+    assert rank_replicas(loads, {"c": 3}) == ["b", "a", "c"]
+    # A report older than the router's own requests does not hide them ("b" before "c": as loaded, more free).
+    assert rank_replicas(loads, {"b": 6, "c": 3}) == ["a", "b", "c"]
+    # Ties go to the most free memory.
+    even = {"x": ReplicaLoad(1, 1, 5_000), "y": ReplicaLoad(1, 1, 9_000)}
+    assert rank_replicas(even, {}) == ["y", "x"]

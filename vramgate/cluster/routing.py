@@ -109,8 +109,7 @@ def pow2_order(nodes: Sequence[str], load: Mapping[str, int], rng: random.Random
     """Power-of-two-choices: of two random nodes, the less loaded first; the rest after, by load."""
     if len(nodes) < 2:
         return list(nodes)
-    first, second = rng.sample(list(nodes), 2)
-    pair = sorted((first, second), key=lambda n: (load.get(n, 0), n))
+    pair = sorted(rng.sample(list(nodes), 2), key=lambda n: load.get(n, 0))  # a tie keeps the random order
     rest = sorted((n for n in nodes if n not in pair), key=lambda n: (load.get(n, 0), n))
     return pair + rest
 
@@ -118,3 +117,29 @@ def pow2_order(nodes: Sequence[str], load: Mapping[str, int], rng: random.Random
 def retry_after(declines: Mapping[str, float], *, floor_s: float = 0.1) -> float:
     """When to try again after every node declined: the soonest any of them expects room."""
     return max(floor_s, min(declines.values(), default=floor_s))
+
+
+class ReplicaLoad(NamedTuple):
+    """A Serve replica's gate as its routing stats report it: requests waiting or running, devices, most free."""
+
+    waiting: int
+    devices: int
+    free_mb: int
+
+
+def rank_replicas(loads: Mapping[str, ReplicaLoad | None], in_flight: Mapping[str, int]) -> list[str]:
+    """Serve replicas, least loaded per device first (then the most free memory, then by id).
+
+    A replica's load is the larger of what its gate last reported and this router's own requests on it not yet
+    ended (reports are periodic; a burst between two reports would all go to one replica). Without a report,
+    only the router's own requests count.
+    """
+
+    def key(replica: str) -> tuple[float, int, str]:
+        own = in_flight.get(replica, 0)
+        load = loads[replica]
+        if load is None:
+            return (float(own), 0, replica)
+        return (max(load.waiting, own) / max(1, load.devices), -load.free_mb, replica)
+
+    return sorted(loads, key=key)
