@@ -111,3 +111,13 @@ def test_serve_replicas_rank_by_load_per_device_counting_the_router_s_own_reques
     # Ties go to the most free memory.
     even = {"x": ReplicaLoad(1, 1, 5_000), "y": ReplicaLoad(1, 1, 9_000)}
     assert rank_replicas(even, {}) == ["y", "x"]
+
+
+def test_a_wait_bound_puts_nodes_that_would_start_too_late_last_and_bounds_the_ask() -> None:
+    core = RouterCore()
+    quotes = {"soon": _quote("soon", start_s=5.0, run_s=40.0), "late": _quote("late", start_s=20.0, run_s=1.0)}
+    mark = core.mark()
+    assert [r.node for r in core.rank(quotes, mark)] == ["late", "soon"]  # 21 s against 45 s to completion
+    bounded = core.rank(quotes, mark, max_wait_s=8.0)
+    assert [r.node for r in bounded] == ["soon", "late"]
+    assert [r.within_s for r in bounded] == [8.0, 8.0]  # "late" will decline: it cannot start within 8 s

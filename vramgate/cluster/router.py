@@ -113,7 +113,7 @@ class ClusterRouter:
             if self.policy == "vramgate":
                 mark = self.core.mark()
                 quotes = await self._quotes(alive, payload)
-                ranked = self.core.rank(quotes, mark)
+                ranked = self.core.rank(quotes, mark, max_wait_s=request.max_wait_s)
                 order = [(r.node, r.within_s, quotes[r.node].run_s) for r in ranked]
                 expected = {r.node: round(r.expected_s, 3) for r in ranked}
                 unseen = {r.node: r.unseen for r in ranked if r.unseen}

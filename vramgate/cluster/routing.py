@@ -63,8 +63,12 @@ class RouterCore:
                 seconds += item.run_s
         return count, seconds
 
-    def rank(self, quotes: Mapping[str, Quote], mark: int) -> list[Ranked]:
-        """The nodes whose quote fits, best first (ties by name)."""
+    def rank(self, quotes: Mapping[str, Quote], mark: int, *, max_wait_s: float | None = None) -> list[Ranked]:
+        """The nodes whose quote fits, best first (ties by name).
+
+        With the request's ``max_wait_s``, a node expected to start it later comes last, and no node is asked
+        to take it past that bound (it would time out there; declined, it can be sent again later).
+        """
         ranked: list[Ranked] = []
         for node, quote in quotes.items():
             if not quote.fits:
@@ -74,8 +78,16 @@ class RouterCore:
             expected = quote.finish_s + extra
             start = quote.start_s + extra
             within = start + max(self.min_slack_s, self.slack * quote.run_s)
+            if max_wait_s is not None:
+                within = min(within, max_wait_s)
             ranked.append(Ranked(node, expected, count, within))
-        ranked.sort(key=lambda r: (r.expected_s, r.node))
+        ranked.sort(
+            key=lambda r: (
+                max_wait_s is not None and r.expected_s - quotes[r.node].run_s > max_wait_s,
+                r.expected_s,
+                r.node,
+            )
+        )
         return ranked
 
     def dispatched(self, request_id: str, node: str, run_s: float) -> None:
