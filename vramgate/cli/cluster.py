@@ -9,6 +9,8 @@ Ray starts only in a loopback-only network namespace: run as root, the command r
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 
 import click
 
@@ -51,9 +53,19 @@ def demo(nodes: int, requests: int, kill_node: bool, time_scale: float, log_dir:
         raise _Unavailable(str(error)) from None
     from vramgate.cluster.demo import run_cluster_demo
 
-    reports = run_cluster_demo(
-        nodes=nodes, requests=requests, kill_node=kill_node, time_scale=time_scale, log_dir=log_dir
-    )
+    # Ray's processes print to the standard output (a raylet's death, say): they go to the standard error,
+    # so that the output is the table or the JSON objects only.
+    out = os.dup(1)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    try:
+        reports = run_cluster_demo(
+            nodes=nodes, requests=requests, kill_node=kill_node, time_scale=time_scale, log_dir=log_dir
+        )
+    finally:
+        sys.stdout.flush()
+        os.dup2(out, 1)
+        os.close(out)
     if as_json:
         for report in reports:
             click.echo(encode_json(report).decode())
@@ -62,27 +74,24 @@ def demo(nodes: int, requests: int, kill_node: bool, time_scale: float, log_dir:
     from rich.table import Table
 
     table = Table(title=f"{requests} requests on {nodes} nodes" + (", one killed mid-burst" if kill_node else ""))
-    for name in (
-        "router",
-        "requests",
-        "completed",
-        "rejected",
-        "makespan s",
-        "over-commits",
-        "violations",
-        "re-routed",
-    ):
-        table.add_column(name, justify="left" if name == "router" else "right")
+    columns = ("router", "requests", "completed", "rejected", "other", "makespan s", "over-commits", "violations")
+    for name in (*columns, "re-routed"):
+        table.add_column(name, justify="left" if name == "router" else "right", no_wrap=True)
     for r in reports:
         table.add_row(
             r.router,
             str(r.requests),
             str(r.completed),
             str(r.rejected),
+            str(r.failed + r.other),
             f"{r.makespan_s:.1f}",
             str(r.over_commits),
             str(r.violations),
             str(r.rerouted),
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)
+    click.echo("other: failed, timed out or cancelled; violations: requests without exactly one terminal state")
     click.echo(f"logs: {log_dir}/ (one per node gate and per router)")
