@@ -5,3 +5,7 @@ costs a decline or a wait, never memory. The sans-io parts (:mod:`vramgate.clust
 Ray parts (:mod:`vramgate.cluster.node`, :mod:`vramgate.cluster.router`, :mod:`vramgate.cluster.serve`) need
 ``pip install 'vramgate[ray]'``.
 """
+
+from vramgate._quote import Declined as Declined  # what Gate.submit_or_decline raises
+
+__all__ = ["Declined"]
