@@ -170,7 +170,7 @@ async def quote(gate: Gate, request: GenerationRequest, *, time_scale: float = 1
         "request_id": rid,
         "queue_length": stats.queue_length,
         "queue_limit": stats.queue_limit,
-        "retry_after_s": gate.retry_after_s(),
+        "retry_after_s": gate.retry_after_s() * time_scale,
         "node": node,
     }
     plans, reason = await _plans(gate, request)

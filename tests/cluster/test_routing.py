@@ -6,7 +6,15 @@ import random
 import subprocess
 import sys
 
-from vramgate.cluster.routing import ReplicaLoad, RouterCore, pow2_order, random_order, rank_replicas, retry_after
+from vramgate.cluster.routing import (
+    ReplicaLoad,
+    RouterCore,
+    pow2_order,
+    random_order,
+    rank_replicas,
+    retry_after,
+    worth_trying,
+)
 from vramgate.messages.quote import Quote
 
 
@@ -121,3 +129,19 @@ def test_a_wait_bound_puts_nodes_that_would_start_too_late_last_and_bounds_the_a
     bounded = core.rank(quotes, mark, max_wait_s=8.0)
     assert [r.node for r in bounded] == ["soon", "late"]
     assert [r.within_s for r in bounded] == [8.0, 8.0]  # "late" will decline: it cannot start within 8 s
+
+
+def test_a_full_queue_counts_the_wait_for_room_and_stops_the_worse_nodes() -> None:
+    core = RouterCore()
+    fast_but_full = Quote(
+        request_id="r", fits=True, run_s=2.0, finish_s=2.0, slots=1, queue_length=4, queue_limit=4, retry_after_s=3.0
+    )
+    quotes = {"h100": fast_but_full, "slow": _quote("slow", run_s=20.0), "mid": _quote("mid", run_s=4.0)}
+    ranked = core.rank(quotes, core.mark())
+    assert [(r.node, r.expected_s, r.full) for r in ranked] == [
+        ("mid", 4.0, False),
+        ("h100", 5.0, True),
+        ("slow", 20.0, False),
+    ]
+    # Ask "mid"; if it declines, wait for the H100's room rather than run 20 s on "slow".
+    assert [r.node for r in worth_trying(ranked)] == ["mid"]

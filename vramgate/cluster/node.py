@@ -35,7 +35,7 @@ class NodeGate:
         gpus: Sequence[str],
         *,
         time_scale: float = 0.01,
-        min_run_s: float = 0.2,
+        min_run_s: float = 0.0,
         queue_limit: int = 16,
         log_path: str | None = None,
     ) -> None:

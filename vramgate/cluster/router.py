@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vramgate.cluster.routing import RouterCore, pow2_order, random_order, retry_after
+from vramgate.cluster.routing import RouterCore, pow2_order, random_order, retry_after, worth_trying
 from vramgate.errors import QueueFull
 from vramgate.messages import GenerationRequest, Message, decode_json, encode_json
 from vramgate.messages.cluster import NodeAccepted, NodeResult, NodeStatistics, RouteDecision, RouteOutcome
@@ -114,7 +114,12 @@ class ClusterRouter:
                 mark = self.core.mark()
                 quotes = await self._quotes(alive, payload)
                 ranked = self.core.rank(quotes, mark, max_wait_s=request.max_wait_s)
-                order = [(r.node, r.within_s, quotes[r.node].run_s) for r in ranked]
+                tried = worth_trying(ranked)
+                order = [(r.node, r.within_s, quotes[r.node].run_s) for r in tried]
+                for r in ranked[len(tried) :]:
+                    if r.full:
+                        declined[r.node] = "queue_full"
+                        retries[r.node] = quotes[r.node].retry_after_s
                 expected = {r.node: round(r.expected_s, 3) for r in ranked}
                 unseen = {r.node: r.unseen for r in ranked if r.unseen}
                 for node, quote in quotes.items():

@@ -16,12 +16,14 @@ from vramgate.messages.quote import Quote
 
 
 class Ranked(NamedTuple):
-    """A node that can take the request: expected seconds to completion, and the unseen requests counted in it."""
+    """A node that can take the request: expected seconds to completion, the unseen requests counted in it, the
+    bound to ask it to start within, and whether its queue is full (its completion then counts the wait for room)."""
 
     node: str
     expected_s: float
     unseen: int
     within_s: float
+    full: bool = False
 
 
 class _InFlight(NamedTuple):
@@ -64,7 +66,9 @@ class RouterCore:
         return count, seconds
 
     def rank(self, quotes: Mapping[str, Quote], mark: int, *, max_wait_s: float | None = None) -> list[Ranked]:
-        """The nodes whose quote fits, best first (ties by name).
+        """The nodes whose quote fits, best first (ties by name). A node whose queue is full ranks by its expected
+        completion plus the wait for room: the caller tries the nodes before it, then waits rather than take a
+        node expected to finish later (see :func:`worth_trying`).
 
         With the request's ``max_wait_s``, a node expected to start it later comes last, and no node is asked
         to take it past that bound (it would time out there; declined, it can be sent again later).
@@ -80,7 +84,10 @@ class RouterCore:
             within = start + max(self.min_slack_s, self.slack * quote.run_s)
             if max_wait_s is not None:
                 within = min(within, max_wait_s)
-            ranked.append(Ranked(node, expected, count, within))
+            full = quote.queue_length >= quote.queue_limit > 0
+            if full:
+                expected += quote.retry_after_s
+            ranked.append(Ranked(node, expected, count, within, full))
         ranked.sort(
             key=lambda r: (
                 max_wait_s is not None and r.expected_s - quotes[r.node].run_s > max_wait_s,
@@ -108,6 +115,17 @@ class RouterCore:
         for rid in lost:
             del self._in_flight[rid]
         return lost
+
+
+def worth_trying(ranked: Sequence[Ranked]) -> list[Ranked]:
+    """The ranked nodes to ask, in order: those before the first whose queue is full (waiting for it is expected
+    to end sooner than any node after it)."""
+    tried: list[Ranked] = []
+    for item in ranked:
+        if item.full:
+            break
+        tried.append(item)
+    return tried
 
 
 def random_order(nodes: Sequence[str], rng: random.Random) -> list[str]:

@@ -21,7 +21,8 @@ class Quote(Message, frozen=True):
     ``vram_mb`` per GPU on ``gpus`` GPUs. ``start_s`` is the expected wait for admission from now (0 when it would
     be admitted at once, ``admit_now``), ``run_s`` the run's expected seconds and ``finish_s`` their sum.
     ``slots`` is how many runs of this plan the devices hold at once when this system's leases have ended.
-    ``node`` names the gate (empty on one host).
+    ``retry_after_s`` is when the queue is expected to have room (0: it has room now). ``node`` names the gate
+    (empty on one host). Seconds are the plans' estimated seconds times the quote's time scale.
     """
 
     request_id: Ident
