@@ -130,7 +130,11 @@ class ClusterRouter:
             else:
                 order = [(n, None, 0.0) for n in pow2_order(alive, await self._load(alive), self._rng)]
             lost_one = False
+            bar = float("inf")  # after a full queue: no node expected to finish later than waiting for its room
             for node, within, run_s in order:
+                if expected.get(node, 0.0) > bar:
+                    declined[node] = "later_than_waiting"
+                    continue
                 self.core.dispatched(rid, node, run_s)
                 answer = await self._call(node, "submit", payload, within)
                 if answer is None:
@@ -141,6 +145,8 @@ class ClusterRouter:
                     self.core.done(rid)
                     declined[node] = decoded.code
                     retries[node] = decoded.retry_after_s
+                    if decoded.code == "queue_full" and node in expected:
+                        bar = min(bar, expected[node] + decoded.retry_after_s)
                     continue
                 self.core.accepted(rid)
                 self._record(
