@@ -63,6 +63,7 @@ from vramgate.messages.admission import AdmissionStatistics, CancelRequest, Rele
 from vramgate.messages.estimation import CorrectionLearned, EstimateRequirement, ObserveRun
 from vramgate.messages.gate import DeviceStatistics, GateStatistics
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
+from vramgate.messages.quote import Quote
 from vramgate.policy._standing import Standing
 from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
@@ -306,6 +307,24 @@ class Gate:
         """
         admission = self._admission
         return None if admission is None else admission.admission.queue_position(request_id)
+
+    async def quote(self, request: GenerationRequest, *, time_scale: float = 1.0, node: str = "") -> Quote:
+        """What ``request`` would get here now (plan, memory, expected start and finish); reserves nothing.
+
+        ``time_scale`` scales the plans' estimated seconds (for runs in compressed time). See :mod:`vramgate._quote`.
+        """
+        from vramgate._quote import quote
+
+        return await quote(self, request, time_scale=time_scale, node=node)
+
+    async def submit_or_decline(
+        self, request: GenerationRequest, *, within_s: float | None = 0.0, time_scale: float = 1.0, node: str = ""
+    ) -> Ticket:
+        """Submit ``request`` if it is expected to be admitted within ``within_s`` seconds (0: at once), else raise
+        :class:`vramgate._quote.Declined` having kept and reserved nothing."""
+        from vramgate._quote import submit_or_decline
+
+        return await submit_or_decline(self, request, within_s=within_s, time_scale=time_scale, node=node)
 
     def statistics(self) -> GateStatistics:
         """Per-device ledgers and samples, the queue, waits, admissions, rejections, OOMs and cleanups."""

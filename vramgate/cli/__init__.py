@@ -11,6 +11,7 @@ from vramgate._version import __version__
 #: subcommand name -> (module in ``vramgate.cli``, one-line help). The module defines ``command``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "Report the GPUs, host RAM, CPU and disk that vramgate can measure here."),
+    "cluster": ("cluster", "Run vramgate on a local Ray cluster: node gates, a memory-aware router (vramgate[ray])."),
     "demo": ("demo", "Run a burst of mixed Wan2.2 requests through a gate, live, and summarize (the main job)."),
     "estimate": ("estimate", "Estimate peak VRAM per GPU, host RAM and time of one run, with components."),
     "monitor": ("monitor", "Show live GPU and host memory, or stream samples as JSON Lines."),

@@ -1,10 +1,12 @@
 """The typed message protocol. Every message is a frozen, tagged msgspec Struct."""
 
 from vramgate.messages import admission as admission
+from vramgate.messages import cluster as cluster  # a router and its node gates (NodeResult, RouteDecision, ...)
 from vramgate.messages import estimation as estimation  # the estimator's messages (EstimateRequirement, ...)
 from vramgate.messages import gate as gate  # the gate's statistics (GateStatistics, ...)
 from vramgate.messages import monitor as monitor  # the monitor's messages (Subscribe, GetTrend, ...)
 from vramgate.messages import optimization as optimization  # the optimizer's messages (OptimizePlan, ...)
+from vramgate.messages import quote as quote  # a gate's quote and its declines (Quote, SubmitDeclined)
 from vramgate.messages import trace as trace  # the simulator's trace records (Arrival, Outside)
 from vramgate.messages._base import MB, Message, message_types
 from vramgate.messages.codec import (
