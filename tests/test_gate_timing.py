@@ -111,3 +111,17 @@ async def test_a_corrupt_time_correction_is_a_typed_error_naming_the_file_and_fi
     assert str(path) in str(info.value)
     assert "runs" in str(info.value)
 
+
+async def test_the_eta_of_a_run_counts_the_top_of_its_interval() -> None:
+    clock = ManualClock()
+    async with _gate(clock) as gate:
+        ticket = await gate.submit(REQUEST)
+        lease = await ticket.wait_admitted()
+        high = lease.plan.requirement.time_high_s
+        assert high is not None
+        assert high > lease.plan.requirement.estimated_time_seconds
+        assert ticket.eta_s() == pytest.approx(high)
+        clock.advance(10.0)
+        assert ticket.eta_s() == pytest.approx(high - 10.0)
+        async with gate.hold(lease):
+            pass
