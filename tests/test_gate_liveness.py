@@ -16,6 +16,7 @@ from vramgate.errors import DoesNotFit
 from vramgate.gate import Gate, open_gate
 from vramgate.hardware import SimulatedGpu, detect
 from vramgate.messages import GenerationRequest, RunOptions
+from vramgate.policy.timing import time_high_s
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +116,7 @@ async def test_a_queued_ticket_says_what_it_waits_for_and_when_it_should_run() -
         assert "gpu0" in waiting.reason
         assert "behind 1 request" in third.reason
         expected = lease.plan.requirement.estimated_time_seconds
-        own = waiting.plan.requirement.estimated_time_seconds if waiting.plan is not None else 0.0
+        own = time_high_s(waiting.plan.requirement) if waiting.plan is not None else 0.0  # the top of its interval
         eta = waiting.eta_s()
         assert eta is not None
         assert eta == pytest.approx(expected + own, rel=1e-6)

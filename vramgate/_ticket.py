@@ -24,6 +24,7 @@ from vramgate.messages import (
     RunParams,
     RunProgress,
 )
+from vramgate.policy.timing import time_high_s
 
 if TYPE_CHECKING:
     from vramgate.gate import Gate
@@ -169,22 +170,23 @@ class Ticket:
         return standing.reason if standing is not None else ""
 
     def eta_s(self) -> float | None:
-        """Seconds until the run is expected to end: from its progress when it reports any, else the plan; for a
-        queued request, from when admission expects it to start (``None`` when that is unknown: others' use,
-        not this gate's leases, holds the memory it waits for)."""
+        """Seconds until the run is expected to end: from its progress when it reports any, else the plan's time
+        at the top of its interval (so that a run ends before its ETA nine times in ten); for a queued request,
+        from when admission expects it to start (``None`` when that is unknown: others' use, not this gate's
+        leases, holds the memory it waits for)."""
         now = self._gate.clock.now()
         if self.state == "queued" and self.plan is not None:
             standing = self._gate.standing(self.request_id)
             if standing is None or standing.starts_at is None:
                 return None
-            return max(0.0, standing.starts_at - now) + self.plan.requirement.estimated_time_seconds
+            return max(0.0, standing.starts_at - now) + time_high_s(self.plan.requirement)
         if self.state != "admitted" or self.admitted_at is None or self.plan is None:
             return None
         progress = self.progress
         if progress is not None and progress.step > 0 and self.progress_at is not None:
             per_step = (self.progress_at - self.admitted_at) / progress.step
             return max(0.0, per_step * (progress.total_steps - progress.step) - (now - self.progress_at))
-        expected = self._gate.config.run.expected_seconds(self.plan.requirement.estimated_time_seconds)
+        expected = self._gate.config.run.expected_seconds(time_high_s(self.plan.requirement))
         return max(0.0, expected - (now - self.admitted_at))
 
     async def __aiter__(self) -> AsyncIterator[Message]:

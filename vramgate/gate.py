@@ -68,6 +68,7 @@ from vramgate.policy._standing import Standing
 from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
+from vramgate.policy.learning import copy_estimator
 from vramgate.policy.ledger import DeviceConfig
 
 T = TypeVar("T")
@@ -602,13 +603,18 @@ class Gate:
         if isinstance(message, ResourceSample):
             self.latest_sample = message
         elif isinstance(message, CorrectionLearned):
-            # The estimator answers each lesson with its correction. Cached plans were made with the previous
-            # one; drop them when it moved by more than half a percent (well inside the safety margin).
-            key = (message.model, message.gpu)
-            previous = self._corrections.get(key, 1.0)
-            if abs(message.factor - previous) > 0.005 * previous:
-                self._corrections[key] = message.factor
-                self._answers.clear()
+            # The estimator answers each lesson with its corrections. Cached plans were made with the previous
+            # ones; drop them when one moved by more than half a percent (well inside the safety margin).
+            moved = {
+                (message.model, message.gpu): message.factor,
+                ("time", message.gpu): message.time_factor,
+                ("time_high", message.gpu): message.time_factor * message.time_high,
+            }
+            for key, factor in moved.items():
+                previous = self._corrections.get(key, 1.0)
+                if abs(factor - previous) > 0.005 * previous:
+                    self._corrections[key] = factor
+                    self._answers.clear()
             await self._save_learned()
         elif isinstance(message, CleanupReport):
             self._counts["cleanups"] += 1
@@ -720,6 +726,15 @@ class Gate:
         simulated = all(self.simulated_device(index) is not None for index in lease.devices)
         return self.config.run.pins(simulated=simulated)
 
+    def _timed(self, finished: RunFinished) -> RunFinished:
+        """``finished`` with its seconds on the estimate's time scale (``[run] time_scale``) for learning, or none
+        when they teach no time: the run did not run to the end, or it lasted the ``min_seconds`` floor."""
+        run = self.config.run
+        seconds = finished.seconds
+        if finished.outcome != "ok" or seconds is None or seconds <= 0.0 or seconds <= run.min_seconds:
+            return msgspec.structs.replace(finished, seconds=None)
+        return msgspec.structs.replace(finished, seconds=seconds / run.time_scale)
+
     async def _release(self, lease: Lease, outcome: Outcome, error: str) -> None:
         pinned = lease.unpin() > 0  # on every exit: the run is over, its block goes back first
         if lease.released or self._system is None or self._system.state != "running":
@@ -741,9 +756,10 @@ class Gate:
                 del self._estimate_ratios[: len(self._estimate_ratios) // 2]
             self._estimate_ratios.append(best / lease.plan.requirement.vram_mb)
         await system.ref(ROUTER).tell(finished, sender=ROUTER)
-        if best is not None or outcome == "oom":
+        timed = self._timed(finished)
+        if best is not None or outcome == "oom" or timed.seconds is not None:
             # Both cores learn from the run, so that their estimates stay the same (and replay the same).
-            lesson = ObserveRun(finished=finished, plan=lease.plan)
+            lesson = ObserveRun(finished=timed, plan=lease.plan)
             await system.ref(ESTIMATOR).tell(lesson, sender=ROUTER)
             await system.ref(OPTIMIZER).tell(lesson, sender=ROUTER)
         if self.config.cleanup.after_run:
@@ -905,7 +921,7 @@ async def open_gate(
         gate._system = system
         system.spawn(_Router(gate), name=ROUTER, mailbox_size=4096)
         system.spawn(estimator_actor(estimator), name=ESTIMATOR)
-        system.spawn(optimizer_actor(_clone(estimator)), name=OPTIMIZER)
+        system.spawn(optimizer_actor(copy_estimator(estimator)), name=OPTIMIZER)
         if gate.device_configs:
             gate._admission = admission_actor(
                 gate.device_configs, _admission_config(config), events_to=ROUTER, tick_s=config.monitor.interval_s
@@ -949,14 +965,6 @@ async def open_gate(
     finally:
         if owns_devices:
             devices.close()
-
-
-def _clone(estimator: Estimator) -> Estimator:
-    """An estimator with the same catalogs, constants and learned state, learning on its own from then on."""
-    from vramgate.policy.learning import LearnedCorrections
-
-    learned = LearnedCorrections(state=estimator.learned.state())
-    return Estimator(estimator.models, estimator.gpus, estimator.constants, learned)
 
 
 def _estimator(config: GateConfig) -> Estimator:

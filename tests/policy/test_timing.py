@@ -84,3 +84,20 @@ def test_backfilling_counts_the_top_of_the_interval() -> None:
         short = msgspec.structs.replace(short, requirement=msgspec.structs.replace(short.requirement, time_high_s=high))
         events = d.send(submit("short", plans={"*": short}), 1.0)
         assert isinstance(events[0], expected), high
+
+
+def test_retry_after_counts_running_leases_ending_at_the_top_of_their_interval() -> None:
+    budget = H100_MB - 4078
+    waits: dict[float | None, float] = {}
+    for high in (None, 150.0):
+        core = AdmissionCore([h100(0)], AdmissionConfig(stale_after_s=None, queue_limit=1))
+        d = Driver(core)
+        running = plan(budget, seconds=100.0)
+        running = msgspec.structs.replace(
+            running, requirement=msgspec.structs.replace(running.requirement, time_high_s=high)
+        )
+        assert isinstance(d.send(submit("running", plans={"*": running}), 0.0)[0], RequestAdmitted)
+        assert isinstance(d.send(submit("head", budget, seconds=10.0), 0.0)[0], RequestQueued)
+        waits[high] = core.retry_after(20.0)
+    assert waits[None] == pytest.approx(80.0)  # the point: the lease ends at 100
+    assert waits[150.0] == pytest.approx(130.0)  # the top of its interval: at 150

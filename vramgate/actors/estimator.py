@@ -4,11 +4,13 @@
   :class:`~vramgate.messages.RequirementEstimated` (or :class:`~vramgate.messages.RequestRejected` with
   ``bad_request`` for an unknown model or GPU, or values the model cannot take);
 * :class:`~vramgate.messages.RequestAdmitted` -> remembers the admitted plan (bounded), so that
-* :class:`~vramgate.messages.RunFinished` of that request teaches the estimator its observed peak;
+* :class:`~vramgate.messages.RunFinished` of that request teaches the estimator its observed peak and, for a run
+  that ran to the end, its time (the time corrections of :mod:`vramgate.policy.timing`, learned per GPU);
 * :class:`~vramgate.messages.estimation.ObserveRun` teaches it a run with its plan directly.
 
-Each lesson is announced as :class:`~vramgate.messages.estimation.CorrectionLearned`: replied to an
-``ObserveRun`` and sent to ``events_to`` (when set) for a ``RunFinished``.
+Every requirement it answers carries the corrected time and its interval. Each lesson is announced as
+:class:`~vramgate.messages.estimation.CorrectionLearned` (both corrections): replied to an ``ObserveRun`` and sent
+to ``events_to`` (when set) for a ``RunFinished``.
 """
 
 from __future__ import annotations
@@ -82,13 +84,20 @@ class EstimatorCore:
     def _observe(self, finished: RunFinished, plan: Plan) -> CorrectionLearned:
         factor = self.estimator.observe(finished, plan)
         gpu = self.estimator.gpus.get(plan.gpu or plan.requirement.gpu).name
+        model = plan.params.model
+        times = self.estimator.learned.times
+        low, corrected, high = times.interval(model, gpu, 1.0, plan.params.options.gpus)
         return CorrectionLearned(
-            model=plan.params.model,
+            model=model,
             gpu=gpu,
             factor=factor,
-            runs=self.estimator.learned.runs(plan.params.model, gpu),
+            runs=self.estimator.learned.runs(model, gpu),
             outcome=finished.outcome,
             request_id=finished.request_id,
+            time_factor=corrected,
+            time_runs=times.runs(gpu),
+            time_low=low / corrected,
+            time_high=high / corrected,
         )
 
 

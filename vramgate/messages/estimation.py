@@ -35,7 +35,9 @@ class ObserveRun(Message, frozen=True):
 
 
 class CorrectionLearned(Message, frozen=True):
-    """The estimator's VRAM correction for (``model``, ``gpu``) after a run: ``factor`` x the raw estimate."""
+    """The estimator's VRAM correction for (``model``, ``gpu``) after a run: ``factor`` x the raw estimate; and its
+    time correction for ``gpu``: ``time_factor`` x the raw time, learned from ``time_runs`` runs, the interval of
+    a time then ``time_low`` to ``time_high`` x the corrected time."""
 
     model: str
     gpu: str
@@ -43,3 +45,7 @@ class CorrectionLearned(Message, frozen=True):
     runs: Annotated[int, msgspec.Meta(ge=0)]
     outcome: Outcome
     request_id: Ident = ""
+    time_factor: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    time_runs: Annotated[int, msgspec.Meta(ge=0)] = 0
+    time_low: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    time_high: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0

@@ -86,6 +86,7 @@ from vramgate.policy._queue import DeadlineHeap, Key, SortedKeys
 from vramgate.policy._standing import Standing, waiting_reason
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
 from vramgate.policy.ledger import DeviceConfig, DeviceLedger
+from vramgate.policy.timing import time_high_s
 
 
 class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -178,9 +179,7 @@ class _Waiting:
         #: The least any of its plans needs per GPU, and the longest any of them may run (the top of its time
         #: interval when it has one): backfilling lets it pass the protected request only if it ends before.
         self.min_mb = min((r.vram_mb for r in given), default=0)
-        self.expected_s = max(
-            (r.estimated_time_seconds if r.time_high_s is None else r.time_high_s for r in given), default=0.0
-        )
+        self.expected_s = max((time_high_s(r) for r in given), default=0.0)
 
 
 class _Lease:
@@ -191,6 +190,7 @@ class _Lease:
         "cancel_requested",
         "devices",
         "expected_end",
+        "late_end",
         "lease_id",
         "placement",
         "request_id",
@@ -206,6 +206,7 @@ class _Lease:
         seq: int,
         devices: tuple[int, ...],
         expected_s: float,
+        late_s: float,
     ) -> None:
         self.lease_id = lease_id
         self.request_id = request_id
@@ -214,6 +215,8 @@ class _Lease:
         self.devices = devices
         self.admitted_at = admitted_at
         self.expected_end = admitted_at + expected_s
+        #: When it ends at the latest expected (the top of its time interval): what ``retry_after`` counts on.
+        self.late_end = admitted_at + late_s
         self.cancel_requested = False
         self.seq = seq
 
@@ -307,21 +310,27 @@ class AdmissionCore:
 
     def retry_after(self, now: float) -> float:
         """Seconds until the queue is expected to have room: 0 when it has room now, else the sooner of the
-        head's expected start (a running lease ends and the head is admitted) and the next wait to expire."""
+        head's expected start (a running lease ends and the head is admitted) and the next wait to expire. Running
+        leases count as ending at the top of their time interval, so that a client told to come back then finds
+        room more often than not."""
         if self.room() > 0:
             return 0.0
         now = max(now, self._now)
         soonest = math.inf
         if self._queue:
             head = self._by_seq[self._queue.first()[2]]
-            soonest = self._shadow(head, self._free(now), now).time - now
+            late = sorted(
+                (max(now, lease.late_end), lease.placement.positions, lease.placement.need_mb)
+                for lease in self._leases.values()
+            )
+            soonest = self._shadow(head, self._free(now), now, late).time - now
         if self._deadlines:
             self._drop_dead_deadlines()
             entry = self._deadlines.peek()
             if entry is not None:
                 soonest = min(soonest, entry[0] - now)
         if not math.isfinite(soonest):
-            ends = [lease.expected_end - now for lease in self._leases.values()]
+            ends = [lease.late_end - now for lease in self._leases.values()]
             soonest = min(ends) if ends else self.config.retry_after_default_s
         return max(self.config.min_retry_after_s, soonest)
 
@@ -454,6 +463,7 @@ class AdmissionCore:
             seq,
             self._lease_devices(placement),
             self.config.run_seconds(item.plan.requirement.estimated_time_seconds),
+            self.config.run_seconds(time_high_s(item.plan.requirement)),
         )
         lease.cancel_requested = item.cancel_requested
         for pos in placement.positions:
@@ -942,6 +952,7 @@ class AdmissionCore:
             self._lease_counter,
             self._lease_devices(found),
             self.config.run_seconds(found.plan.requirement.estimated_time_seconds),
+            self.config.run_seconds(time_high_s(found.plan.requirement)),
         )
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id

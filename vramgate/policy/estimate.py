@@ -160,7 +160,7 @@ class Estimator:
                 Component(name="learned_correction", vram_mb=max(0, corrected - vram_mb), note=f"x{factor:.3f}")
             )
             vram_mb = max(vram_mb, corrected)
-        return ResourceRequirement(
+        requirement = ResourceRequirement(
             vram_mb=vram_mb,
             ram_mb=_mb(b.ram_weights + b.ram_runtime),
             estimated_time_seconds=b.seconds,
@@ -171,6 +171,7 @@ class Estimator:
             confidence=self._confidence(profile, spec, b),
             correction=factor,
         )
+        return self.learned.times.apply(requirement, profile.name)  # the time corrected, with its interval
 
     def fits(self, requirement: ResourceRequirement, gpu: GpuSpec | str) -> bool:
         """Whether ``requirement`` fits ``gpu`` with the calibrated safety margin kept free."""
@@ -192,7 +193,9 @@ class Estimator:
         requirement = plan.requirement
         gpu = plan.gpu or requirement.gpu
         spec = self._gpu(gpu)
-        raw = self.breakdown(plan.params, spec).vram
+        b = self.breakdown(plan.params, spec)
+        raw = b.vram
+        self.learned.times.observe_run(spec.name, predicted_s=b.seconds, finished=finished)
         return self.learned.observe(
             plan.params.model,
             spec.name,

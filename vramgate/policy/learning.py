@@ -1,4 +1,5 @@
-"""Learning from runs: a per-profile, per-GPU correction of the VRAM estimate from observed peaks.
+"""Learning from runs: a per-profile, per-GPU correction of the VRAM estimate from observed peaks, and the per-GPU
+time corrections of :mod:`vramgate.policy.timing` (``times``), persisted together.
 
 Each finished run gives the ratio of its observed peak to the model's raw (uncorrected) prediction. The
 correction is a high quantile of the recent ratios (robust to a lucky run, unlike a mean), and an OOM at a
@@ -14,13 +15,17 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from vramgate.errors import ConfigError
 from vramgate.messages.codec import Codec
 from vramgate.messages.lifecycle import Outcome
+from vramgate.policy.timing import TimeCorrections, TimeFactor
+
+if TYPE_CHECKING:
+    from vramgate.policy.estimate import Estimator
 
 #: Version of the persisted state; bump it when an old file could no longer be read as before.
 LEARNED_SCHEMA_VERSION = 1
@@ -40,10 +45,12 @@ class ProfileGpuHistory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
 
 class LearnedState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The persisted form: history by ``"model@gpu"``."""
+    """The persisted form: history by ``"model@gpu"``, and what was learned of each GPU's times by GPU name (absent
+    in files written before times were learned: nothing learned)."""
 
     schema_version: int = LEARNED_SCHEMA_VERSION
     entries: dict[str, ProfileGpuHistory] = {}
+    times: dict[str, TimeFactor] = {}
 
 
 _STATE_CODEC: Codec[LearnedState] = Codec(LearnedState)
@@ -70,6 +77,8 @@ class LearnedCorrections:
     * ``min_runs_to_lower`` - below this many observations the correction may only raise estimates.
     * ``oom_step`` - an OOM raises the correction to at least this factor times the ratio it implies.
     * ``bounds`` - the correction stays within these factors.
+
+    ``times`` holds the per-GPU time corrections, learned and persisted alongside.
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class LearnedCorrections:
         self.bounds = bounds
         self._entries: dict[str, ProfileGpuHistory] = dict(state.entries) if state is not None else {}
         self._factors: dict[str, float] = {key: self._factor(h) for key, h in self._entries.items()}
+        self.times = TimeCorrections(state=state.times if state is not None else None)
 
     # ---------------------------------------------------------------- queries
 
@@ -177,7 +187,7 @@ class LearnedCorrections:
     # ---------------------------------------------------------------- persistence
 
     def state(self) -> LearnedState:
-        return LearnedState(entries=dict(sorted(self._entries.items())))
+        return LearnedState(entries=dict(sorted(self._entries.items())), times=self.times.state())
 
     def dumps(self) -> bytes:
         """The learned state as deterministic JSON."""
@@ -241,3 +251,11 @@ def open_corrections(path: str | Path) -> LearnedCorrections | None:
     if not target.exists():
         return None
     return load_corrections(target)
+
+
+def copy_estimator(estimator: Estimator) -> Estimator:
+    """An estimator with the same catalogs, constants and learned state (VRAM and times), learning on its own."""
+    from vramgate.policy.estimate import Estimator
+
+    learned = LearnedCorrections(state=estimator.learned.state())
+    return Estimator(estimator.models, estimator.gpus, estimator.constants, learned)

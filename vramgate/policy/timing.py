@@ -12,14 +12,20 @@ off by up to 56 %). Each observed run (observed over predicted seconds, run nois
 it by the conjugate normal rule (the prior weighing at most half a run in the mean), so the correction converges
 to the GPU's true factor and its interval narrows as runs are observed, down to the run noise. The interval of a
 time is the central 90 % of a run's distribution: the factor's uncertainty and the run noise.
+
+What was learned is a msgspec struct per GPU (:meth:`TimeCorrections.state`), persisted with the VRAM corrections
+(:mod:`vramgate.policy.learning`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Annotated
 
 import msgspec
 
+from vramgate.messages.lifecycle import RunFinished
 from vramgate.messages.plans import ResourceRequirement
 
 #: The (model, GPU) pairs of the calibration (``wan_published.csv`` in the reference data).
@@ -36,23 +42,27 @@ WIDE_WORLD_SPREAD = 0.25
 _Z90 = 1.6449
 
 
-class TimeFactor(msgspec.Struct, frozen=True, kw_only=True):
+class TimeFactor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What was learned about one GPU's times: ``runs`` observations, the sum of their log ratios and of squares."""
 
-    runs: int = 0
+    runs: Annotated[int, msgspec.Meta(ge=0)] = 0
     log_sum: float = 0.0
-    log_square_sum: float = 0.0
+    log_square_sum: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
 class TimeCorrections:
     """Per-GPU time corrections with intervals; see the module docstring."""
 
-    def __init__(self, *, noise: float = 0.1) -> None:
+    def __init__(self, *, noise: float = 0.1, state: Mapping[str, TimeFactor] | None = None) -> None:
         if not noise > 0.0:
             raise ValueError("noise must be positive")
         self.noise = noise
-        self._gpus: dict[str, TimeFactor] = {}
+        self._gpus: dict[str, TimeFactor] = dict(state) if state is not None else {}
         self._gpu_calibrated = {gpu for _, gpu in CALIBRATED}
+
+    def state(self) -> dict[str, TimeFactor]:
+        """What was learned, by GPU name (sorted, so that it encodes the same every time)."""
+        return dict(sorted(self._gpus.items()))
 
     def prior_spread(self, model: str, gpu: str, world_size: int = 1) -> float:
         """The prior's log-space spread for a run of ``model`` on ``world_size`` GPUs of kind ``gpu``."""
@@ -75,6 +85,15 @@ class TimeCorrections:
         self._gpus[gpu] = TimeFactor(
             runs=found.runs + 1, log_sum=found.log_sum + ratio, log_square_sum=found.log_square_sum + ratio * ratio
         )
+
+    def observe_run(self, gpu: str, *, predicted_s: float, finished: RunFinished) -> bool:
+        """Learn from a finished run when it teaches a time: it ran to the end (``ok``) and says how long it took;
+        ``predicted_s`` is the uncorrected estimate for its plan. Returns whether it taught anything."""
+        seconds = finished.seconds
+        if finished.outcome != "ok" or seconds is None or not (seconds > 0.0 and predicted_s > 0.0):
+            return False
+        self.observe(gpu, predicted_s=predicted_s, observed_s=seconds)
+        return True
 
     def runs(self, gpu: str) -> int:
         found = self._gpus.get(gpu)
@@ -109,3 +128,9 @@ class TimeCorrections:
             model, requirement.gpu, requirement.estimated_time_seconds, requirement.world_size
         )
         return msgspec.structs.replace(requirement, estimated_time_seconds=corrected, time_low_s=low, time_high_s=high)
+
+
+def time_high_s(requirement: ResourceRequirement) -> float:
+    """The longest ``requirement`` is expected to run: the top of its interval, else its point time."""
+    high = requirement.time_high_s
+    return requirement.estimated_time_seconds if high is None else high

@@ -18,6 +18,10 @@ When the admission core crashes (a fault), a new core is built and restored from
 :class:`~vramgate.messages.admission.AdmissionSnapshot` the policy keeps from what the core told it (the live
 leases it granted and the requests still waiting, in their order), then given the latest samples: no lease and no
 request is lost.
+
+Like a gate, the policy learns each GPU's times from the runs that end (``ok``), on its optimizer's estimator
+(:func:`~vramgate.simulate.run.make_policy` gives it a copy of the simulation's, so that the truth, which is
+defined by the uncorrected figures, stays put): later plans carry the corrected time and its narrower interval.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ from vramgate.messages.admission import (
     ReleaseLease,
     SubmitRequest,
 )
-from vramgate.messages.lifecycle import RequestAdmitted, RequestEnded
+from vramgate.messages.lifecycle import RequestAdmitted, RequestEnded, RunFinished
 from vramgate.messages.plans import Plan
 from vramgate.messages.requests import GenerationRequest
 from vramgate.messages.resources import ResourceSample
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
+from vramgate.policy.estimate import Estimator
 from vramgate.policy.ledger import DeviceConfig
 from vramgate.policy.optimize import Optimizer
 from vramgate.simulate._model import Job, Run
@@ -116,6 +121,8 @@ class VramgatePolicy:
 
     def run_ended(self, run: Run, outcome: str, now: float) -> None:
         self._runs.pop(run.lease_id, None)
+        if outcome == "ok":
+            self._learn(run, now)
         reason = "" if outcome == "ok" else f"the run ended with {outcome}"
         self._handle(ReleaseLease(lease_id=run.lease_id, outcome=outcome, reason=reason), now)  # type: ignore[arg-type]
 
@@ -161,6 +168,22 @@ class VramgatePolicy:
         return self.core.running + self.core.queue_length + len(self._runs)
 
     # ------------------------------------------------------------------ helpers
+
+    def _learn(self, run: Run, now: float) -> None:
+        """Teach the estimator the time of a run that ended well; plans made before it moved are dropped."""
+        estimator = self.optimizer.estimator
+        if not isinstance(estimator, Estimator) or now <= run.started:
+            return
+        plan = self._plan_of(run)
+        finished = RunFinished(
+            request_id=run.job.request_id, lease_id=run.lease_id, outcome="ok", seconds=now - run.started
+        )
+        gpu, world = self.sim.specs[run.devices[0]].name, plan.params.options.gpus
+        before = estimator.learned.times.interval(plan.params.model, gpu, 1.0, world)
+        estimator.observe(finished, plan)
+        after = estimator.learned.times.interval(plan.params.model, gpu, 1.0, world)
+        if any(abs(b - a) > 0.005 * a for a, b in zip(after, before, strict=True)):
+            self._plans.clear()
 
     def _plan_of(self, run: Run) -> Plan:
         plan = run.extra.get("plan")

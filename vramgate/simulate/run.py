@@ -11,6 +11,7 @@ import msgspec
 from vramgate.errors import InvalidParameter
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import GpuSpec
+from vramgate.policy.learning import copy_estimator
 from vramgate.policy.optimize import Optimizer
 from vramgate.simulate._truth import Truth
 from vramgate.simulate.engine import Policy, Simulation
@@ -28,12 +29,14 @@ POLICIES = ("vramgate", "serial", "check-then-run", "retry-on-oom", "seed")
 
 
 def make_policy(name: str, estimator: Estimator, *, placement: Placement | None = None) -> Policy:
-    """A fresh policy by name (``placement``: the vramgate policy's, else the admission core's default)."""
+    """A fresh policy by name (``placement``: the vramgate policy's, else the admission core's default). The
+    vramgate policy learns on a copy of ``estimator``, so that each run of it starts from what ``estimator`` knows."""
     if name == "vramgate":
+        optimizer = Optimizer(copy_estimator(estimator))
         if placement is None:
-            return VramgatePolicy(Optimizer(estimator))
+            return VramgatePolicy(optimizer)
         config = msgspec.structs.replace(SIMULATED_ADMISSION, placement=placement)
-        return VramgatePolicy(Optimizer(estimator), config)
+        return VramgatePolicy(optimizer, config)
     if name == "serial":
         return SerialPolicy()
     if name == "check-then-run":
