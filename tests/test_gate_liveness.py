@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from vramgate.clock import ManualClock
-from vramgate.config import AdmissionSettings, CleanupConfig, DevicesConfig, GateConfig, MonitorConfig
+from vramgate.config import AdmissionSettings, CleanupConfig, DevicesConfig, GateConfig, MonitorConfig, RunConfig
 from vramgate.errors import DoesNotFit
 from vramgate.gate import Gate, open_gate
 from vramgate.hardware import SimulatedGpu, detect
@@ -156,3 +156,31 @@ async def test_statistics_report_a_queue_that_is_not_moving() -> None:
         await gate.wait_idle()
         assert gate.statistics().queue_stalled_s is None
         assert gate.statistics().stall_reason == ""
+
+
+async def test_a_queued_tickets_eta_is_on_the_runs_time_scale() -> None:
+    """With compressed runs (``[run] time_scale``), a queued request's ETA adds its own run as it will last here."""
+    clock = ManualClock()
+    config = GateConfig(
+        devices=DevicesConfig(use_real_gpus=False),
+        monitor=MonitorConfig(interval_s=0.05),
+        admission=AdmissionSettings(ram_budget="256GiB"),
+        cleanup=CleanupConfig(after_run=False),
+        run=RunConfig(time_scale=0.01),
+    )
+    devices = detect(("RTX4090-24GB",), nvml=False, torch=False, clock=clock)
+    async with open_gate(config, clock=clock, devices=devices) as gate:
+        running = await gate.submit(MEDIUM)
+        lease = await running.wait_admitted()
+        waiting = await gate.submit(MEDIUM)
+        await gate.wait_idle()
+        assert waiting.state == "queued"
+        assert waiting.plan is not None
+        standing = gate.standing(waiting.request_id)
+        assert standing is not None
+        assert standing.starts_at is not None
+        own = 0.01 * time_high_s(waiting.plan.requirement)
+        eta = waiting.eta_s()
+        assert eta == pytest.approx(standing.starts_at - clock.now() + own, rel=1e-6)
+        async with gate.hold(lease):
+            pass

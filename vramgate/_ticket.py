@@ -179,7 +179,8 @@ class Ticket:
             standing = self._gate.standing(self.request_id)
             if standing is None or standing.starts_at is None:
                 return None
-            return max(0.0, standing.starts_at - now) + time_high_s(self.plan.requirement)
+            own = self._gate.config.run.expected_seconds(time_high_s(self.plan.requirement))
+            return max(0.0, standing.starts_at - now) + own
         if self.state != "admitted" or self.admitted_at is None or self.plan is None:
             return None
         progress = self.progress
