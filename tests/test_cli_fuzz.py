@@ -133,6 +133,13 @@ POSITIONAL: dict[str, tuple[list[str], list[str]]] = {
 
 #: commands with subcommands: whole argument lists, each with one bad value (good runs are tested where they live)
 SUBCOMMANDS: dict[str, list[list[str]]] = {
+    "cluster": [
+        ["demo", "--nodes", "0"],
+        ["demo", "--nodes", "nan"],
+        ["demo", "--requests", "0"],
+        ["demo", "--time-scale", "nan"],
+        ["demo", "--time-scale", "inf"],
+    ],
     "profile": [
         ["trace", "--config", "{garbage}"],
         ["trace", "--config", "{deep}"],

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from vramgate.cli._errors import FiniteFloat
 from vramgate.messages.codec import encode_json
 
 
@@ -34,7 +35,7 @@ def command() -> None:
     "--time-scale",
     default=0.001,
     show_default=True,
-    type=click.FloatRange(min=1e-5, max=1.0),
+    type=FiniteFloat(min=1e-5, max=1.0),
     help="Compress run time: demo seconds per estimated GPU second.",
 )
 @click.option("--log-dir", default="vramgate-cluster-logs", show_default=True, help="Each node's and router's log.")
