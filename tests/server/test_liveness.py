@@ -4,6 +4,7 @@ moving."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import anyio
@@ -73,3 +74,20 @@ async def test_healthz_reports_a_queue_that_is_not_moving() -> None:
                 clock.advance(1.0)
                 await anyio.sleep(0.001)
         assert (await client.get("/healthz")).json()["status"] == "ok"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+async def test_healthz_reports_a_message_log_that_cannot_be_written() -> None:
+    async with serving(app_for(sim_config(log_path="/dev/full"))) as client:  # every write fails with ENOSPC
+        rid = (await client.post("/v1/generations", json=SHORT)).json()["request_id"]
+        assert (await wait_state(client, rid, {"completed", "rejected", "failed"}))["state"] == "completed"
+        health = await client.get("/healthz")
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "degraded"
+        assert "message log" in body["reason"]
+        assert "No space left on device" in body["reason"]
+        assert body["queue_stalled_s"] is None
+        again = (await client.post("/v1/generations", json=SHORT)).json()["request_id"]  # it keeps serving
+        assert (await wait_state(client, again, {"completed", "rejected", "failed"}))["state"] == "completed"
+        assert (await client.get("/healthz")).json()["status"] == "degraded"
