@@ -71,6 +71,9 @@ from vramgate.policy.ledger import DeviceConfig
 
 T = TypeVar("T")
 _log = logging.getLogger("vramgate.gate")
+#: The error a run that was cancelled reports (``RunFinished.error``): a fixed phrase, so that the message log holds
+#: no cancel scope's address and a replay of it compares byte for byte.
+CANCELLED_RUN = "the run was cancelled"
 
 #: Actor names (they are the senders and recipients in the message log).
 MONITOR, ESTIMATOR, OPTIMIZER, ADMISSION, CLEANUP, ROUTER = (
@@ -693,7 +696,12 @@ class Gate:
             outcome = "error"
         if outcome == "oom":
             self._counts["ooms"] += 1
-        text = lease.reported_error or (f"{type(error).__name__}: {error}" if error is not None else "")
+        if lease.reported_error:
+            text = lease.reported_error
+        elif outcome == "cancelled" and error is not None:
+            text = CANCELLED_RUN
+        else:
+            text = f"{type(error).__name__}: {error}" if error is not None else ""
         await self._release(lease, outcome, text)
 
     def _pins(self, lease: Lease) -> bool:
