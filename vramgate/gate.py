@@ -303,7 +303,8 @@ class Gate:
         return admission.admission.retry_after(self.clock.now())
 
     def queue_position(self, request_id: str) -> int | None:
-        """The 1-based position of a waiting request in the admission queue now, or ``None`` when it is not waiting.
+        """Shorthand for ``standing(request_id).position`` (``None`` when it is not waiting), without working out
+        what the request waits for.
 
         A ticket's ``position`` is where its request was queued; this is where it is as the queue moves.
         """

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from vramgate._ticket import Lease
 from vramgate.clock import ManualClock
 from vramgate.hardware import detect
 from vramgate.server.app import STALLED_AFTER_S
@@ -91,3 +92,31 @@ async def test_healthz_reports_a_message_log_that_cannot_be_written() -> None:
         again = (await client.post("/v1/generations", json=SHORT)).json()["request_id"]  # it keeps serving
         assert (await wait_state(client, again, {"completed", "rejected", "failed"}))["state"] == "completed"
         assert (await client.get("/healthz")).json()["status"] == "degraded"
+
+
+class OneByOne:
+    """Runs that each wait until the test lets that one end."""
+
+    def __init__(self) -> None:
+        self.ends: dict[str, anyio.Event] = {}
+
+    async def __call__(self, lease: Lease) -> int:
+        await self.ends.setdefault(lease.request_id, anyio.Event()).wait()
+        return 0
+
+
+async def test_a_queued_request_shows_where_it_is_now_as_the_queue_moves() -> None:
+    runner = OneByOne()
+    async with serving(app_for(runner=runner)) as client:  # one run at a time on the card
+        ids = [(await client.post("/v1/generations", json=SHORT)).json()["request_id"] for _ in range(3)]
+        await wait_state(client, ids[0], {"running"})
+        assert (await client.get(f"/v1/generations/{ids[2]}")).json()["position"] == 2
+        runner.ends.setdefault(ids[0], anyio.Event()).set()
+        await wait_state(client, ids[1], {"running"})
+        third = (await client.get(f"/v1/generations/{ids[2]}")).json()
+        assert third["state"] == "queued"
+        assert third["position"] == 1
+        assert "behind" not in third["reason"]  # first in line: nothing ahead of it
+        runner.ends.setdefault(ids[1], anyio.Event()).set()
+        runner.ends.setdefault(ids[2], anyio.Event()).set()
+        await wait_state(client, ids[2], {"completed"})
