@@ -845,6 +845,7 @@ def _admission_config(config: GateConfig) -> AdmissionConfig:
         queue_limit=settings.queue_limit,
         stale_after_s=settings.stale_after_s,
         aging=settings.aging_per_s,
+        permanent_after_s=settings.permanent_after_s,
         placement=settings.placement,
         backfill=settings.backfill,
         time_scale=config.run.time_scale,
