@@ -75,14 +75,26 @@ def test_log_kind_checks_header_and_records(tmp_path: Path) -> None:
 
     bad = tmp_path / "bad.jsonl"
     broken = record.replace('"position":1', '"position":0')
-    bad.write_text(f"{record}\n{broken}\n{header}\n")
+    continued = encode_json(LogHeader(segment=2, first_seq=2)).decode()
+    bad.write_text(f"{record}\n{broken}\n{continued}\n")
     code, out = run(bad, "--kind", "log")
     assert code == 1
     assert out.splitlines()[:3] == [
         f"{bad}:1: $: the first line of a log must be a LogHeader",
         f"{bad}:2: $.message.position: Expected `int` >= 1",
-        f"{bad}:3: $: a LogHeader may only be the first line",
+        f"{bad}:3: $.segment: a LogHeader after the first line starts a new run: its segment must be 0, not 2",
     ]
+
+
+def test_an_appended_log_is_valid_with_every_run_header(tmp_path: Path) -> None:
+    header = encode_json(LogHeader()).decode()
+    record = encode_json(
+        LogRecord(seq=1, at=0.0, sender="a", recipient="b", message=RequestQueued(request_id="r", position=1))
+    ).decode()
+    path = tmp_path / "restarted.jsonl"
+    path.write_text(f"{header}\n{record}\n{header}\n{record}\n{header}\n")  # three runs, the last one empty
+    assert run(path, "--kind", "log") == (0, "ok: 5 log item(s)\n")
+    assert run(path) == (0, "ok: 5 log item(s)\n")
 
 
 def test_unknown_kind_is_a_usage_error(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import pytest
 
 from vramgate.config import GateConfig, MonitorConfig, load_config
 from vramgate.errors import DecodeError
+from vramgate.gate import open_gate
+from vramgate.replay import read_log
 
 KEYS = [
     ("monitor", "interval_s"),
@@ -15,6 +17,7 @@ KEYS = [
     ("monitor", "probe_timeout_s"),
     ("admission", "stale_after_s"),
     ("admission", "aging_per_s"),
+    ("admission", "permanent_after_s"),
     ("admission", "margin_fraction"),
     ("cleanup", "min_interval_s"),
     ("cleanup", "proactive_below_fraction"),
@@ -72,3 +75,22 @@ def test_sane_values_still_load(tmp_path: Path) -> None:
     assert config.admission.stale_after_s == 5
     assert config.cleanup.min_interval_s == 0
     assert GateConfig() == load_config(environ={})
+
+
+@pytest.mark.anyio
+async def test_permanent_after_s_reaches_admission(tmp_path: Path) -> None:
+    path = tmp_path / "gate.toml"
+    log = tmp_path / "gate.jsonl"
+    path.write_text(
+        f'log_path = "{log}"\n[devices]\nuse_real_gpus = false\nsimulate = ["RTX4090-24GB"]\n'
+        "[admission]\npermanent_after_s = 120\n"
+    )
+    config = load_config(path, environ={})
+    assert config.admission.permanent_after_s == 120
+    assert load_config(environ={"VRAMGATE_ADMISSION__PERMANENT_AFTER_S": "30"}).admission.permanent_after_s == 30
+    async with open_gate(config):
+        pass
+    header, _ = read_log(log)
+    admission = header.core("admission")
+    assert admission is not None
+    assert admission.config["admission"]["permanent_after_s"] == 120  # what the admission core was built with

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vramgate.actors import Recorder
 from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig, MonitorConfig
 from vramgate.errors import ConfigError, DoesNotFit
-from vramgate.gate import open_gate
+from vramgate.gate import CANCELLED_RUN, open_gate
 from vramgate.messages import (
     GenerationRequest,
     LogHeader,
@@ -25,6 +25,7 @@ from vramgate.messages import (
     RequestAccepted,
     RequestEnded,
     RequestRejected,
+    RunFinished,
 )
 from vramgate.metrics import GateMetrics
 from vramgate.replay import read_log, replay
@@ -257,3 +258,28 @@ async def test_a_prompt_and_a_rejection_plan_are_written_once_and_read_back_whol
     assert plans[0] is not None
     assert plans == [plans[0]] * 3
     assert replay(log).identical
+
+
+async def test_a_cancelled_run_is_logged_with_a_fixed_phrase(tmp_path: Path) -> None:
+    log = tmp_path / "gate.jsonl"
+    async with open_gate(_config(str(log))) as gate:
+        started = anyio.Event()
+
+        async def forever(lease: object) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(gate.run, SMALL, forever)
+                await started.wait()
+                tg.cancel_scope.cancel()  # the run's cancellation carries a cancel scope's address
+            await gate.wait_idle()
+    _, records = read_log(log)
+    finished = {(r.message.outcome, r.message.error) for r in records if isinstance(r.message, RunFinished)}
+    assert finished == {("cancelled", CANCELLED_RUN)}  # one message, delivered to each of its recipients
+    text = log.read_text()
+    assert "0x" not in text
+    assert "cancel scope" not in text
+    result = replay(log)
+    assert result.identical, result.summary()

@@ -98,3 +98,25 @@ def test_lanes_never_overlap() -> None:
             if assigned[i] == assigned[j]:
                 assert (b.end if b.end is not None else 10.0) <= a.start
     assert assigned == [0, 1, 1, 1, 0, 0]  # never more than two at once
+
+
+def test_the_timeline_of_an_appended_log_shows_every_run(demo_log: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    path, _ = demo_log
+    once = read_timeline(path)
+    twice = tmp_path / "restarted.jsonl"
+    twice.write_bytes(path.read_bytes() * 2)  # the same run again, appended as a restarted process does
+    timeline = read_timeline(twice)
+    assert len(timeline.runs) == 2 * len(once.runs)
+    assert timeline.counts() == {kind: 2 * n for kind, n in once.counts().items()}
+    assert timeline.restarts == [once.duration_s]
+    assert timeline.duration_s == pytest.approx(2 * once.duration_s)
+    second = [run for run in timeline.runs if run.start >= once.duration_s]
+    assert len(second) == len(once.runs)  # the second run's bars follow the first run's, on the same time axis
+    for track in timeline.devices:
+        assert len(track.used) == 2 * len(next(d for d in once.devices if d.index == track.index).used)
+        times = [t for t, _ in track.reserved]
+        assert times == sorted(times)
+        assert (once.duration_s, 0) in track.reserved  # nothing reserved when the new process starts
+    out = tmp_path / "t.png"
+    size = plot_timeline(timeline, out, width_px=900)
+    assert png_size(out) == size

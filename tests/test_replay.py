@@ -27,7 +27,7 @@ from vramgate.messages import (
     log_line_codec,
 )
 from vramgate.messages.log import CoreSpec
-from vramgate.replay import read_log, register_core_kind, replay
+from vramgate.replay import read_log, read_runs, register_core_kind, replay
 
 # ------------------------------------------------------------------ a small example system
 
@@ -301,8 +301,11 @@ def test_header_and_order_are_checked(tmp_path: Path) -> None:
     out = CliRunner().invoke(main, ["replay", str(tmp_path / "d.jsonl")])
     assert out.exit_code == 2
     assert "record 2 is missing" in out.output
-    _, records = read_log(_write(tmp_path / "e.jsonl", [lines[0], lines[1], lines[0], lines[1]]))
-    assert [r.seq for r in records] == [1]  # a second header starts a second run
+    _, records = read_log(_write(tmp_path / "e.jsonl", [lines[0], lines[1], lines[0], lines[1], lines[2]]))
+    assert [r.seq for r in records] == [1, 1, 2]  # a second header starts a second run: its records follow
+    runs = [(header, [r.seq for r in run]) for header, run in read_runs(tmp_path / "e.jsonl")]
+    assert [seqs for _, seqs in runs] == [[1], [1, 2]]
+    assert all(isinstance(header, LogHeader) for header, _ in runs)
     assert replay(tmp_path / "e.jsonl").runs == 2
 
 

@@ -29,6 +29,7 @@ from vramgate.policy.timing import time_high_s
 if TYPE_CHECKING:
     from vramgate.gate import Gate
     from vramgate.hardware import SimulatedGpu
+    from vramgate.policy._standing import Standing
 
 State = Literal["preflight", "queued", "admitted", "ended"]
 
@@ -48,7 +49,8 @@ class Ticket:
 
     ``async for event in ticket`` yields every lifecycle message of the request, from acceptance to its one
     :class:`~vramgate.messages.RequestEnded`. Progress messages beyond the last ``history`` events are dropped
-    from the replay buffer (the state, position and progress fields always hold the latest).
+    from the replay buffer (the state and progress fields always hold the latest). ``position`` is where the
+    request was queued (its :class:`~vramgate.messages.RequestQueued`); :meth:`standing` says where it is now.
     """
 
     __slots__ = (
@@ -160,13 +162,16 @@ class Ticket:
     def done(self) -> bool:
         return self.state == "ended"
 
+    def standing(self) -> Standing | None:
+        """Where a queued request stands now, as the queue moves (position, what it waits for, expected start:
+        :meth:`Gate.standing <vramgate.gate.Gate.standing>`); ``None`` unless it is queued."""
+        return self._gate.standing(self.request_id) if self.state == "queued" else None
+
     @property
     def reason(self) -> str:
         """What a queued request waits for now (``"behind 3 requests; waiting for 3,200 MiB on gpu0: held by 2
         running leases"``); ``""`` once it is admitted or ended."""
-        if self.state != "queued":
-            return ""
-        standing = self._gate.standing(self.request_id)
+        standing = self.standing()
         return standing.reason if standing is not None else ""
 
     def eta_s(self) -> float | None:
@@ -176,7 +181,7 @@ class Ticket:
         leases, holds the memory it waits for)."""
         now = self._gate.clock.now()
         if self.state == "queued" and self.plan is not None:
-            standing = self._gate.standing(self.request_id)
+            standing = self.standing()
             if standing is None or standing.starts_at is None:
                 return None
             own = self._gate.config.run.expected_seconds(time_high_s(self.plan.requirement))

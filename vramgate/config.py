@@ -171,6 +171,9 @@ class AdmissionSettings(_Section, frozen=True):
     margin_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.05
     stale_after_s: PositiveSeconds = 10.0
     aging_per_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.1
+    #: Others' memory that has not come free once in this many seconds counts as never leaving: a plan that needs
+    #: it is never queued on that device (nowhere: the request is rejected ``does_not_fit``).
+    permanent_after_s: Seconds = 600.0
     placement: Literal["earliest_finish", "best_fit", "spread"] = "earliest_finish"
     backfill: bool = True
     #: Host RAM the runs may use in total (offloaded weights live there); default what the host has.

@@ -73,6 +73,9 @@ from vramgate.policy.ledger import DeviceConfig
 
 T = TypeVar("T")
 _log = logging.getLogger("vramgate.gate")
+#: The error a run that was cancelled reports (``RunFinished.error``): a fixed phrase, so that the message log holds
+#: no cancel scope's address and a replay of it compares byte for byte.
+CANCELLED_RUN = "the run was cancelled"
 
 #: Actor names (they are the senders and recipients in the message log).
 MONITOR, ESTIMATOR, OPTIMIZER, ADMISSION, CLEANUP, ROUTER = (
@@ -302,7 +305,8 @@ class Gate:
         return admission.admission.retry_after(self.clock.now())
 
     def queue_position(self, request_id: str) -> int | None:
-        """The 1-based position of a waiting request in the admission queue now, or ``None`` when it is not waiting.
+        """Shorthand for ``standing(request_id).position`` (``None`` when it is not waiting), without working out
+        what the request waits for.
 
         A ticket's ``position`` is where its request was queued; this is where it is as the queue moves.
         """
@@ -718,7 +722,12 @@ class Gate:
             outcome = "error"
         if outcome == "oom":
             self._counts["ooms"] += 1
-        text = lease.reported_error or (f"{type(error).__name__}: {error}" if error is not None else "")
+        if lease.reported_error:
+            text = lease.reported_error
+        elif outcome == "cancelled" and error is not None:
+            text = CANCELLED_RUN
+        else:
+            text = f"{type(error).__name__}: {error}" if error is not None else ""
         await self._release(lease, outcome, text)
 
     def _pins(self, lease: Lease) -> bool:
@@ -871,6 +880,7 @@ def _admission_config(config: GateConfig) -> AdmissionConfig:
         queue_limit=settings.queue_limit,
         stale_after_s=settings.stale_after_s,
         aging=settings.aging_per_s,
+        permanent_after_s=settings.permanent_after_s,
         placement=settings.placement,
         backfill=settings.backfill,
         time_scale=config.run.time_scale,

@@ -4,7 +4,8 @@
 draws it with matplotlib (``pip install matplotlib``): for each device its capacity, the admission budget
 (capacity less the safety margin), the memory reserved by leases and the memory measured, and below it the runs
 as bars coloured by how they went (admitted as requested, optimized, OOM, error, cancelled); at the bottom the
-queue length, with rejected and timed-out requests marked.
+queue length, with rejected and timed-out requests marked. A log that restarted processes appended runs to shows
+them one after another.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class Marker(msgspec.Struct, kw_only=True):
 
 
 class Timeline(msgspec.Struct, kw_only=True):
-    """Everything a timeline plot shows, from one log."""
+    """Everything a timeline plot shows, from one log. ``restarts``: where each run appended by a restarted
+    process begins (it follows the run before it at once: the time between them is not recorded)."""
 
     duration_s: float
     devices: list[DeviceTrack]
@@ -87,6 +89,7 @@ class Timeline(msgspec.Struct, kw_only=True):
     markers: list[Marker]
     queue: list[tuple[float, int]]
     note: str = ""
+    restarts: list[float] = msgspec.field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """How many runs of each kind, and how many rejected or timed-out requests."""
@@ -175,11 +178,51 @@ def timeline_from_records(records: Iterable[LogRecord[Message]], header: LogHead
 
 
 def read_timeline(path: str | os.PathLike[str]) -> Timeline:
-    """Read a message log (``vramgate demo --log``, a gate's ``log_path``) into a timeline."""
-    from vramgate.replay import read_log
+    """Read a message log (``vramgate demo --log``, a gate's ``log_path``) into a timeline: every run it holds,
+    one after another (:func:`join_timelines`)."""
+    from vramgate.replay import read_runs
 
-    header, records = read_log(path)
-    return timeline_from_records(records, header)
+    return join_timelines([timeline_from_records(records, header) for header, records in read_runs(path)])
+
+
+def join_timelines(timelines: list[Timeline]) -> Timeline:
+    """The timelines of a log's runs (a restart appends one) as one: each run starts where the one before ended,
+    with nothing reserved or queued (a new process holds no lease); a device keeps its latest name and size."""
+    if not timelines:
+        return Timeline(duration_s=0.0, devices=[], runs=[], markers=[], queue=[])
+    joined = timelines[0]
+    for later in timelines[1:]:
+        offset = joined.duration_s
+        devices = {track.index: track for track in joined.devices}
+        for track in later.devices:
+            held = devices.get(track.index)
+            if held is None:
+                held = devices[track.index] = DeviceTrack(index=track.index, name="", capacity_mb=0)
+            held.name, held.capacity_mb, held.margin_mb = track.name, track.capacity_mb, track.margin_mb
+            held.used.extend((offset + t, v) for t, v in track.used)
+        for held in devices.values():
+            if held.reserved:
+                held.reserved.append((offset, 0))
+            later_track = next((t for t in later.devices if t.index == held.index), None)
+            if later_track is not None:
+                held.reserved.extend((offset + t, v) for t, v in later_track.reserved)
+        joined = Timeline(
+            duration_s=offset + later.duration_s,
+            devices=[devices[i] for i in sorted(devices)],
+            runs=sorted(
+                [*joined.runs, *(_shifted(run, offset) for run in later.runs)], key=lambda r: (r.device, r.start)
+            ),
+            markers=[*joined.markers, *(msgspec.structs.replace(m, at=offset + m.at) for m in later.markers)],
+            queue=[*joined.queue, *([(offset, 0)] if joined.queue else []), *((offset + t, n) for t, n in later.queue)],
+            note=joined.note or later.note,
+            restarts=[*joined.restarts, offset],
+        )
+    return joined
+
+
+def _shifted(run: RunBar, offset: float) -> RunBar:
+    end = run.end + offset if run.end is not None else None
+    return msgspec.structs.replace(run, start=run.start + offset, end=end)
 
 
 def _dequeue(queued: set[str], queue: list[tuple[float, int]], request_id: str, t: float) -> None:
@@ -304,6 +347,9 @@ def plot_timeline(
         memory_axes.append(memory)
     queue_ax = fig.add_subplot(grid[positions[-1]], sharex=first)
     _queue(queue_ax, timeline, span)
+    for ax in fig.axes:
+        for at in timeline.restarts:  # a restarted process appended a run to the log here
+            ax.axvline(at, color="#444444", linewidth=0.8, linestyle="--")
     queue_ax.set_xlabel("seconds since the log began")
     queue_ax.set_xlim(0, span * 1.01)
     memory_axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="memory")
@@ -421,6 +467,7 @@ __all__ = [
     "RunBar",
     "Timeline",
     "figure_size",
+    "join_timelines",
     "lanes",
     "plot_log",
     "plot_timeline",

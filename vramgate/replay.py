@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 
-from vramgate._logfile import Line, iter_log, log_files
+from vramgate._logfile import iter_log, log_files
 from vramgate._replayer import Divergence, RunReplay
 from vramgate.actors.core import Core
 from vramgate.errors import ReplayError
@@ -94,7 +94,9 @@ class ReplayResult(msgspec.Struct, frozen=True):
 
 
 def read_log(path: str | os.PathLike[str]) -> tuple[LogHeader, Iterator[LogRecord[Message]]]:
-    """Read one message log file: the header of its first run, and an iterator over that run's records.
+    """Read one message log file: the header of its first run, and an iterator over the records of every run it
+    holds, in order (a run appended by a restarted process numbers its records from 1 again:
+    :func:`read_runs` tells the runs apart).
 
     Records come back as they were delivered (compact samples and prompt references expanded). A torn last
     line ends the records quietly (:func:`replay` reports it). Raises :class:`~vramgate.errors.DecodeError` with
@@ -104,17 +106,25 @@ def read_log(path: str | os.PathLike[str]) -> tuple[LogHeader, Iterator[LogRecor
     lines = iter_log(path, [])
     first = next(lines)
     assert isinstance(first, LogHeader)
-    return first, _first_run(lines)
+    return first, (line for line in lines if isinstance(line, LogRecord) and type(line.message) is not LogClosed)
 
 
-def _first_run(lines: Iterator[Line]) -> Iterator[LogRecord[Message]]:
-    for line in lines:
+def read_runs(path: str | os.PathLike[str]) -> Iterator[tuple[LogHeader, list[LogRecord[Message]]]]:
+    """The runs of one message log file, in order: each run's header and its records (as :func:`read_log` gives
+    them). A file holds one run, plus one for each restart that appended to it. Raises as :func:`read_log`."""
+    header: LogHeader | None = None
+    records: list[LogRecord[Message]] = []
+    for line in iter_log(path, []):
         if isinstance(line, LogHeader):
-            if line.segment == 0:
-                return
-            continue
-        if type(line.message) is not LogClosed:
-            yield line
+            if header is not None and line.segment == 0:
+                yield header, records
+                header, records = None, []
+            if header is None:
+                header = line
+        elif type(line.message) is not LogClosed:
+            records.append(line)
+    if header is not None:
+        yield header, records
 
 
 def _factories(header: LogHeader) -> dict[str, CoreFactory]:

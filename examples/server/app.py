@@ -10,15 +10,12 @@ import os
 
 from vramgate.config import load_config
 from vramgate.server import ServerSettings, create_app
+from vramgate.server.app import serve
 
 config = load_config(os.environ.get("VRAMGATE_CONFIG"))
 app = create_app(config, settings=ServerSettings())
 
 if __name__ == "__main__":
-    import uvicorn
-
-    from vramgate.server.connections import uvicorn_config
-
-    # The [server] section's timeouts and connection limit (plain ``uvicorn app:app`` has neither).
-    port = int(os.environ.get("PORT", "8000"))
-    uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, limits=config.server)).run()
+    # The [server] section's timeouts and connection limit, and a drain on SIGINT or SIGTERM (queued requests'
+    # streams end, running ones stop) before uvicorn stops: plain ``uvicorn app:app`` has none of them.
+    serve(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), limits=config.server)

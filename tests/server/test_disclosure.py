@@ -8,14 +8,16 @@ import re
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from vramgate._ticket import Lease
 from vramgate.hardware import detect
 from vramgate.hardware.probe import ProbeReading
 from vramgate.messages import DeviceSample, ProcessMemory
+from vramgate.server.service import open_service
 
-from ._helpers import SMALL, app_for, parse_sse, serving, sim_config, wait_state
+from ._helpers import FAST, SMALL, app_for, parse_sse, serving, sim_config, wait_state
 
 pytestmark = pytest.mark.anyio
 
@@ -146,3 +148,21 @@ async def test_a_cancel_right_after_admission_stops_the_run() -> None:
             assert (await client.delete(f"/v1/generations/{accepted['request_id']}")).status_code == 202
             status = await wait_state(client, accepted["request_id"], {"cancelled", "completed"})
             assert status["state"] == "cancelled"
+
+
+async def test_a_request_cancelled_as_it_is_admitted_ends_cancelled_without_running() -> None:
+    runner = HeldRun()
+    async with open_service(sim_config(), settings=FAST, runner=runner) as service:
+        for _ in range(20):  # the cancellation lands anywhere between admission and the run's start
+            rid = (await service.submit(msgspec.json.encode(SMALL))).request_id
+            record = service.lookup(rid)
+            assert record is not None
+            with anyio.fail_after(10):
+                while record.ticket is not None and record.ticket.state != "admitted":
+                    await record.wait_changed()
+            assert await service.cancel(record)
+            with anyio.fail_after(10):
+                final = await record.wait_ended()
+            assert final.state == "cancelled"
+            assert final.reason == "the run was cancelled"
+        assert service.gate.statistics().running == 0  # no lease was left behind

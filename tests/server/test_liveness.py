@@ -4,11 +4,13 @@ moving."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import anyio
 import pytest
 
+from vramgate._ticket import Lease
 from vramgate.clock import ManualClock
 from vramgate.hardware import detect
 from vramgate.server.app import STALLED_AFTER_S
@@ -73,3 +75,48 @@ async def test_healthz_reports_a_queue_that_is_not_moving() -> None:
                 clock.advance(1.0)
                 await anyio.sleep(0.001)
         assert (await client.get("/healthz")).json()["status"] == "ok"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+async def test_healthz_reports_a_message_log_that_cannot_be_written() -> None:
+    async with serving(app_for(sim_config(log_path="/dev/full"))) as client:  # every write fails with ENOSPC
+        rid = (await client.post("/v1/generations", json=SHORT)).json()["request_id"]
+        assert (await wait_state(client, rid, {"completed", "rejected", "failed"}))["state"] == "completed"
+        health = await client.get("/healthz")
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "degraded"
+        assert "message log" in body["reason"]
+        assert "No space left on device" in body["reason"]
+        assert body["queue_stalled_s"] is None
+        again = (await client.post("/v1/generations", json=SHORT)).json()["request_id"]  # it keeps serving
+        assert (await wait_state(client, again, {"completed", "rejected", "failed"}))["state"] == "completed"
+        assert (await client.get("/healthz")).json()["status"] == "degraded"
+
+
+class OneByOne:
+    """Runs that each wait until the test lets that one end."""
+
+    def __init__(self) -> None:
+        self.ends: dict[str, anyio.Event] = {}
+
+    async def __call__(self, lease: Lease) -> int:
+        await self.ends.setdefault(lease.request_id, anyio.Event()).wait()
+        return 0
+
+
+async def test_a_queued_request_shows_where_it_is_now_as_the_queue_moves() -> None:
+    runner = OneByOne()
+    async with serving(app_for(runner=runner)) as client:  # one run at a time on the card
+        ids = [(await client.post("/v1/generations", json=SHORT)).json()["request_id"] for _ in range(3)]
+        await wait_state(client, ids[0], {"running"})
+        assert (await client.get(f"/v1/generations/{ids[2]}")).json()["position"] == 2
+        runner.ends.setdefault(ids[0], anyio.Event()).set()
+        await wait_state(client, ids[1], {"running"})
+        third = (await client.get(f"/v1/generations/{ids[2]}")).json()
+        assert third["state"] == "queued"
+        assert third["position"] == 1
+        assert "behind" not in third["reason"]  # first in line: nothing ahead of it
+        runner.ends.setdefault(ids[1], anyio.Event()).set()
+        runner.ends.setdefault(ids[2], anyio.Event()).set()
+        await wait_state(client, ids[2], {"completed"})

@@ -308,3 +308,20 @@ def test_readme_request_table_is_the_generated_one() -> None:
     expected += [f"lora[].{name}" for name in struct_fields(LoraSpec)]
     expected += [f"options.{name}" for name in struct_fields(RunOptions)]
     assert rows == expected
+
+
+def test_each_request_field_carries_its_meaning_in_the_struct() -> None:
+    for struct in (GenerationRequest, LoraSpec, RunOptions):
+        # msgspec's own schema, with nothing added by the server: the meaning is the field's annotation.
+        _, schemas = msgspec.json.schema_components((struct,))
+        props = schemas[struct.__name__]["properties"]
+        for name in struct_fields(struct):
+            assert props[name].get("description"), f"{struct.__name__}.{name} has no msgspec.Meta(description=...)"
+    # Descriptions add no constraint: a body decodes as it did, bad values are refused as they were.
+    body = b'{"model": "ti2v-5B", "width": 832, "height": 480, "frames": 33, "lora": [{"name": "x", "rank": 8}]}'
+    request = msgspec.json.decode(body, type=GenerationRequest)
+    assert (request.width, request.frames, request.lora) == (832, 33, (LoraSpec(name="x", rank=8),))
+    with pytest.raises(msgspec.ValidationError, match=r"Expected `int` >= 1 - at `\$.lora\[0\].rank`"):
+        msgspec.json.decode(body.replace(b'"rank": 8', b'"rank": 0'), type=GenerationRequest)
+    assert GenerationRequest.__struct_config__.frozen
+    assert GenerationRequest.__struct_config__.tag == "GenerationRequest"

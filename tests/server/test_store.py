@@ -16,7 +16,7 @@ import pytest
 from vramgate.errors import ConfigError, DecodeError
 from vramgate.messages import GenerationRequest
 from vramgate.server.schema import GenerationStatus
-from vramgate.server.store import MEMORY, StoredRequest, fingerprint, open_store
+from vramgate.server.store import MEMORY, MEMORY_KEEP_ENDED, SqliteStore, StoredRequest, fingerprint, open_store
 
 pytestmark = pytest.mark.anyio
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -190,3 +190,32 @@ def test_serve_with_a_file_that_is_not_a_store_exits_2_with_one_line(tmp_path: P
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert str(junk) in lines[0]
+
+
+async def test_a_bounded_store_keeps_the_latest_ended_requests_and_every_unfinished_one() -> None:
+    async with open_store(MEMORY, keep_ended=3) as store:
+        for number in range(7):
+            await store.put(row(f"g{number}"))
+        assert await store.set_state("g1", "running")
+        for rid in ("g4", "g2", "g3", "g5", "g6"):  # the order they end in, not the order they came in
+            assert await store.set_state(rid, "completed", ended(rid))
+        kept = {rid for rid in (f"g{n}" for n in range(7)) if await store.get(rid) is not None}
+        assert kept == {"g0", "g1", "g3", "g5", "g6"}  # the two that ended first were dropped
+        assert [r.request_id for r in await store.unfinished()] == ["g0", "g1"]
+        assert [r.request_id for r in await store.list_client("")] == ["g6", "g5", "g3", "g1", "g0"]
+        assert await store.set_state("g0", "cancelled", ended("g0", "cancelled"))
+        assert await store.get("g3") is None
+        assert (await store.get("g0")) is not None
+
+
+async def test_the_in_memory_store_is_bounded_by_default_and_a_file_keeps_everything(tmp_path: Path) -> None:
+    async with open_store() as store:
+        assert store.keep_ended == MEMORY_KEEP_ENDED
+    async with open_store(tmp_path / "store.sqlite") as store:
+        assert store.keep_ended is None  # every id a server accepted answers after a restart
+        for number in range(5):
+            await store.put(row(f"g{number}"))
+            assert await store.set_state(f"g{number}", "completed", ended(f"g{number}"))
+        assert all([await store.get(f"g{number}") is not None for number in range(5)])
+    with pytest.raises(ValueError, match="keep_ended"):
+        SqliteStore.connect(MEMORY, keep_ended=0)

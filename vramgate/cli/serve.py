@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, cast
 
 import click
@@ -105,7 +106,32 @@ def command(
         app = create_app(config, settings=settings)
     except VramgateError as error:
         raise bad_input(error) from None
+    warning = host_warning(host, config.server.allowed_hosts)
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
     serve(app, host=host, port=port, limits=config.server)
+
+
+def host_warning(host: str, allowed_hosts: tuple[str, ...]) -> str | None:
+    """What to tell someone who binds ``host``, a non-loopback address, while the server answers only loopback
+    ``Host`` names (``None`` when the address is loopback or other names are allowed)."""
+    from vramgate.config import LOOPBACK_HOSTS
+
+    if _is_loopback(host) or any(name not in LOOPBACK_HOSTS for name in allowed_hosts):
+        return None
+    return (
+        f"serving on {host}, but only loopback Host names are answered ({', '.join(LOOPBACK_HOSTS)}; others get "
+        "421): add the names clients use with --allow-host NAME (repeatable, '*' for any) or [server] allowed_hosts"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: whatever it resolves to, clients may reach it by that name
 
 
 def _check_devices(config: GateConfig) -> None:

@@ -25,7 +25,7 @@ import msgspec
 
 from vramgate.cli._errors import bad_input
 from vramgate.errors import DecodeError, InvalidParameter, UnknownModel
-from vramgate.messages import GenerationRequest, LogHeader, LogRecord, log_line_codec
+from vramgate.messages import GenerationRequest, LogHeader, log_line_codec
 from vramgate.messages.codec import TOO_DEEP, codec_for
 
 if sys.version_info >= (3, 11):
@@ -60,7 +60,8 @@ class Kind:
 
 
 class _LogLines:
-    """Decodes a log's lines in order: the first must be a LogHeader, the rest LogRecords."""
+    """Decodes a log's lines in order: the first must be a LogHeader, the rest LogRecords, or the LogHeader of a
+    run appended by a restarted process (``segment`` 0; a rotated segment's header is only ever a file's first)."""
 
     def __init__(self) -> None:
         self.first = True
@@ -70,8 +71,11 @@ class _LogLines:
         value = log_line_codec().decode_json(data)
         if first and not isinstance(value, LogHeader):
             raise DecodeError("the first line of a log must be a LogHeader")
-        if not first and not isinstance(value, LogRecord):
-            raise DecodeError("a LogHeader may only be the first line")
+        if not first and isinstance(value, LogHeader) and value.segment != 0:
+            raise DecodeError(
+                f"a LogHeader after the first line starts a new run: its segment must be 0, not {value.segment}",
+                path="$.segment",
+            )
         return value
 
 
@@ -131,7 +135,11 @@ KINDS: dict[str, Kind] = {
     "request": Kind(
         _Requests, "generation request bodies (GenerationRequest), checked against the model catalog", stateful=True
     ),
-    "log": Kind(_LogLines, "a message log: a LogHeader line, then LogRecord lines", stateful=True),
+    "log": Kind(
+        _LogLines,
+        "a message log: a LogHeader line, then LogRecord lines (each appended run with its header)",
+        stateful=True,
+    ),
     "config": Kind(_config, "a gate configuration file (TOML)", whole_file=True),
     "trace": Kind(_trace_line, "a simulator trace: arrival and outside records, one a line"),
     "profile": Kind(_profile, "a model profile (JSON or TOML)", whole_file=True),

@@ -1,4 +1,4 @@
-"""An HTTP generation server embedding one gate (``pip install 'vramgate[server]'``; ``vramgate serve``).
+"""An HTTP generation server embedding one gate (``pip install -e '.[server]'`` from a clone; ``vramgate serve``).
 
 :func:`create_app` builds the FastAPI app (FastAPI is imported only then); :func:`open_service` is the same
 server without HTTP, for embedding in another framework.
@@ -22,7 +22,8 @@ def create_app(*args: Any, **kwargs: Any) -> FastAPI:
     except ImportError as error:
         from vramgate.errors import ConfigError
 
-        raise ConfigError(f"the server needs FastAPI: pip install 'vramgate[server]' ({error})") from None
+        hint = "pip install -e '.[server]' from a clone of vramgate"
+        raise ConfigError(f"the server needs FastAPI: {hint} ({error})") from None
     return build(*args, **kwargs)
 
 

@@ -11,11 +11,12 @@ import re
 
 import msgspec
 
+from vramgate.gate import CANCELLED_RUN
 from vramgate.messages import Message, RequestEnded, RunFinished
 
 #: What a client reads when a run did not end well, by its outcome.
 RUN_REASONS = {
-    "cancelled": "the run was cancelled",
+    "cancelled": CANCELLED_RUN,
     "oom": "the run ran out of GPU memory",
     "error": "the run failed",
 }

@@ -22,7 +22,6 @@ class Record:
     __slots__ = (
         "_changed",
         "_seq",
-        "cancel_requested",
         "error",
         "events",
         "final",
@@ -39,8 +38,6 @@ class Record:
         self.events: collections.deque[tuple[int, Message]] = collections.deque(maxlen=events_limit)
         self.final: GenerationStatus | None = None
         self.scope: anyio.CancelScope | None = None
-        #: A client cancelled the request once admitted, before its run's task opened ``scope``.
-        self.cancel_requested = False
         self.error = ""
         #: its run was started (the store says ``running``)
         self.started = False
@@ -132,12 +129,13 @@ def status(record: Record, *, ended: RequestEnded | None = None) -> GenerationSt
         reason = rejected.reason
     if record.error and not reason:
         reason = error_reason(record.error)
-    if ended is None and not reason:
-        reason = ticket.reason  # what a queued request waits for
+    standing = ticket.standing() if ended is None else None  # where a queued request is now, as the queue moves
+    if standing is not None and not reason:
+        reason = standing.reason  # what it waits for
     return GenerationStatus(
         request_id=record.request_id,
         state=state,
-        position=ticket.position if ended is None else None,
+        position=standing.position if standing is not None else None,
         device=admitted.devices[0] if admitted is not None else None,
         reservation_mb=admitted.reservation_mb if admitted is not None else None,
         plan=PlanView.of(ticket.plan) if ticket.plan is not None else None,

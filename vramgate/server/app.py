@@ -51,7 +51,7 @@ from vramgate.server.store import MEMORY, RequestStore, SqliteStore, StoredReque
 
 JSON = "application/json"
 #: ``/healthz`` says ``degraded`` (503) once requests have waited this long with nothing running that could make
-#: room for the first of them.
+#: room for the first of them (and, at once, while the message log cannot be written).
 STALLED_AFTER_S = 30.0
 _encode = msgspec.json.Encoder().encode
 
@@ -255,10 +255,18 @@ def create_app(
         service = _service(request)
         health = service.health()
         stats = service.gate.statistics()
-        stalled = stats.queue_stalled_s
-        if health.status == "ok" and stalled is not None and stalled >= STALLED_AFTER_S:
-            reason = f"the queue has not moved for {stalled:.0f} s: {stats.stall_reason}"
-            health = msgspec.structs.replace(health, status="degraded", reason=reason, queue_stalled_s=stalled)
+        if health.status == "ok":
+            reasons: list[str] = []
+            stalled = stats.queue_stalled_s
+            if stalled is not None and stalled >= STALLED_AFTER_S:
+                reasons.append(f"the queue has not moved for {stalled:.0f} s: {stats.stall_reason}")
+            else:
+                stalled = None
+            if stats.log is not None and stats.log.degraded:
+                reasons.append(f"the message log cannot be written, recording stopped: {stats.log.error}")
+            if reasons:
+                reason = "; ".join(reasons)
+                health = msgspec.structs.replace(health, status="degraded", reason=reason, queue_stalled_s=stalled)
         return _json(health, 200 if health.status == "ok" else 503)
 
     @app.get("/metrics")

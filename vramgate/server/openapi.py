@@ -3,8 +3,8 @@
 FastAPI cannot see the bodies (the routes read and write raw bytes through msgspec), so :func:`install_openapi`
 replaces the app's ``openapi()`` with FastAPI's own document plus JSON schemas that msgspec generates from
 :class:`~vramgate.messages.GenerationRequest` and the response structs in :mod:`vramgate.server.schema`. The
-meaning of each request field lives in :data:`FIELD_DOCS`; :func:`request_table` renders the README's table
-from the same schema.
+meaning of each request field is its ``msgspec.Meta(description=...)`` in :mod:`vramgate.messages.requests`;
+:func:`request_table` renders the README's table from the same schema.
 """
 
 from __future__ import annotations
@@ -35,50 +35,6 @@ RESPONSE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Health,
 )
 
-#: What each request field means; the schema's types, bounds and defaults come from the structs themselves.
-FIELD_DOCS: dict[type[msgspec.Struct], dict[str, str]] = {
-    GenerationRequest: {
-        "model": "model profile: `t2v-A14B`, `i2v-A14B` or `ti2v-5B`",
-        "width": "frame width in pixels",
-        "height": "frame height in pixels",
-        "request_id": "the caller's id (the example server ignores it and gives its own)",
-        "task": "`t2v` or `i2v`; null: the model's default task",
-        "frames": "frames to generate (4k+1 for Wan); null: from `duration_s`, else the model's default",
-        "duration_s": "clip length in seconds, instead of `frames`",
-        "fps": "frames per second with `duration_s`; null: the model's",
-        "steps": "denoising steps; null: the model's default",
-        "guidance_scale": "classifier-free guidance scale; null: the model's default",
-        "lora": "LoRA adapters applied to the DiT (`lora[].*` below)",
-        "priority": "higher runs first",
-        "max_level": "how far the optimizer may go: `none` changes nothing, `basic` memory techniques only (no "
-        "quality loss), `aggressive` also fewer steps and shorter clips, `maximum` also smaller model sizes",
-        "options": "run options (`options.*` below); a value given is pinned, the optimizer never changes it",
-        "max_wait_s": "end as `timed_out` if not admitted within this many seconds",
-        "prompt": "the text prompt (it does not change the memory a run needs)",
-    },
-    LoraSpec: {
-        "name": "adapter name",
-        "rank": "adapter rank: its size is estimated from it when `size_mb` is not given",
-        "scale": "adapter strength",
-        "size_mb": "adapter size in MiB",
-    },
-    RunOptions: {
-        "offload_model": "move each model to the CPU after its phase (`generate.py --offload_model`)",
-        "convert_model_dtype": "convert the weights to the model's param dtype (`generate.py --convert_model_dtype`)",
-        "t5_cpu": "run the text encoder on the CPU",
-        "vae_tiling": "decode the video in tiles",
-        "dit_fsdp": "shard the DiT across `gpus`",
-        "t5_fsdp": "shard the text encoder across `gpus`",
-        "ulysses": "sequence-parallel degree",
-        "gpus": "world size of a multi-GPU run",
-        "resident_blocks": "offload DiT blocks, keeping this many on the GPU",
-        "sequential_offload": "stream every layer to the GPU as it runs",
-        "dit_dtype": "the DiT weights' dtype",
-        "runner": "the code that runs the plan (`generate.py`, the default; `diffusers`; `diffsynth`): it sets the "
-        "activation memory the plan is priced for",
-    },
-}
-
 _NOTE = (
     "Give either `frames` or `duration_s`, not both; `fps` needs `duration_s`. Unknown fields are errors. "
     'The `type` tag may be left out (if given, it is the struct\'s name, e.g. `"GenerationRequest"`).'
@@ -86,13 +42,11 @@ _NOTE = (
 
 
 def components() -> dict[str, Schema]:
-    """JSON schemas of every request and response body, by name, with each request field's meaning."""
+    """JSON schemas of every request and response body, by name, each request field with its meaning."""
     _, schemas = msgspec.json.schema_components((*REQUEST_TYPES, *RESPONSE_TYPES), ref_template=REF)
     for struct in REQUEST_TYPES:
         schema = schemas[struct.__name__]
         schema["required"] = [name for name in schema.get("required", []) if name != "type"]
-        for name, meaning in FIELD_DOCS[struct].items():
-            schema["properties"][name]["description"] = meaning
     request = schemas[GenerationRequest.__name__]
     request["description"] = f"{request.get('description', '')}\n\n{_NOTE}".strip()
     return schemas

@@ -61,7 +61,8 @@ def load_pipeline(path: str) -> Any:
     try:
         from diffusers import DiffusionPipeline
     except ImportError:
-        raise ConfigError("the diffusers runner needs diffusers: pip install 'vramgate[diffusers]'") from None
+        hint = "pip install -e '.[diffusers]' from a clone of vramgate"
+        raise ConfigError(f"the diffusers runner needs diffusers: {hint}") from None
     pipeline_class: Any = DiffusionPipeline
     return pipeline_class.from_pretrained(path, local_files_only=True)
 

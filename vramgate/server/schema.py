@@ -168,7 +168,8 @@ class DevicesBody(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
-    """``GET /healthz``: ``degraded`` (with ``reason``) while the queue has not moved for a while."""
+    """``GET /healthz``: ``degraded`` (with ``reason``) while the queue has not moved for a while or the message log
+    cannot be written (the server keeps serving; recording stopped)."""
 
     status: Literal["ok", "closing", "degraded"]
     devices: int

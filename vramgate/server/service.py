@@ -36,7 +36,7 @@ from vramgate.actors import Recorder
 from vramgate.clock import Clock
 from vramgate.config import GateConfig
 from vramgate.errors import ActorStopped, BadRequest, QueueFull, VramgateError
-from vramgate.gate import Gate, open_gate
+from vramgate.gate import CANCELLED_RUN, Gate, open_gate
 from vramgate.hardware import DeviceSet
 from vramgate.messages import GenerationRequest, Message, RequestEnded
 from vramgate.server._records import Record, status
@@ -219,11 +219,11 @@ class GenerationService:
         ticket = record.ticket
         if record.done or ticket is None:
             return False
-        if ticket.state == "admitted":
-            record.cancel_requested = True  # the run's task may not have opened its scope yet
+        if ticket.state == "admitted" and record.started:
             if record.scope is not None:
                 record.scope.cancel()
             return True
+        # Waiting, or admitted but its run not started yet: the gate marks it, and it ends without running.
         await ticket.cancel("cancelled by the client")
         return True
 
@@ -334,8 +334,6 @@ class GenerationService:
         try:
             with anyio.CancelScope() as scope:
                 record.scope = scope
-                if record.cancel_requested:
-                    scope.cancel()
                 try:
                     lease = await ticket.wait_admitted()
                 except VramgateError:
@@ -347,14 +345,19 @@ class GenerationService:
                         async with self.gate.hold(lease):
                             pass
                         return
-                    record.started = True
-                    try:
-                        async with self.gate.hold(lease):  # released on every path, a failed store write included
-                            await self.store.set_state(record.request_id, "running")
-                            await self.runner(lease)
-                    except Exception as error:  # the gate reported the outcome; keep the reason for the client
-                        record.error = f"{type(error).__name__}: {error}"[:500]
-                        log.warning("request %s failed: %s", record.request_id, record.error)
+                    if ticket.cancel_requested:  # cancelled as it was admitted: its run never starts
+                        lease.report(outcome="cancelled", error=CANCELLED_RUN)
+                        async with self.gate.hold(lease):
+                            pass
+                    else:
+                        record.started = True
+                        try:
+                            async with self.gate.hold(lease):  # released on every path, a failed store write too
+                                await self.store.set_state(record.request_id, "running")
+                                await self.runner(lease)
+                        except Exception as error:  # the gate reported the outcome; keep the reason for the client
+                            record.error = f"{type(error).__name__}: {error}"[:500]
+                            log.warning("request %s failed: %s", record.request_id, record.error)
             with anyio.move_on_after(60):
                 await ticket.wait_ended()
         finally:

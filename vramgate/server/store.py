@@ -3,7 +3,9 @@
 :class:`RequestStore` is the interface (a server can plug PostgreSQL behind it); :class:`SqliteStore` is the
 embedded default: one SQLite file in WAL mode (``synchronous=NORMAL``: a committed write survives the process
 being killed). Its calls run in a worker thread, in order; those made while a batch runs share the next batch (one
-transaction). ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file.
+transaction). ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file; it
+keeps the latest :data:`MEMORY_KEEP_ENDED` requests to end (``keep_ended``), and every one that has not ended, so
+that it does not grow for the life of the process. A store file keeps everything.
 
 A request is stored when it is accepted (before the client hears its id), marked ``running`` just before its run
 starts, and given its final status once when it ends; an ended request never changes again. Rows read back are
@@ -13,6 +15,8 @@ store and the request.
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import sqlite3
 import threading
@@ -33,6 +37,8 @@ T = TypeVar("T")
 #: Version of the tables; a store written by another version is refused rather than misread.
 STORE_SCHEMA_VERSION = 1
 MEMORY = ":memory:"
+#: How many ended requests an in-memory store keeps by default (those that ended last); unfinished ones are all kept.
+MEMORY_KEEP_ENDED = 10_000
 
 
 class StoreError(SystemFault):
@@ -139,8 +145,12 @@ class _Call:
 class SqliteStore:
     """:class:`RequestStore` on SQLite (stdlib ``sqlite3``). Use :func:`open_store`."""
 
-    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: str, *, keep_ended: int | None = None) -> None:
+        _check_keep(keep_ended)
         self.path = path
+        #: At most this many ended requests are kept (those that ended last while this store was open).
+        self.keep_ended = keep_ended
+        self._ended: collections.deque[str] = collections.deque()
         self._db = connection
         self._lock = threading.Lock()
         self._pending: list[_Call] = []
@@ -148,8 +158,10 @@ class SqliteStore:
         self._request_encoder = msgspec.json.Encoder()
 
     @classmethod
-    def connect(cls, path: str | Path) -> SqliteStore:
-        """Open (or create) the store at ``path``; a file that is not a store of this version is a ConfigError."""
+    def connect(cls, path: str | Path, *, keep_ended: int | None = None) -> SqliteStore:
+        """Open (or create) the store at ``path``; a file that is not a store of this version is a ConfigError.
+        With ``keep_ended``, a request that ends drops the one that ended longest ago beyond that many."""
+        _check_keep(keep_ended)
         where = str(path)
         if where != MEMORY and not Path(where).parent.is_dir():
             raise ConfigError(f"{where}: the directory for the request store does not exist")
@@ -170,7 +182,7 @@ class SqliteStore:
         except BaseException:
             db.close()
             raise
-        return cls(db, where)
+        return cls(db, where, keep_ended=keep_ended)
 
     # ------------------------------------------------------------------ RequestStore
 
@@ -278,7 +290,12 @@ class SqliteStore:
             f"UPDATE requests SET state = ?, status = ? WHERE request_id = ? AND state NOT IN ({ended})",
             (state, status, request_id),
         )
-        return cursor.rowcount == 1
+        changed = cursor.rowcount == 1
+        if changed and self.keep_ended is not None and state in TERMINAL:
+            self._ended.append(request_id)
+            while len(self._ended) > self.keep_ended:
+                self._db.execute("DELETE FROM requests WHERE request_id = ?", (self._ended.popleft(),))
+        return changed
 
     def _select(self, where: str, args: tuple[object, ...], tail: str) -> list[StoredRequest]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM requests WHERE {where} {tail}", args).fetchall()
@@ -304,6 +321,11 @@ class SqliteStore:
             raise DecodeError(f"malformed row: {error}", source=source) from None
 
 
+def _check_keep(keep_ended: int | None) -> None:
+    if keep_ended is not None and keep_ended < 1:
+        raise ValueError(f"keep_ended must be at least 1 (or None: keep every ended request), not {keep_ended}")
+
+
 def _prepare(db: sqlite3.Connection, where: str) -> None:
     """WAL mode, and the tables: created in a new file, checked in an old one."""
     if where != MEMORY:
@@ -320,9 +342,14 @@ def _prepare(db: sqlite3.Connection, where: str) -> None:
 
 
 @asynccontextmanager
-async def open_store(path: str | Path = MEMORY) -> AsyncIterator[SqliteStore]:
-    """Open the SQLite store at ``path`` (``":memory:"``: in memory) for the block; close it after."""
-    store = await anyio.to_thread.run_sync(SqliteStore.connect, path)
+async def open_store(path: str | Path = MEMORY, *, keep_ended: int | None = None) -> AsyncIterator[SqliteStore]:
+    """Open the SQLite store at ``path`` (``":memory:"``: in memory) for the block; close it after.
+
+    ``keep_ended`` bounds the ended requests kept (default: :data:`MEMORY_KEEP_ENDED` in memory, every one in a
+    file)."""
+    if keep_ended is None and str(path) == MEMORY:
+        keep_ended = MEMORY_KEEP_ENDED
+    store = await anyio.to_thread.run_sync(functools.partial(SqliteStore.connect, path, keep_ended=keep_ended))
     try:
         yield store
     finally:
