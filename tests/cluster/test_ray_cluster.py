@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-pytest.importorskip("ray", reason="needs the ray extra: pip install 'vramgate[ray]'")
+pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
 
 from vramgate.cluster.demo import burst_requests, run_burst
 from vramgate.cluster.local import LocalCluster, local_cluster

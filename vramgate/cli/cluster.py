@@ -45,7 +45,7 @@ def demo(nodes: int, requests: int, kill_node: bool, time_scale: float, log_dir:
     if kill_node and nodes < 2:
         raise click.UsageError("--kill-node needs at least 2 nodes (--nodes 2)")
     if importlib.util.find_spec("ray") is None:
-        raise _Unavailable("the cluster demo needs Ray: pip install 'vramgate[ray]'")
+        raise _Unavailable("the cluster demo needs Ray: pip install -e '.[ray]'")
     from vramgate.cluster.netns import NotIsolated, ensure_isolated
 
     try:

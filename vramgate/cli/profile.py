@@ -1,6 +1,6 @@
 """``vramgate profile trace``: derive a model's activation memory by tracing its DiT's forward pass.
 
-Needs the ``trace`` extra (torch and diffusers: ``pip install 'vramgate[trace]'``); the profiles it writes are
+Needs the ``trace`` extra (torch and diffusers: ``pip install -e '.[trace]'``); the profiles it writes are
 plain JSON that the estimator loads without torch::
 
     vramgate profile trace --config hunyuan/transformer/config.json --name hunyuanvideo --out hunyuan.json
@@ -27,7 +27,7 @@ def _import_trace() -> Any:
         from vramgate.trace import profiles
     except ImportError as exc:
         raise click.ClickException(
-            f"tracing needs torch and diffusers ({exc.name or exc} is missing): pip install 'vramgate[trace]'"
+            f"tracing needs torch and diffusers ({exc.name or exc} is missing): pip install -e '.[trace]'"
         ) from None
     return profiles
 

@@ -94,7 +94,8 @@ class GenerationRequest(Message, frozen=True):
         str,
         msgspec.Meta(min_length=1, max_length=128),
         _means(
-            "model profile: a built-in (`t2v-A14B`, `i2v-A14B`, `ti2v-5B`, `wan2.1-t2v-14B`, `wan2.1-i2v-14B`, `wan2.1-t2v-1.3B`) or a registered one"
+            "model profile: a built-in (`t2v-A14B`, `i2v-A14B`, `ti2v-5B`, `wan2.1-t2v-14B`, `wan2.1-i2v-14B`, "
+            "`wan2.1-t2v-1.3B`) or a registered one"
         ),
     ]
     width: Annotated[Pixels, _means("frame width in pixels")]
