@@ -11,6 +11,7 @@ import httpx
 import msgspec
 import uvicorn
 
+from vramgate._ticket import Lease
 from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig, MonitorConfig
 from vramgate.server import ServerSettings, create_app
 
@@ -80,3 +81,16 @@ async def running(config_of: Any, app: Any = None) -> AsyncIterator[tuple[Any, i
             yield app, port
         finally:
             server.should_exit = True
+
+
+class HeldRun:
+    """A runner that holds its lease until released (a run that lasts as long as the test needs)."""
+
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+        self.started: list[str] = []
+
+    async def __call__(self, lease: Lease) -> int:
+        self.started.append(lease.request_id)
+        await self.release.wait()
+        return 0

@@ -5,28 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import anyio
 import pytest
 
-from vramgate._ticket import Lease
 from vramgate.server import ServerSettings
 
-from ._helpers import FAST, SMALL, app_for, parse_sse, serving, sim_config, wait_state
+from ._helpers import FAST, SMALL, HeldRun, app_for, parse_sse, serving, sim_config, wait_state
 
 pytestmark = pytest.mark.anyio
-
-
-class HeldRun:
-    """A runner that holds its lease until released (a run that lasts as long as the test needs)."""
-
-    def __init__(self) -> None:
-        self.release = anyio.Event()
-        self.started: list[str] = []
-
-    async def __call__(self, lease: Lease) -> int:
-        self.started.append(lease.request_id)
-        await self.release.wait()
-        return 0
 
 
 async def test_submit_then_follow_events_to_completion() -> None:

@@ -17,21 +17,12 @@ from vramgate.hardware.probe import ProbeReading
 from vramgate.messages import DeviceSample, ProcessMemory
 from vramgate.server.service import open_service
 
-from ._helpers import FAST, SMALL, app_for, parse_sse, serving, sim_config, wait_state
+from ._helpers import FAST, SMALL, HeldRun, app_for, parse_sse, serving, sim_config, wait_state
 
 pytestmark = pytest.mark.anyio
 
 #: Nothing a client should see: reprs, memory addresses, file paths, task names.
 LEAK = re.compile(r"0x[0-9a-f]{6,}|<[A-Za-z]|/\w+/|\\\\|Task|scope [0-9a-f]{6,}|\.py\b")
-
-
-class HeldRun:
-    def __init__(self) -> None:
-        self.release = anyio.Event()
-
-    async def __call__(self, lease: Lease) -> int:
-        await self.release.wait()
-        return 0
 
 
 class FailingRun:

@@ -5,15 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import anyio
 import httpx
 import msgspec
 import pytest
 import uvicorn
 
-from vramgate._ticket import Lease
-
-from ._helpers import SMALL, app_for, running, serving, wait_state
+from ._helpers import SMALL, HeldRun, app_for, running, serving, wait_state
 
 pytestmark = pytest.mark.anyio
 
@@ -25,15 +22,6 @@ def sse(text: str) -> list[tuple[int, str, dict[str, Any]]]:
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
         events.append((int(fields["id"]), fields["event"], msgspec.json.decode(fields["data"])))
     return events
-
-
-class HeldRun:
-    def __init__(self) -> None:
-        self.release = anyio.Event()
-
-    async def __call__(self, lease: Lease) -> int:
-        await self.release.wait()
-        return 0
 
 
 async def test_a_finished_request_replays_from_the_given_id_to_the_end() -> None:

@@ -6,18 +6,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import msgspec
 import pytest
 
-from vramgate._ticket import Lease
 from vramgate.demo import demo_requests
 from vramgate.messages import GenerationRequest, LoraSpec, RunOptions
 from vramgate.messages.codec import encode_json
 from vramgate.server.openapi import request_table
 
-from ._helpers import SMALL, app_for, serving, sim_config, wait_state
+from ._helpers import SMALL, HeldRun, app_for, serving, sim_config, wait_state
 
 pytestmark = pytest.mark.anyio
 
@@ -241,17 +239,6 @@ async def test_real_bodies_and_answers_match_the_published_schemas() -> None:
             assert answer.status_code == 422, body
             check(answer.json(), {"$ref": "#/components/schemas/ErrorBody"}, schemas)
             assert answer.json()["path"] == path
-
-
-class HeldRun:
-    """A runner that holds its lease until released."""
-
-    def __init__(self) -> None:
-        self.release = anyio.Event()
-
-    async def __call__(self, lease: Lease) -> int:
-        await self.release.wait()
-        return 0
 
 
 def conforms(document: dict[str, Any], path: str, method: str, response: httpx.Response) -> None:
