@@ -40,7 +40,7 @@ def test_published_rows_within_tolerance(row: object) -> None:
     assert isinstance(row, PublishedRow)
     req = Estimator().estimate(row.params, row.gpu)
     assert abs(req.vram_mb / row.peak_mb - 1) <= 0.10, (req.vram_mb, row.peak_mb)
-    assert abs(req.estimated_time_seconds / row.seconds - 1) <= 0.20, (req.estimated_time_seconds, row.seconds)
+    assert abs(req.estimated_time_seconds / row.seconds - 1) <= 0.10, (req.estimated_time_seconds, row.seconds)
     assert req.world_size == row.params.options.gpus
     assert sum(c.vram_mb for c in req.components) == req.vram_mb
 

@@ -14,7 +14,8 @@ a generate.py plan that streams is priced as DiffSynth-Studio, which does. Where
 * sequence parallelism (``ulysses``) splits the tokens, except the per-token time modulation, which every rank
   computes for the whole sequence before splitting.
 
-Memory is computed per phase (text encode, VAE encode, denoise, VAE decode) and the peak is the largest phase.
+Memory is computed per phase (text encode, VAE encode, denoise, VAE decode) and the peak is the largest phase;
+time is a roofline per phase (``_roofline.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from vramgate.messages.plans import ResolvedOptions, RunParams
 from vramgate.messages.requests import RunnerName
 from vramgate.policy._derived import MIB, Derived
+from vramgate.policy._roofline import run_times
 from vramgate.policy.calibration import Calibration
 from vramgate.policy.gpus import GpuSpec
 
@@ -51,6 +53,7 @@ class Breakdown:
     ram_runtime: float
     # Time (seconds)
     t_denoise: float
+    t_comm: float
     t_text: float
     t_vae: float
     t_transfers: float
@@ -73,7 +76,9 @@ class Breakdown:
 
     @property
     def seconds(self) -> float:
-        return self.t_denoise + self.t_text + self.t_vae + self.t_transfers + self.t_stream + self.t_overhead
+        return (
+            self.t_denoise + self.t_comm + self.t_text + self.t_vae + self.t_transfers + self.t_stream + self.t_overhead
+        )
 
 
 def lora_bytes(params: RunParams, d: Derived) -> float:
@@ -228,33 +233,7 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     # video's fp32 host copy (what the pipeline returns before it is encoded).
     ram_rt = cal.host_runtime_mb * MIB * world + _OUT_BYTES * pixels * params.frames
 
-    # ---------------------------------------------------------------- time
-    tflops = gpu.bf16_tflops * 1e12
-    mfu = cal.mfu_for(gpu.architecture)
-    per_forward = tokens * (d.linear_flops_per_token + d.cross_flops_per_token) + (
-        tokens * tokens * d.attn_flops_per_token_per_token
-    )
-    forwards = params.steps * d.guidance_passes
-    # Matmul work at the achieved MFU, plus the memory-bound elementwise work (fp32 modulation and norms, the
-    # fp64 RoPE) at the GPU's memory bandwidth; sequence parallelism splits both.
-    bandwidth = gpu.memory_bandwidth_gbps * 1e9
-    elementwise = cal.elementwise_bytes_per_token_dim * tokens * d.dim * d.layers
-    split = sp * (cal.sp_efficiency if sp > 1 else 1.0)
-    t_denoise = forwards * (per_forward / (mfu * tflops) + elementwise / bandwidth) / split
-
-    link = gpu.host_link_gbps * 1e9
-    if o.t5_cpu:
-        t_text = d.text_encoder_flops / (cal.cpu_text_encoder_gflops * 1e9)
-    else:
-        t_text = d.text_encoder_flops / (mfu * tflops) / (world if o.t5_fsdp else 1)
-    # The VAE runs in fp32 on one frame chunk at a time: memory-bound, so its time follows bandwidth.
-    vae_flops = d.vae_decode_flops_per_pixel * pixels * params.frames
-    if params.task == "i2v":
-        vae_flops += d.vae_encode_flops_per_pixel * pixels * params.frames
-    t_vae = vae_flops * cal.vae_bytes_per_flop / bandwidth
-    if o.vae_tiling:
-        t_vae *= 1.25  # overlapping tiles are computed twice at their seams
-
+    # ---------------------------------------------------------------- time (a roofline per phase: _roofline.py)
     moved = 0.0  # bytes moved whole-module between host and GPU
     switches = d.experts - 1
     if not blocks_streamed:
@@ -266,13 +245,22 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
             moved += expert_bytes / world * (2 + 2 * switches)
     if not (o.t5_cpu or o.t5_fsdp):
         moved += te_full * (2.0 if o.offload_model else 1.0)
-    t_transfers = moved / (link * cal.pageable_link_efficiency)
-    t_stream = 0.0
+    streamed = 0.0  # bytes of DiT blocks streamed over the host link every forward
     if blocks_streamed:
         resident = 0 if o.sequential_offload else min(o.resident_blocks or 0, d.layers)
         # fp8 weights gain nothing on the link: they are upcast to the compute dtype before the copy
         streamed = (d.layers - resident) * d.block_params * max(stored_bpp, d.param_bytes)
-        t_stream = forwards * streamed / (link * cal.stream_link_efficiency)
+    t = run_times(
+        params,
+        d,
+        gpu,
+        cal,
+        tokens=tokens,
+        pixels=pixels,
+        moved=moved,
+        streamed=streamed,
+        block_bytes=block_compute_bytes,
+    )
     return Breakdown(
         peak_phase=peak_phase,
         activation_peak=activation_peak,
@@ -286,11 +274,12 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
         runtime=runtime,
         ram_weights=ram_w,
         ram_runtime=ram_rt,
-        t_denoise=t_denoise,
-        t_text=t_text,
-        t_vae=t_vae,
-        t_transfers=t_transfers,
-        t_stream=t_stream,
+        t_denoise=t.denoise,
+        t_comm=t.communication,
+        t_text=t.text,
+        t_vae=t.vae,
+        t_transfers=t.transfers,
+        t_stream=t.stream,
         t_overhead=cal.run_overhead_s,
         tokens=tokens,
         tokens_per_gpu=local_tokens,

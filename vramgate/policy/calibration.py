@@ -64,12 +64,15 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
       added per run. Pinned staging is not included: the placements vramgate plans (accelerate's sequential
       offload, diffusers group offloading without streams) copy from pageable memory.
 
-    Time:
+    Time (a roofline per phase, see ``_roofline.py``):
 
-    * ``mfu`` - achieved fraction of dense bf16 peak in the DiT, by GPU architecture (``default`` for others).
-    * ``sp_efficiency`` - fraction of linear speed-up sequence parallelism keeps (all-to-all cost).
+    * ``compute_efficiency`` - achieved fraction of the GPU's dense bf16 peak in compute-bound work (the DiT's
+      matmuls and attention, the text encoder), by GPU architecture (``default`` for others).
+    * ``memory_efficiency`` - achieved fraction of the GPU's memory bandwidth in memory-bound work.
+    * ``interconnect_efficiency`` - achieved fraction of the GPU-to-GPU link (the catalog's NVLink or PCIe figure,
+      one direction) in the collectives of multi-GPU runs (Ulysses all-to-alls, FSDP all-gathers).
     * ``elementwise_bytes_per_token_dim`` - memory traffic of the DiT's elementwise work (fp32 modulation and
-      norms, fp64 RoPE) per token per unit of width per layer, served at the GPU's memory bandwidth.
+      norms, fp64 RoPE) per token per unit of width per layer.
     * ``vae_bytes_per_flop`` - memory traffic per convolution FLOP of the fp32 VAE (it is bandwidth-bound).
     * ``pageable_link_efficiency`` - fraction of the host link a whole-module ``.to()`` copy reaches.
     * ``stream_link_efficiency`` - fraction of the host link block/layer weight streaming reaches.
@@ -97,10 +100,11 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     vae_tile_pixels: Pos = 256.0 * 256.0
     text_encoder_activation_mb: NonNeg = 300.0
     host_runtime_mb: NonNeg = 1024.0
-    mfu: dict[str, Frac] = msgspec.field(
+    compute_efficiency: dict[str, Frac] = msgspec.field(
         default_factory=lambda: {"hopper": 0.55, "ampere": 0.62, "ada": 0.65, "blackwell": 0.6, "default": 0.5}
     )
-    sp_efficiency: Frac = 0.9
+    memory_efficiency: Frac = 0.7
+    interconnect_efficiency: Frac = 0.6
     elementwise_bytes_per_token_dim: NonNeg = 200.0
     vae_bytes_per_flop: Pos = 0.5
     pageable_link_efficiency: Frac = 0.25
@@ -110,8 +114,8 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     safety_margin_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=0.5)] = 0.08
     source: str = ""
 
-    def mfu_for(self, architecture: str) -> float:
-        return self.mfu.get(architecture, self.mfu.get("default", 0.5))
+    def compute_efficiency_for(self, architecture: str) -> float:
+        return self.compute_efficiency.get(architecture, self.compute_efficiency.get("default", 0.5))
 
     def vae_bytes_per_pixel(self, family: str) -> float:
         found = self.vae_decode_bytes_per_pixel.get(family)

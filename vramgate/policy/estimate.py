@@ -151,6 +151,8 @@ class Estimator:
             Component(name="text_encode", seconds=b.t_text),
             Component(name="weight_transfers", seconds=b.t_transfers + b.t_stream),
         ]
+        if b.t_comm:
+            components.append(Component(name="interconnect", seconds=b.t_comm, note="Ulysses all-to-alls"))
         if b.lora:
             components.insert(1, Component(name="lora", vram_mb=_mb(b.lora)))
         vram_mb = sum(c.vram_mb for c in components)

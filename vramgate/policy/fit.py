@@ -63,13 +63,15 @@ MEMORY_PARAMS = (
 )
 #: Fitted to the streamed rows of ``offload_tradeoffs.csv`` with the memory constants above held.
 STREAMED_PARAMS = (Param("act_streamed_bytes_per_token_dim", 30.0, 5.0, 200.0),)
+#: The roofline's efficiencies (compute by architecture, memory, interconnect) and the traffic it serves.
 TIME_PARAMS = (
-    Param("mfu.hopper", 0.5, 0.1, 0.85),
-    Param("mfu.ampere", 0.6, 0.1, 0.85),
-    Param("mfu.ada", 0.6, 0.1, 0.85),
+    Param("compute_efficiency.hopper", 0.5, 0.1, 0.85),
+    Param("compute_efficiency.ampere", 0.6, 0.1, 0.85),
+    Param("compute_efficiency.ada", 0.6, 0.1, 0.85),
+    Param("memory_efficiency", 0.7, 0.3, 0.95, weight=0.2),
+    Param("interconnect_efficiency", 0.6, 0.1, 0.95, weight=0.2),
     Param("elementwise_bytes_per_token_dim", 200.0, 10.0, 2000.0),
-    Param("sp_efficiency", 0.9, 0.5, 1.0, weight=0.2),
-    Param("vae_bytes_per_flop", 0.5, 0.01, 20.0),
+    Param("vae_bytes_per_flop", 0.05, 0.005, 2.0),
     Param("pageable_link_efficiency", 0.2, 0.02, 0.9),
     Param("cpu_text_encoder_gflops", 300.0, 30.0, 3000.0, weight=0.2),
     Param("run_overhead_s", 5.0, 0.5, 60.0),
@@ -207,10 +209,12 @@ def fit(reference: Path) -> tuple[Calibration, dict[str, float]]:
         z = nelder_mead(f, [math.log(p.prior) for p in params])
         values = [min(max(math.exp(zi), p.low), p.high) for p, zi in zip(params, z, strict=True)]
         base = with_values(base, params, values)
-    mfu = dict(base.mfu)
-    mfu["blackwell"] = mfu["ada"]  # consumer Blackwell: like Ada (same fp32-accumulate tensor rate class)
-    mfu["default"] = min(mfu["hopper"], mfu["ampere"], mfu["ada"])
-    base = msgspec.structs.replace(base, mfu=mfu, stream_link_efficiency=fit_stream_efficiency(streaming))
+    compute = dict(base.compute_efficiency)
+    compute["blackwell"] = compute["ada"]  # consumer Blackwell: like Ada (same fp32-accumulate tensor rate class)
+    compute["default"] = min(compute["hopper"], compute["ampere"], compute["ada"])
+    base = msgspec.structs.replace(
+        base, compute_efficiency=compute, stream_link_efficiency=fit_stream_efficiency(streaming)
+    )
     rounded = _rounded(base)
     return rounded, {
         "rows": float(len(published)),

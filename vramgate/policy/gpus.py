@@ -1,10 +1,13 @@
-"""The GPU catalog: memory, dense bf16 throughput, memory bandwidth and host link of common GPUs.
+"""The GPU catalog: memory, dense bf16 throughput, memory bandwidth, host link and interconnect of common GPUs.
 
 Figures are from the vendor datasheets (NVIDIA product pages, datasheets and architecture whitepapers), for the
 SXM form factor of data-center parts where the Wan2.2 figures were measured on SXM systems. ``memory_mib`` is
 the total that NVML/nvidia-smi reports for the card (slightly below the nominal GB), which is what a budget can
 use. ``bf16_tflops`` is dense tensor-core throughput (no sparsity) with fp32 accumulation; ``host_link_gbps`` is
-the one-direction PCIe bandwidth in GB/s (what weight offloading streams over).
+the one-direction PCIe bandwidth in GB/s (what weight offloading streams over); ``interconnect`` names the
+GPU-to-GPU link (an NVLink generation, or PCIe where a card has none) and ``interconnect_gbps`` is its bandwidth per
+GPU in one direction (half the "total" NVLink figure the datasheets quote), what multi-GPU collectives run over.
+A GPU without an ``interconnect_gbps`` talks to its peers over its host link.
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ class GpuSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     bf16_tflops: Annotated[float, msgspec.Meta(gt=0.0)]
     memory_bandwidth_gbps: Annotated[float, msgspec.Meta(gt=0.0)]
     host_link_gbps: Annotated[float, msgspec.Meta(gt=0.0)]
+    interconnect: str = "PCIe"
+    interconnect_gbps: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
     architecture: str = ""
     source: str = ""
     aliases: tuple[str, ...] = ()
 
+    @property
+    def peer_link_gbps(self) -> float:
+        """GB/s one way to another GPU of a multi-GPU run: the interconnect's, else the host link's."""
+        return self.interconnect_gbps if self.interconnect_gbps is not None else self.host_link_gbps
+
 
 _PCIE4 = 32.0  # PCIe 4.0 x16, GB/s per direction
 _PCIE5 = 64.0  # PCIe 5.0 x16, GB/s per direction
+_NVLINK3 = 300.0  # NVLink 3 (A100 SXM4): 600 GB/s total per GPU, GB/s per direction
+_NVLINK4 = 450.0  # NVLink 4 (H100/H200/H20 SXM): 900 GB/s total per GPU, GB/s per direction
 
 BUILTIN_GPUS: tuple[GpuSpec, ...] = (
     GpuSpec(
@@ -40,8 +52,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=989.0,
         memory_bandwidth_gbps=3350.0,
         host_link_gbps=_PCIE5,
+        interconnect="NVLink 4",
+        interconnect_gbps=_NVLINK4,
         architecture="hopper",
-        source="NVIDIA H100 Tensor Core GPU datasheet (SXM5): 80 GB HBM3, 3.35 TB/s, BF16 1,979 TFLOPS with sparsity",
+        source=(
+            "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 80 GB HBM3, 3.35 TB/s, BF16 1,979 TFLOPS with sparsity; "
+            "NVLink 4: 900 GB/s per GPU (18 links)"
+        ),
         aliases=("H100", "NVIDIA H100 80GB HBM3", "H100-SXM"),
     ),
     GpuSpec(
@@ -50,8 +67,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=989.0,
         memory_bandwidth_gbps=4800.0,
         host_link_gbps=_PCIE5,
+        interconnect="NVLink 4",
+        interconnect_gbps=_NVLINK4,
         architecture="hopper",
-        source="NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s, BF16 1,979 TFLOPS with sparsity",
+        source=(
+            "NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s, BF16 1,979 TFLOPS with sparsity; "
+            "NVLink 4: 900 GB/s per GPU"
+        ),
         aliases=("H200", "NVIDIA H200"),
     ),
     GpuSpec(
@@ -60,8 +82,10 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=148.0,
         memory_bandwidth_gbps=4000.0,
         host_link_gbps=_PCIE5,
+        interconnect="NVLink 4",
+        interconnect_gbps=_NVLINK4,
         architecture="hopper",
-        source="NVIDIA H20 product brief: 96 GB HBM3, 4.0 TB/s, BF16 148 TFLOPS dense",
+        source="NVIDIA H20 product brief: 96 GB HBM3, 4.0 TB/s, BF16 148 TFLOPS dense; NVLink: 900 GB/s per GPU",
         aliases=("H20", "NVIDIA H20"),
     ),
     GpuSpec(
@@ -70,8 +94,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=312.0,
         memory_bandwidth_gbps=1555.0,
         host_link_gbps=_PCIE4,
+        interconnect="NVLink 3",
+        interconnect_gbps=_NVLINK3,
         architecture="ampere",
-        source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB): 1,555 GB/s, BF16 312 TFLOPS dense",
+        source=(
+            "NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB): 1,555 GB/s, BF16 312 TFLOPS dense; "
+            "NVLink 3: 600 GB/s per GPU (12 links)"
+        ),
         aliases=("A100-SXM4-40GB", "NVIDIA A100-SXM4-40GB"),
     ),
     GpuSpec(
@@ -80,8 +109,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=312.0,
         memory_bandwidth_gbps=2039.0,
         host_link_gbps=_PCIE4,
+        interconnect="NVLink 3",
+        interconnect_gbps=_NVLINK3,
         architecture="ampere",
-        source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 2,039 GB/s, BF16 312 TFLOPS dense",
+        source=(
+            "NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 2,039 GB/s, BF16 312 TFLOPS dense; "
+            "NVLink 3: 600 GB/s per GPU (12 links)"
+        ),
         aliases=("A100", "A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe"),
     ),
     GpuSpec(
@@ -90,8 +124,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=362.0,
         memory_bandwidth_gbps=864.0,
         host_link_gbps=_PCIE4,
+        interconnect="PCIe 4.0 x16",
+        interconnect_gbps=_PCIE4,
         architecture="ada",
-        source="NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s, BF16 362.05 TFLOPS dense (733 with sparsity)",
+        source=(
+            "NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s, BF16 362.05 TFLOPS dense (733 with sparsity); "
+            "no NVLink, PCIe Gen4 x16 64 GB/s bidirectional"
+        ),
         aliases=("L40S", "NVIDIA L40S"),
     ),
     GpuSpec(
@@ -100,8 +139,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=70.0,
         memory_bandwidth_gbps=600.0,
         host_link_gbps=_PCIE4,
+        interconnect="PCIe 4.0 x16",
+        interconnect_gbps=_PCIE4,
         architecture="ampere",
-        source="NVIDIA A10 datasheet (24 GB GDDR6, 600 GB/s); A10G is the AWS variant, about 70 TFLOPS BF16 dense",
+        source=(
+            "NVIDIA A10 datasheet (24 GB GDDR6, 600 GB/s); A10G is the AWS variant, about 70 TFLOPS BF16 dense; "
+            "no NVLink, PCIe Gen4 x16 64 GB/s bidirectional"
+        ),
         aliases=("A10G", "NVIDIA A10G"),
     ),
     GpuSpec(
@@ -110,8 +154,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=121.0,
         memory_bandwidth_gbps=300.0,
         host_link_gbps=_PCIE4,
+        interconnect="PCIe 4.0 x16",
+        interconnect_gbps=_PCIE4,
         architecture="ada",
-        source="NVIDIA L4 datasheet: 24 GB GDDR6, 300 GB/s, BF16 242 TFLOPS with sparsity",
+        source=(
+            "NVIDIA L4 datasheet: 24 GB GDDR6, 300 GB/s, BF16 242 TFLOPS with sparsity; "
+            "no NVLink, PCIe Gen4 x16 64 GB/s bidirectional"
+        ),
         aliases=("L4", "NVIDIA L4"),
     ),
     GpuSpec(
@@ -120,8 +169,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=165.2,
         memory_bandwidth_gbps=1008.0,
         host_link_gbps=_PCIE4,
+        interconnect="PCIe 4.0 x16",
+        interconnect_gbps=_PCIE4,
         architecture="ada",
-        source="NVIDIA Ada GPU architecture whitepaper: RTX 4090 BF16 tensor 165.2 TFLOPS (FP32 acc.), 1,008 GB/s",
+        source=(
+            "NVIDIA Ada GPU architecture whitepaper: RTX 4090 BF16 tensor 165.2 TFLOPS (FP32 acc.), 1,008 GB/s; "
+            "no NVLink (Ada GeForce has no NVLink connector), PCIe 4.0 x16"
+        ),
         aliases=("RTX4090", "NVIDIA GeForce RTX 4090"),
     ),
     GpuSpec(
@@ -130,8 +184,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=71.0,
         memory_bandwidth_gbps=936.0,
         host_link_gbps=_PCIE4,
+        interconnect="PCIe 4.0 x16",
+        interconnect_gbps=_PCIE4,
         architecture="ampere",
-        source="NVIDIA Ampere GA102 whitepaper: RTX 3090 BF16 tensor 71 TFLOPS (FP32 accumulate), 936 GB/s",
+        source=(
+            "NVIDIA Ampere GA102 whitepaper: RTX 3090 BF16 tensor 71 TFLOPS (FP32 accumulate), 936 GB/s; "
+            "PCIe 4.0 x16 (its NVLink bridge pairs only two cards)"
+        ),
         aliases=("RTX3090", "NVIDIA GeForce RTX 3090"),
     ),
     GpuSpec(
@@ -140,8 +199,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=209.5,
         memory_bandwidth_gbps=1792.0,
         host_link_gbps=_PCIE5,
+        interconnect="PCIe 5.0 x16",
+        interconnect_gbps=_PCIE5,
         architecture="blackwell",
-        source="NVIDIA RTX Blackwell GPU architecture whitepaper: RTX 5090 BF16 tensor 209.5 TFLOPS dense, 1,792 GB/s",
+        source=(
+            "NVIDIA RTX Blackwell GPU architecture whitepaper: RTX 5090 BF16 tensor 209.5 TFLOPS dense, 1,792 GB/s; "
+            "no NVLink, PCIe 5.0 x16"
+        ),
         aliases=("RTX5090", "NVIDIA GeForce RTX 5090"),
     ),
     GpuSpec(
@@ -150,8 +214,13 @@ BUILTIN_GPUS: tuple[GpuSpec, ...] = (
         bf16_tflops=25.6,
         memory_bandwidth_gbps=360.0,
         host_link_gbps=_PCIE4,
+        interconnect="PCIe 4.0 x16",
+        interconnect_gbps=_PCIE4,
         architecture="ampere",
-        source="NVIDIA Ampere GA102/GA106 specifications: RTX 3060 BF16 tensor 25.6 TFLOPS (FP32 accumulate), 360 GB/s",
+        source=(
+            "NVIDIA Ampere GA102/GA106 specifications: RTX 3060 BF16 tensor 25.6 TFLOPS (FP32 accumulate), 360 GB/s; "
+            "no NVLink, PCIe 4.0 x16"
+        ),
         aliases=("RTX3060", "NVIDIA GeForce RTX 3060"),
     ),
 )
@@ -230,6 +299,8 @@ def generic_gpu(name: str) -> GpuSpec | None:
                 bf16_tflops=165.2,
                 memory_bandwidth_gbps=1008.0,
                 host_link_gbps=_PCIE4,
+                interconnect="PCIe 4.0 x16",
+                interconnect_gbps=_PCIE4,
                 architecture="generic",
                 source="generic device of a given size; throughput assumed as an RTX 4090",
             )
