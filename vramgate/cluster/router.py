@@ -10,6 +10,7 @@ id (at least once), and the caller gets exactly one :class:`RouteOutcome` per re
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -129,6 +130,16 @@ class ClusterRouter:
                 order = [(n, None, 0.0) for n in random_order(alive, self._rng)]
             else:
                 order = [(n, None, 0.0) for n in pow2_order(alive, await self._load(alive), self._rng)]
+            decision = functools.partial(
+                RouteDecision,
+                request_id=rid,
+                router=self.policy,
+                order=tuple(n for n, _, _ in order),
+                expected_s=expected,
+                unseen=unseen,
+                declined=declined,
+                attempt=attempt,
+            )
             lost_one = False
             bar = float("inf")  # after a full queue: no node expected to finish later than waiting for its room
             for node, within, run_s in order:
@@ -149,18 +160,7 @@ class ClusterRouter:
                         bar = min(bar, expected[node] + decoded.retry_after_s)
                     continue
                 self.core.accepted(rid)
-                self._record(
-                    RouteDecision(
-                        request_id=rid,
-                        router=self.policy,
-                        order=tuple(n for n, _, _ in order),
-                        expected_s=expected,
-                        unseen=unseen,
-                        chosen=node,
-                        declined=declined,
-                        attempt=attempt,
-                    )
-                )
+                self._record(decision(chosen=node))
                 result = await self._call(node, "result", rid)
                 if result is None:  # the node died with the request: route it again, same id
                     attempt += 1
@@ -177,18 +177,7 @@ class ClusterRouter:
                     reason = "; ".join(f"{n}: {c}" for n, c in sorted(declined.items()))
                     return self._outcome(rid, "rejected", "", reason, reroutes=attempt)
                 wait = retry_after(retries or {"": 1.0})
-                self._record(
-                    RouteDecision(
-                        request_id=rid,
-                        router=self.policy,
-                        order=tuple(n for n, _, _ in order),
-                        expected_s=expected,
-                        unseen=unseen,
-                        declined=declined,
-                        attempt=attempt,
-                        retry_after_s=wait,
-                    )
-                )
+                self._record(decision(retry_after_s=wait))
                 raise QueueFull(wait, queue_length=len(declined))
 
     def _outcome(self, rid: str, state: Any, node: str, reason: str, *, reroutes: int = 0) -> RouteOutcome:
