@@ -359,7 +359,7 @@ async def test_the_replaced_managers_calls_on_a_gate() -> None:
         assert requirement.gpu == "RTX4090-24GB"
         params, suggestions = gate.optimize_parameters_for_resources(SMALL)
         assert params.frames == 121
-        assert "offload_model" in [s.parameter for s in suggestions]
+        assert "free_text_encoder" in [s.parameter for s in suggestions]
         assert all(s.quality_impact == "none" for s in suggestions)
         report = await gate.cleanup_memory(aggressive=True)
         assert report.actions[0].startswith("gc.collect x3")

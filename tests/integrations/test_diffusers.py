@@ -345,3 +345,67 @@ async def test_the_readme_snippet_runs_on_the_cpu_with_a_simulated_gpu(pipe: Any
         assert frames.shape == (1, 5, 16, 16, 3)
         assert result.applied.device == "cpu"
         assert result.observed == ObservedPeak()
+
+
+# --------------------------------------------------------------------------- host RAM techniques
+
+
+def _text_encoder_alive(ref: Any) -> bool:
+    import gc
+
+    gc.collect()
+    return ref() is not None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("offload_model", [False, True])
+async def test_free_text_encoder_encodes_first_then_frees_it_before_denoising(pipe: Any, offload_model: bool) -> None:
+    import weakref
+
+    ref = weakref.ref(pipe.text_encoder)
+    alive_at_steps: list[bool] = []
+
+    def on_step(p: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        alive_at_steps.append(_text_encoder_alive(ref))
+        return tensors
+
+    lease = RecordingLease(run_params(free_text_encoder=True, offload_model=offload_model, dit_dtype="fp32"))
+    result = await run_in_lease(
+        pipe,
+        lease,
+        prompt="a cat walks on the beach",
+        negative_prompt="blurry",
+        max_sequence_length=16,
+        output_type="np",
+        callback_on_step_end=on_step,
+    )
+
+    assert result.output.frames.shape == (1, 5, 16, 16, 3)
+    assert lease.reports == [(None, "ok")]
+    assert result.applied.free_text_encoder
+    assert any(action.startswith("free_text_encoder:") for action in result.applied.actions)
+    # the text encoder is gone while denoising (nothing, offload hooks included, keeps it alive) and after
+    assert alive_at_steps == [False] * STEPS
+    assert pipe.text_encoder is None
+    assert not _text_encoder_alive(ref)
+    # the pipeline runs again from embeddings
+    again = await run_in_lease(pipe, RecordingLease(run_params(free_text_encoder=True)), **embeddings())
+    assert again.output.frames.shape == (1, 5, 16, 16, 3)
+
+
+@pytest.mark.anyio
+async def test_free_text_encoder_keeps_it_when_the_call_would_still_need_it(pipe: Any) -> None:
+    lease = RecordingLease(run_params(free_text_encoder=True, dit_dtype="fp32"))
+    # embeddings for the prompt but none for the negative prompt: the call encodes that one itself
+    kwargs = embeddings()
+    del kwargs["negative_prompt_embeds"]
+    result = await run_in_lease(pipe, lease, max_sequence_length=8, **kwargs)
+    assert result.output.frames.shape == (1, 5, 16, 16, 3)
+    assert pipe.text_encoder is not None
+
+
+def test_one_expert_in_ram_is_reported_as_not_applied(pipe: Any) -> None:
+    applied = apply_plan(pipe, run_params(one_expert_in_ram=True), device="cpu")
+    assert [(n.option, n.value) for n in applied.not_applied] == [("one_expert_in_ram", "True")]
+    assert "checkpoint" in applied.not_applied[0].reason
+    assert pipe.text_encoder is not None

@@ -43,7 +43,7 @@ async def test_submit_then_follow_events_to_completion() -> None:
         assert status["plan"]["steps"] == SMALL["steps"]
         assert status["reservation_mb"] == status["plan"]["vram_mb"] > 0
         # 480p ti2v-5B does not fit 24 GB as given: the plan says what it changed.
-        assert [s["parameter"] for s in status["plan"]["suggestions"]] == ["offload_model"]
+        assert [s["parameter"] for s in status["plan"]["suggestions"]] == ["free_text_encoder"]
         assert status["progress"] == {"step": SMALL["steps"], "total_steps": SMALL["steps"]}
         assert status["eta_s"] is None
 

@@ -49,6 +49,10 @@ def generate_flags(plan: Plan) -> str:
         extra.append("sequential offloading of the DiT")
     if o.vae_tiling:
         extra.append("tiled VAE decode")
+    if o.free_text_encoder:
+        extra.append("the text encoder freed after encoding")
+    if o.one_expert_in_ram:
+        extra.append("one expert in host RAM, the other read from the checkpoint at the boundary")
     text = " ".join(flags)
     return text + (f"  (+ {', '.join(extra)})" if extra else "")
 
@@ -101,6 +105,12 @@ def _print(console: Console, plan: Plan, optimizer: Optimizer, ram_mb: int | Non
 @click.option("--dit-fsdp/--no-dit-fsdp", default=None, help="Pin --dit_fsdp on (or off).")
 @click.option("--t5-fsdp/--no-t5-fsdp", default=None, help="Pin --t5_fsdp on (or off).")
 @click.option("--ulysses", type=click.IntRange(1, 64), default=None, help="Pin --ulysses_size.")
+@click.option(
+    "--free-text-encoder/--no-free-text-encoder", default=None, help="Pin freeing the text encoder after encoding."
+)
+@click.option(
+    "--one-expert-in-ram/--no-one-expert-in-ram", default=None, help="Pin keeping one MoE expert in host RAM."
+)
 @click.option("--lora", type=click.IntRange(0, 64), default=0, help="Number of LoRA adapters.")
 @click.option(
     "--runner", type=click.Choice(RUNNER_NAMES), default=None, help="Code that runs the plan (default generate.py)."
@@ -125,6 +135,8 @@ def command(
     dit_fsdp: bool | None,
     t5_fsdp: bool | None,
     ulysses: int | None,
+    free_text_encoder: bool | None,
+    one_expert_in_ram: bool | None,
     lora: int,
     runner: str | None,
     profile: str | None,
@@ -150,6 +162,8 @@ def command(
         "dit_fsdp": dit_fsdp,
         "t5_fsdp": t5_fsdp,
         "ulysses": ulysses,
+        "free_text_encoder": free_text_encoder,
+        "one_expert_in_ram": one_expert_in_ram,
         "gpus": gpus,
         "runner": runner,
     }

@@ -250,3 +250,28 @@ def keep_text_encoder_on_cpu(pipe: Any) -> None:
     if hooks:
         pipe._all_hooks = [hook for hook in hooks if getattr(hook, "model", None) is not part]
     part.to(torch.device("cpu"))
+
+
+def drop_text_encoder(pipe: Any) -> None:
+    """Free the text encoder: ``pipe.text_encoder = None``, with every hook that refers to it removed.
+
+    Under model offload the next module's hook refers to the text encoder's (to offload it when the next one
+    runs); that reference is cut too, so nothing keeps the text encoder alive.
+    """
+    import torch
+    from accelerate.hooks import remove_hook_from_module
+
+    part = getattr(pipe, TEXT_ENCODER, None)
+    if not isinstance(part, torch.nn.Module):
+        return
+    if any(hasattr(sub, "_hf_hook") for sub in part.modules()):
+        remove_hook_from_module(part, recurse=True)
+    hooks = getattr(pipe, "_all_hooks", None)
+    if hooks:
+        pipe._all_hooks = [hook for hook in hooks if getattr(hook, "model", None) is not part]
+    for module in modules(pipe).values():
+        hook = getattr(module, "_hf_hook", None)
+        prev = getattr(hook, "prev_module_hook", None)
+        if hook is not None and prev is not None and getattr(prev, "model", None) is part:
+            hook.prev_module_hook = None
+    setattr(pipe, TEXT_ENCODER, None)

@@ -93,6 +93,8 @@ class AppliedPlan:
     actions: tuple[str, ...]
     not_applied: tuple[NotApplied, ...]
     text_encoder_on_cpu: bool
+    #: encode the prompt first, then drop the text encoder (``pipe.text_encoder = None``) for the rest of the run
+    free_text_encoder: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,26 @@ def apply_plan(pipe: DiffusionPipeline, plan_or_params: Plan | RunParams, *, dev
     for field in ("dit_fsdp", "t5_fsdp"):
         if getattr(opts, field):
             rec.skipped(field, True, "FSDP shards a model over several processes; with one GPU it changes nothing")
+    free_te = opts.free_text_encoder and _place.TEXT_ENCODER in parts
+    if free_te:
+        rec.did(
+            "free_text_encoder: the prompt is encoded before the call, then pipe.text_encoder is set to None "
+            "(freed: give the next run prompt_embeds, or set pipe.text_encoder again)"
+        )
+    if opts.one_expert_in_ram:
+        rec.skipped(
+            "one_expert_in_ram",
+            True,
+            "a diffusers pipeline holds its experts (transformer, transformer_2) for the whole run; it cannot read "
+            "one from the checkpoint at the expert boundary",
+        )
     return AppliedPlan(
         device=str(dev),
         dit_dtype=opts.dit_dtype,
         actions=tuple(rec.actions),
         not_applied=tuple(NotApplied(*entry) for entry in rec.not_applied),
         text_encoder_on_cpu=opts.t5_cpu and _place.TEXT_ENCODER in parts,
+        free_text_encoder=free_te,
     )
 
 
@@ -257,8 +273,12 @@ def _call_kwargs(pipe: Any, params: RunParams, call_kwargs: dict[str, Any], call
 
 def _run(pipe: Any, applied: AppliedPlan, device: torch.device, kwargs: dict[str, Any]) -> Any:
     """The worker thread's part: encode on the CPU when the plan says so, reset the peak, run the pipeline."""
-    if applied.text_encoder_on_cpu:
-        _encode_on_cpu(pipe, device, kwargs)
+    if applied.text_encoder_on_cpu or applied.free_text_encoder:
+        import torch
+
+        _encode_first(pipe, device, kwargs, torch.device("cpu") if applied.text_encoder_on_cpu else device)
+    if applied.free_text_encoder and _encoded(pipe, kwargs):
+        _place.drop_text_encoder(pipe)
     for key in ("prompt_embeds", "negative_prompt_embeds"):
         if kwargs.get(key) is not None:
             kwargs[key] = kwargs[key].to(device)
@@ -266,15 +286,28 @@ def _run(pipe: Any, applied: AppliedPlan, device: torch.device, kwargs: dict[str
     try:
         return pipe(**kwargs)
     finally:
-        if applied.text_encoder_on_cpu:
+        if applied.text_encoder_on_cpu and getattr(pipe, _place.TEXT_ENCODER, None) is not None:
             _place.keep_text_encoder_on_cpu(pipe)
 
 
-def _encode_on_cpu(pipe: Any, device: torch.device, kwargs: dict[str, Any]) -> None:
-    """With ``t5_cpu``, run the text encoder on the CPU here and pass the pipeline the embeddings.
+def _guidance(pipe: Any, kwargs: dict[str, Any]) -> float:
+    default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
+    return float(kwargs.get("guidance_scale", default.default if default is not None else 1.0))
+
+
+def _encoded(pipe: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether the call needs no text encoder: the embeddings (and, with guidance, the negative ones) are given."""
+    if kwargs.get("prompt_embeds") is None:
+        return False
+    return _guidance(pipe, kwargs) <= 1.0 or kwargs.get("negative_prompt_embeds") is not None
+
+
+def _encode_first(pipe: Any, device: torch.device, kwargs: dict[str, Any], on: torch.device) -> None:
+    """Run the text encoder here, on ``on`` (the CPU with ``t5_cpu``), and pass the pipeline the embeddings.
 
     Only for pipelines whose ``encode_prompt`` takes ``device`` and ``do_classifier_free_guidance`` (Wan's does);
-    others encode inside the call, with the text encoder on the CPU.
+    others encode inside the call (with ``t5_cpu``, with the text encoder on the CPU; ``free_text_encoder`` then
+    keeps the text encoder).
     """
     import torch
 
@@ -284,8 +317,7 @@ def _encode_on_cpu(pipe: Any, device: torch.device, kwargs: dict[str, Any]) -> N
     accepted = inspect.signature(encode).parameters
     if not {"device", "do_classifier_free_guidance"} <= accepted.keys():
         return
-    default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
-    guidance = kwargs.get("guidance_scale", default.default if default is not None else 1.0)
+    guidance = _guidance(pipe, kwargs)
     extra = {key: kwargs[key] for key in ("num_videos_per_prompt", "max_sequence_length") if key in kwargs}
     with torch.no_grad():
         positive, negative = encode(
@@ -293,7 +325,7 @@ def _encode_on_cpu(pipe: Any, device: torch.device, kwargs: dict[str, Any]) -> N
             negative_prompt=kwargs.pop("negative_prompt", None),
             negative_prompt_embeds=kwargs.get("negative_prompt_embeds"),
             do_classifier_free_guidance=guidance > 1.0,
-            device=torch.device("cpu"),
+            device=on,
             **extra,
         )
     kwargs["prompt_embeds"] = positive.to(device)

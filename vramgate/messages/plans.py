@@ -59,6 +59,8 @@ class ResolvedOptions(Message, frozen=True):
     sequential_offload: bool = False
     dit_dtype: ParamDtype = "bf16"
     runner: RunnerName = "generate.py"
+    free_text_encoder: bool = False
+    one_expert_in_ram: bool = False
 
 
 class RunParams(Message, frozen=True):
@@ -87,6 +89,7 @@ class OptimizationSuggestion(Message, frozen=True):
     time_added_s: float = 0.0
     quality_impact: QualityImpact = "none"
     level: OptimizationLevel = "basic"
+    ram_saved_mb: int = 0
 
 
 class Plan(Message, frozen=True):

@@ -54,6 +54,8 @@ class RunOptions(Message, frozen=True):
     ``gpus`` is the world size of a multi-GPU run; ``resident_blocks`` enables block (group) offloading of the
     DiT with that many transformer blocks kept on the GPU; ``sequential_offload`` streams every layer.
     ``runner`` names the code that will run the plan (default ``generate.py``); the optimizer never changes it.
+    ``free_text_encoder`` and ``one_expert_in_ram`` are host RAM techniques: the text encoder is dropped after
+    encoding; only the expert in use is held, the next one read from the checkpoint at the boundary.
     """
 
     offload_model: Annotated[
@@ -78,6 +80,17 @@ class RunOptions(Message, frozen=True):
         _means(
             "the code that runs the plan (`generate.py`, the default; `diffusers`; `diffsynth`): it sets the "
             "activation memory the plan is priced for"
+        ),
+    ] = None
+    free_text_encoder: Annotated[
+        bool | None,
+        _means("free the text encoder once the prompt is encoded: its memory is gone for the rest of the run"),
+    ] = None
+    one_expert_in_ram: Annotated[
+        bool | None,
+        _means(
+            "keep one MoE expert in host RAM at a time, loading the other from the checkpoint at the expert "
+            "boundary (models with several experts)"
         ),
     ] = None
 

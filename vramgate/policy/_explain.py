@@ -36,6 +36,10 @@ _TECHNIQUE_TEXT = {
     "dit_fsdp": "Shard the DiT weights across the GPUs (--dit_fsdp)",
     "t5_cpu": "Keep the T5 text encoder on the CPU and encode the prompt there (--t5_cpu)",
     "vae_tiling": "Decode the video with the VAE in tiles",
+    "free_text_encoder": "Free the text encoder once the prompt is encoded",
+    "one_expert_in_ram": (
+        "Keep one expert in host RAM at a time and read the idle expert from the checkpoint at the expert boundary"
+    ),
 }
 #: offloading as a mixture-of-experts model does it: only one expert is needed at a time
 _MOE_OFFLOAD_TEXT = "Move the text encoder and the idle expert to CPU RAM between phases (--offload_model True)"
@@ -159,10 +163,11 @@ def suggestions(
     for step in _steps(search, cand, layers, experts):
         now = search.requirement(*step.state)
         saved = prev.vram_mb - now.vram_mb if prev is not None and now is not None else 0
+        ram_saved = prev.ram_mb - now.ram_mb if prev is not None and now is not None else 0
         added = (
             now.estimated_time_seconds - prev.estimated_time_seconds if prev is not None and now is not None else 0.0
         )
-        reason = f"{step.text}: {_saving_text(saved)}, {_time_text(added, base_time)}."
+        reason = f"{step.text}: {_saving_text(saved, ram_saved)}, {_time_text(added, base_time)}."
         out.append(
             OptimizationSuggestion(
                 parameter=step.parameter,
@@ -173,13 +178,19 @@ def suggestions(
                 time_added_s=round(added, 3),
                 quality_impact=step.quality_impact,
                 level=step.level,
+                ram_saved_mb=ram_saved,
             )
         )
         prev = now
     return tuple(out)
 
 
-def _saving_text(saved: int) -> str:
+def _saving_text(saved: int, ram_saved: int = 0) -> str:
+    if ram_saved > 0:
+        host = f"saves {fmt_mb(ram_saved)} of host RAM"
+        if saved > 0:
+            return f"{host} and {fmt_mb(saved)} of VRAM"
+        return f"{host} (needs {fmt_mb(-saved)} more VRAM)" if saved < 0 else host
     if saved > 0:
         return f"saves {fmt_mb(saved)} of VRAM"
     if saved < 0:

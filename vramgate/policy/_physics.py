@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from vramgate.messages.plans import ResolvedOptions, RunParams
 from vramgate.messages.requests import RunnerName
+from vramgate.policy import _host_ram as host_ram
 from vramgate.policy._derived import MIB, Derived
 from vramgate.policy._roofline import run_times
 from vramgate.policy.calibration import Calibration
@@ -61,6 +62,7 @@ class Breakdown:
     t_overhead: float
     tokens: int
     tokens_per_gpu: int
+    t_disk: float = 0.0  # weights read back from the checkpoint (``one_expert_in_ram``, ``free_text_encoder``)
 
     @property
     def vram(self) -> float:
@@ -77,7 +79,14 @@ class Breakdown:
     @property
     def seconds(self) -> float:
         return (
-            self.t_denoise + self.t_comm + self.t_text + self.t_vae + self.t_transfers + self.t_stream + self.t_overhead
+            self.t_denoise
+            + self.t_comm
+            + self.t_text
+            + self.t_vae
+            + self.t_transfers
+            + self.t_stream
+            + self.t_overhead
+            + self.t_disk
         )
 
 
@@ -177,7 +186,7 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
         te_encode = te_full / world if o.t5_fsdp else te_full
         if o.sequential_offload:
             te_encode = min(te_encode, te_full / 12.0)  # two of its 24 layers on the GPU at a time
-        te_stay = 0.0 if (o.offload_model or o.sequential_offload) else te_encode
+        te_stay = 0.0 if (o.offload_model or o.sequential_offload or o.free_text_encoder) else te_encode
     te_act = cal.text_encoder_activation_mb * MIB if not o.t5_cpu else 0.0
 
     # ---------------------------------------------------------------- activations and VAE work
@@ -216,19 +225,8 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
     p_dit -= p_lora
 
     # ---------------------------------------------------------------- host RAM
-    all_experts_host = d.experts * d.expert_params * stored_bpp
-    # Host RAM at its peak, per process: module.to() moves weights, so the host holds what is not on the GPU.
-    # With offload_model everything returns to the host before the VAE decode; streaming keeps pinned copies.
-    ranks = float(world)
-    if o.dit_fsdp:
-        ram_w = all_experts_host / world if (o.offload_model or blocks_streamed) else 0.0
-    elif o.offload_model or blocks_streamed:
-        ram_w = all_experts_host
-    else:
-        ram_w = all_experts_host * (d.experts - 1) / d.experts
-    if o.t5_cpu or o.offload_model or o.sequential_offload:
-        ram_w += te_full / world if o.t5_fsdp else te_full
-    ram_w *= ranks
+    # Per process, phase by phase (``_host_ram``): the peak is the largest phase.
+    ram_w = max(host_ram.phases(o, d, stored_bpp, blocks_streamed).values()) * world
     # Every process: Python, torch, the CUDA context's host side and kernels; rank 0 also holds the decoded
     # video's fp32 host copy (what the pipeline returns before it is encoded).
     ram_rt = cal.host_runtime_mb * MIB * world + _OUT_BYTES * pixels * params.frames
@@ -283,4 +281,5 @@ def compute(params: RunParams, d: Derived, gpu: GpuSpec, cal: Calibration) -> Br
         t_overhead=cal.run_overhead_s,
         tokens=tokens,
         tokens_per_gpu=local_tokens,
+        t_disk=host_ram.load_seconds(o, d),
     )

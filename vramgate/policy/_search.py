@@ -2,8 +2,9 @@
 
 The search space has two parts:
 
-* memory techniques, which cost time and never quality: on/off options (``convert_model_dtype``,
-  ``offload_model``, ``t5_cpu``, VAE tiling and, on several GPUs, FSDP sharding and Ulysses sequence parallelism)
+* memory techniques, which cost time and never quality: on/off options (``free_text_encoder``,
+  ``convert_model_dtype``, ``offload_model``, ``t5_cpu``, VAE tiling, ``one_expert_in_ram`` for a model with
+  several experts and, on several GPUs, FSDP sharding and Ulysses sequence parallelism)
   and a placement of the DiT (all resident, block offloading with fewer and fewer resident blocks, sequential
   offloading);
 * quality points, used only as far as the request's level allows: fewer steps, shorter clips (``4k+1`` frames),
@@ -33,6 +34,7 @@ from vramgate.messages.requests import RunOptions
 #: The on/off techniques in order of time cost per GB saved (cheapest first): this is also the order in which
 #: suggestions are listed and their savings attributed.
 TOGGLES: tuple[str, ...] = (
+    "free_text_encoder",
     "convert_model_dtype",
     "offload_model",
     "t5_fsdp",
@@ -40,11 +42,14 @@ TOGGLES: tuple[str, ...] = (
     "ulysses",
     "t5_cpu",
     "vae_tiling",
+    "one_expert_in_ram",
 )
 #: Pairs of techniques that cannot be combined (``generate.py`` refuses ``--t5_cpu`` with ``--t5_fsdp``).
 EXCLUSIVE: tuple[tuple[str, str], ...] = (("t5_cpu", "t5_fsdp"),)
 #: Toggles that only exist on a multi-GPU run.
 MULTI_GPU: frozenset[str] = frozenset({"t5_fsdp", "dit_fsdp", "ulysses"})
+#: Toggles that only exist for a model with several DiT experts.
+MULTI_EXPERT: frozenset[str] = frozenset({"one_expert_in_ram"})
 
 #: Weights of the quality loss: one unit per fraction of steps, frames and pixels given up.
 W_STEPS = 1.0
@@ -182,6 +187,7 @@ class _Search:
     by_quality: dict[Quality, Candidate | None] = field(default_factory=dict)
     levels: dict[Quality, dict[int, int]] = field(default_factory=dict)
     closest: Candidate | None = None
+    closest_at: dict[Quality, Candidate] = field(default_factory=dict)  # the closest at each quality point
     full_masks: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ evaluation
@@ -219,6 +225,9 @@ class _Search:
             cand = Candidate(q, mask, placement, found, self.space.loss(q))
             if self.closest is None or _closeness(cand, self.budget) < _closeness(self.closest, self.budget):
                 self.closest = cand
+            there = self.closest_at.get(q)
+            if there is None or _closeness(cand, self.budget) < _closeness(there, self.budget):
+                self.closest_at[q] = cand
         return found
 
     def candidate(self, q: Quality, mask: int, placement: int) -> Candidate | None:
@@ -257,8 +266,10 @@ class _Search:
         r0 = self.requirement(q, mask, 0)
         if r0 is not None and self.budget.fits(r0):
             return self.candidate(q, mask, 0)
-        if r0 is not None and (r0.vram_mb <= self.budget.vram_mb or not self.budget.ram_fits(r0)):
+        if r0 is not None and r0.vram_mb <= self.budget.vram_mb:
             return None  # host RAM is short; offloading more only needs more of it
+        # With host RAM short too, the bisection below still runs: it finds no plan (offloading needs more RAM),
+        # but its VRAM-fitting level is the nearest miss (the host RAM a plan would need).
         last = self.deepest
         if last == 0:
             return None
@@ -377,6 +388,8 @@ class _Search:
         frames = space.frames
         smallest_w, smallest_h = space.sizes[-1]
         if not self.feasible(Quality(steps[-1], frames[-1], smallest_w, smallest_h)):
+            if len(space.sizes) > 1:  # what a search at the size asked for visits, for the nearest miss
+                self.feasible(Quality(steps[-1], frames[-1], base.width, base.height))
             return None
         lines = sorted(
             (
@@ -419,7 +432,12 @@ def search(space: Space, estimate: EstimateFn, budget: Budget) -> Result:
     r = s.requirement(base_q, 0, 0)
     fits_as_asked = r is not None and budget.fits(r)
     best = s.candidate(base_q, 0, 0) if fits_as_asked else s.quality_points()
-    closest = s.closest if best is not None or s.closest is None else s.trim(s.closest)
+    closest = s.closest
+    if best is None and s.closest is not None:
+        # the nearest miss, trimmed, over the quality points evaluated (a smaller space's search, which
+        # visits some of them, never comes closer)
+        misses = [s.trim(c) for c in s.closest_at.values()]
+        closest = min(misses, key=lambda c: _closeness(c, budget))
     return Result(best=best, closest=closest, evaluator=s)
 
 
@@ -470,13 +488,16 @@ def placement_ladder(options: ResolvedOptions, pinned: RunOptions, layers: int) 
     return tuple(levels)
 
 
-def toggles_for(options: ResolvedOptions, pinned: RunOptions, world_size: int) -> tuple[str, ...]:
-    """The techniques the search may turn on: not pinned, not on already, and applicable to ``world_size``."""
+def toggles_for(options: ResolvedOptions, pinned: RunOptions, world_size: int, experts: int = 1) -> tuple[str, ...]:
+    """The techniques the search may turn on: not pinned, not on already, and applicable to ``world_size`` GPUs
+    and a DiT of ``experts`` experts."""
     out = []
     for name in TOGGLES:
         if getattr(pinned, name) is not None:
             continue
         if name in MULTI_GPU and world_size < 2:
+            continue
+        if name in MULTI_EXPERT and experts < 2:
             continue
         if name == "ulysses":
             if options.ulysses != 1:

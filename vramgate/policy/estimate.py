@@ -150,6 +150,7 @@ class Estimator:
             Component(name="runtime", vram_mb=_mb(b.runtime), ram_mb=_mb(b.ram_runtime), seconds=b.t_overhead),
             Component(name="text_encode", seconds=b.t_text),
             Component(name="weight_transfers", seconds=b.t_transfers + b.t_stream),
+            *([Component(name="checkpoint_reads", seconds=b.t_disk, note="from disk")] if b.t_disk else []),
         ]
         if b.t_comm:
             components.append(Component(name="interconnect", seconds=b.t_comm, note="Ulysses all-to-alls"))
@@ -226,6 +227,8 @@ def resolve_options(options: RunOptions | None) -> ResolvedOptions:
         sequential_offload=bool(options.sequential_offload),
         dit_dtype=options.dit_dtype if options.dit_dtype is not None else "bf16",
         runner=options.runner if options.runner is not None else "generate.py",
+        free_text_encoder=bool(options.free_text_encoder),
+        one_expert_in_ram=bool(options.one_expert_in_ram),
     )
 
 
@@ -267,6 +270,10 @@ def validate_params(params: RunParams, profile: ModelProfile) -> None:
         raise InvalidParameter("dit_fsdp/t5_fsdp", True, "FSDP needs more than one GPU", valid="gpus >= 2")
     if o.t5_cpu and o.t5_fsdp:
         raise InvalidParameter("t5_cpu", True, "cannot be combined with t5_fsdp")
+    if o.one_expert_in_ram and profile.dit.experts < 2:
+        raise InvalidParameter(
+            "one_expert_in_ram", True, f"{profile.name} has one DiT expert", valid="false (or a model with experts)"
+        )
     if o.resident_blocks is not None and o.resident_blocks > profile.dit.layers:
         raise InvalidParameter(
             "resident_blocks",

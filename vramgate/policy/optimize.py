@@ -4,8 +4,9 @@ Memory techniques come first (they cost time, never quality); quality knobs (ste
 only as far as the request's ``max_level`` allows:
 
 * ``none``: nothing is changed; the plan says whether the request fits as asked;
-* ``basic``: memory techniques only (``convert_model_dtype``, ``offload_model``, ``t5_cpu``, VAE tiling, block
-  offloading of the DiT with fewer resident blocks, sequential offloading; FSDP and Ulysses on several GPUs);
+* ``basic``: memory techniques only (``free_text_encoder``, ``convert_model_dtype``, ``offload_model``,
+  ``t5_cpu``, VAE tiling, ``one_expert_in_ram`` for a mixture of experts, block offloading of the DiT with fewer
+  resident blocks, sequential offloading; FSDP and Ulysses on several GPUs);
 * ``aggressive``: also fewer steps and shorter clips (down to half of what was asked);
 * ``maximum``: also the model's smaller supported sizes.
 
@@ -287,7 +288,7 @@ class Optimizer:
         opts = params.options
         ws = opts.gpus
         if idx >= 1:
-            toggles = toggles_for(opts, pinned, ws)
+            toggles = toggles_for(opts, pinned, ws, lim.experts)
             placements = placement_ladder(opts, pinned, lim.layers)
         else:
             toggles, placements = (), ((opts.resident_blocks, opts.sequential_offload),)
