@@ -98,3 +98,46 @@ def test_finish_times_follow_the_time_scale_of_the_runs() -> None:
     [admitted] = d.send(submit("r", plans={"0": SLOW, "1": FAST}, fallback=False), 0.5)
     assert isinstance(admitted, RequestAdmitted)
     assert admitted.devices == (0,)
+
+
+def slow_device_frees_first(d: Driver, *, max_wait_s: float | None = None) -> str:
+    """Device 0 runs until 50 s, device 1 until 100 s; the head ``r`` is four times slower on device 0 and waits
+    for device 1, and ``s`` behind it is only 1.2 times slower there. Returns device 1's lease."""
+    d.send(submit("a", BUDGET, seconds=50.0, plans={"0": plan(BUDGET, seconds=50.0)}, fallback=False), 0.0)
+    [b] = d.send(submit("b", BUDGET, seconds=100.0, plans={"1": plan(BUDGET, seconds=100.0)}, fallback=False), 0.0)
+    assert isinstance(b, RequestAdmitted)
+    [r] = d.send(submit("r", plans={"0": SLOW, "1": FAST}, max_wait_s=max_wait_s, fallback=False), 1.0)
+    near = {"0": plan(20_000, seconds=300.0), "1": plan(20_000, seconds=250.0)}
+    [s] = d.send(submit("s", plans=near, fallback=False), 2.0)
+    assert isinstance(r, RequestQueued)
+    assert isinstance(s, RequestQueued)
+    return b.lease_id
+
+
+def test_an_idle_slow_device_takes_the_request_it_is_comparatively_best_at() -> None:
+    d = core("earliest_finish")
+    b = slow_device_frees_first(d)
+    d.send(ReleaseLease(lease_id=d.admitted["a"].lease_id), 50.0)
+    # Device 0 is idle: it takes s (1.2x its best time there), not the head (4x); the head keeps waiting for device
+    # 1, and backfilling protects it there.
+    assert d.admitted["s"].devices == (0,)
+    assert "r" not in d.admitted
+    assert d.core.statistics().backfilled == 1
+    d.send(ReleaseLease(lease_id=b), 100.0)
+    assert d.admitted["r"].devices == (1,)
+    assert d.admitted["r"].plan == FAST
+
+
+def test_the_head_takes_the_idle_device_when_waiting_would_pass_its_max_wait() -> None:
+    d = core("earliest_finish")
+    slow_device_frees_first(d, max_wait_s=60.0)  # it must start by 61 s; device 1 frees at 100 s
+    d.send(ReleaseLease(lease_id=d.admitted["a"].lease_id), 50.0)
+    assert d.admitted["r"].devices == (0,)
+    assert d.admitted["r"].plan == SLOW
+
+
+def test_best_fit_gives_the_idle_device_to_the_head() -> None:
+    d = core("best_fit")
+    slow_device_frees_first(d)
+    d.send(ReleaseLease(lease_id=d.admitted["a"].lease_id), 50.0)
+    assert d.admitted["r"].devices == (0,)

@@ -158,13 +158,15 @@ def shadow(
 class Choice(NamedTuple):
     """Where a request is expected to finish first: the placement, when it can start there (``start``), when it is
     expected to end (``finish``), the memory left over then on each of its devices (``extra``), and whether it
-    fits there now (``ready``; a lease past its expected end is expected to end now, but has not yet)."""
+    fits there now (``ready``; a lease past its expected end is expected to end now, but has not yet). When the
+    liveness rule chose it (an idle device takes the request now), ``preferred`` is where it would have waited."""
 
     placement: Placement
     start: float
     finish: float
     extra: dict[int, int]
     ready: bool
+    preferred: Choice | None = None
 
 
 def releases_of(ends: Sequence[tuple[float, tuple[int, ...], int]], devices: int) -> list[list[tuple[float, int]]]:
@@ -196,7 +198,8 @@ def earliest_finish(
     its run is expected to last here (the admission configuration's time scale), as the leases' ends were.
 
     Liveness: a request never waits for a busier or faster device while a device with no lease could take it now;
-    then it starts now, on the device where it is expected to finish first among those it fits now.
+    then it starts now, on the device where it is expected to finish first among those it fits now (and the
+    choice's ``preferred`` is where it would have waited).
     """
     best: Choice | None = None
     best_score: tuple[float, float, int, int, tuple[int, ...]] | None = None
@@ -234,5 +237,13 @@ def earliest_finish(
             elif all(not releases[pos] for pos in positions) and (idle_score is None or score < idle_score):
                 idle_score, idle = score, choice
     if best is not None and not best.ready and idle is not None:
-        return idle
+        return idle._replace(preferred=best)
     return best
+
+
+def relative_cost(choice: Choice, groups: Sequence[Group], run_seconds: Callable[[float], float] = float) -> float:
+    """The GPU-seconds of a request's run where ``choice`` starts it over the fewest any of its plans takes (1 on
+    its fastest devices; more where it is slower)."""
+    best = min((run_seconds(g.plan.requirement.estimated_time_seconds) * g.world for g in groups), default=math.inf)
+    spent = (choice.finish - choice.start) * len(choice.placement.positions)
+    return spent / best if best > 0 else 1.0

@@ -23,9 +23,11 @@ Only the first ``backfill_depth`` waiting requests are examined per pass, so eac
 Placement (``placement``). ``earliest_finish``, the default: a request goes where it is expected to finish first
 (:func:`~vramgate.policy._placement.earliest_finish`): on each device its own plan's time (a faster GPU kind has
 a shorter plan), started now where it fits now, or when the running leases there are expected to have returned
-enough memory; so it may wait for a faster device that comes free soon rather than start on a slow one, but never
-while a device that runs nothing could take it now. Backfilled requests start only where they fit now (and wait
-when waiting would finish them sooner). ``best_fit`` starts a request now on the devices left with the least
+enough memory; so it may wait for a faster device that comes free soon rather than start on a slow one, but a
+device that runs nothing never stays idle while something it could take waits: it takes the head, or a request
+behind it that backfilling lets start now, whichever is slowed least there against its best time anywhere (see
+:meth:`AdmissionCore._place_head`). Backfilled requests start only where they fit now (and wait when waiting
+would finish them sooner). ``best_fit`` starts a request now on the devices left with the least
 slack, ``spread`` on those left with the most; both wait only while nothing fits.
 
 Liveness. Nothing is queued for memory that never comes free: a plan above what a device can ever give
@@ -78,6 +80,7 @@ from vramgate.policy._placement import (
     earliest_finish,
     groups_of,
     place_groups,
+    relative_cost,
     releases_of,
     shadow,
 )
@@ -760,6 +763,48 @@ class AdmissionCore:
         choice = earliest_finish(groups, avail, nothing_later, releases, now=now, run_seconds=self.config.run_seconds)
         return None if choice is None else choice.placement
 
+    def _place_head(self, head: _Waiting, free: list[int], now: float) -> tuple[_Waiting, Placement] | None:
+        """What starts now in the head's turn, and where (``None``: the head waits and nothing starts).
+
+        Earliest finish: when only the liveness rule starts the head now (on an idle device, where it would rather
+        wait for a faster one, within its ``max_wait_s``), the idle devices go to the request, the head or one
+        behind it that backfilling lets start now, whose time there is the least over its best time anywhere (the
+        work a device is comparatively best at; ties go to the head, then to queue order). The head then waits
+        for the device it prefers, protected by backfilling."""
+        if not self._earliest:
+            placed = place_groups(head.groups, free, spread=self._spread)
+            return None if placed is None else (head, placed)
+        releases = self._releases(now)
+        run_seconds = self.config.run_seconds
+        choice = earliest_finish(head.groups, free, self._later(now), releases, now=now, run_seconds=run_seconds)
+        if choice is None or not choice.ready:
+            return None
+        wanted = choice.preferred
+        if wanted is None or not self.config.backfill or wanted.start > head.deadline:
+            return head, choice.placement
+        ledgers = self._ledgers
+        idle = [not releases[pos] and ledgers[pos].admits(now) for pos in range(len(ledgers))]
+        guarded = [min(f, wanted.extra[pos]) if pos in wanted.extra else f for pos, f in enumerate(free)]
+        nothing_later = [UNUSABLE] * len(free)
+        best = choice
+        best_ratio = relative_cost(choice, head.groups, run_seconds)
+        picked = head
+        by_seq = self._by_seq
+        for key in islice(self._queue, 1, 1 + self.config.backfill_depth):
+            waiting = by_seq[key[2]]
+            ends_before = now + run_seconds(waiting.expected_s) <= wanted.start
+            room = free if ends_before else guarded
+            avail = [mb if ok else UNUSABLE for mb, ok in zip(room, idle, strict=True)]
+            if waiting.min_mb > max(avail):
+                continue
+            found = earliest_finish(waiting.groups, avail, nothing_later, releases, now=now, run_seconds=run_seconds)
+            if found is None:
+                continue
+            ratio = relative_cost(found, waiting.groups, run_seconds)
+            if ratio < best_ratio:
+                best, best_ratio, picked = found, ratio, waiting
+        return picked, best.placement
+
     def _later(self, now: float) -> list[int]:
         """What each device will have once its leases end: the headroom (below zero when others grew);
         ``UNUSABLE`` on devices that admit nothing now."""
@@ -793,13 +838,15 @@ class AdmissionCore:
         if only is None:
             while self._queue:
                 head = self._by_seq[self._queue.first()[2]]
-                found = self._place(head.groups, free, now)
-                if found is None:
+                start = self._place_head(head, free, now)
+                if start is None:
                     break
-                self._dequeue(head)
-                self._admit(out, head.request_id, found, now, head.arrival, backfilled=False)
-                for pos in found.positions:
-                    free[pos] -= found.need_mb
+                # The head, or a request behind it that took an idle device the head would have taken.
+                starter, placed = start
+                self._dequeue(starter)
+                self._admit(out, starter.request_id, placed, now, starter.arrival, backfilled=starter is not head)
+                for pos in placed.positions:
+                    free[pos] -= placed.need_mb
         if not self._queue:
             return
         top = max(free)
