@@ -143,7 +143,8 @@ def test_a_serve_deployment_of_gates_answers_over_http_on_loopback(cluster: Loca
                 answers = list(pool.map(lambda _: client.post("/v1/generations", json=small), range(10)))
         codes = sorted(answer.status_code for answer in answers)
         assert set(codes) == {200, 429}, codes
-        assert codes.count(200) >= 4  # at least both gates' room was used
+        # One gate holds at most two (a run and one waiting): more than two accepted means both replicas took work.
+        assert codes.count(200) >= 3
         for answer in answers:
             if answer.status_code == 429:
                 assert int(answer.headers["Retry-After"]) >= 1
