@@ -233,23 +233,32 @@ def tiling(pipe: Any, enabled: bool, rec: Recorder) -> None:
         vae.disable_tiling()
 
 
+def _unhook_text_encoder(pipe: Any) -> Any:
+    """Remove the text encoder's offload hooks (its own and the pipeline's list); the module, or ``None``."""
+    import torch
+    from accelerate.hooks import remove_hook_from_module
+
+    part = getattr(pipe, TEXT_ENCODER, None)
+    if not isinstance(part, torch.nn.Module):
+        return None
+    if any(hasattr(sub, "_hf_hook") for sub in part.modules()):
+        remove_hook_from_module(part, recurse=True)
+    hooks = getattr(pipe, "_all_hooks", None)
+    if hooks:
+        pipe._all_hooks = [hook for hook in hooks if getattr(hook, "model", None) is not part]
+    return part
+
+
 def keep_text_encoder_on_cpu(pipe: Any) -> None:
     """Undo what ``maybe_free_model_hooks`` re-applies after each call under model offload: the text encoder's hook.
 
     diffusers re-runs ``enable_model_cpu_offload`` at the end of every call, which hooks every component again.
     """
     import torch
-    from accelerate.hooks import remove_hook_from_module
 
-    part = getattr(pipe, TEXT_ENCODER, None)
-    if not isinstance(part, torch.nn.Module):
-        return
-    if any(hasattr(sub, "_hf_hook") for sub in part.modules()):
-        remove_hook_from_module(part, recurse=True)
-    hooks = getattr(pipe, "_all_hooks", None)
-    if hooks:
-        pipe._all_hooks = [hook for hook in hooks if getattr(hook, "model", None) is not part]
-    part.to(torch.device("cpu"))
+    part = _unhook_text_encoder(pipe)
+    if part is not None:
+        part.to(torch.device("cpu"))
 
 
 def drop_text_encoder(pipe: Any) -> None:
@@ -258,17 +267,9 @@ def drop_text_encoder(pipe: Any) -> None:
     Under model offload the next module's hook refers to the text encoder's (to offload it when the next one
     runs); that reference is cut too, so nothing keeps the text encoder alive.
     """
-    import torch
-    from accelerate.hooks import remove_hook_from_module
-
-    part = getattr(pipe, TEXT_ENCODER, None)
-    if not isinstance(part, torch.nn.Module):
+    part = _unhook_text_encoder(pipe)
+    if part is None:
         return
-    if any(hasattr(sub, "_hf_hook") for sub in part.modules()):
-        remove_hook_from_module(part, recurse=True)
-    hooks = getattr(pipe, "_all_hooks", None)
-    if hooks:
-        pipe._all_hooks = [hook for hook in hooks if getattr(hook, "model", None) is not part]
     for module in modules(pipe).values():
         hook = getattr(module, "_hf_hook", None)
         prev = getattr(hook, "prev_module_hook", None)
