@@ -12,13 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import pytest
 from click.testing import CliRunner, Result
-from rich.console import Console
 
 from vramgate.cli import main
-from vramgate.demo import demo_requests, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE = str(ROOT / "bench" / "traces" / "burst-24gb.jsonl")
@@ -26,22 +23,9 @@ RUN = ["--model", "t2v-A14B", "--size", "832x480"]
 
 
 @pytest.fixture(scope="module")
-def demo_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real message log: the demo's first two requests, time compressed 10,000x."""
-    path = tmp_path_factory.mktemp("log") / "demo.jsonl"
-
-    async def go() -> None:
-        await run_demo(
-            log_path=str(path),
-            simulate=True,
-            time_scale=1e-4,
-            requests=demo_requests()[:2],
-            console=Console(quiet=True),
-            live=False,
-        )
-
-    anyio.run(go)
-    return path
+def demo_log(small_demo_log: Path) -> Path:
+    """A real message log (the demo's first two requests)."""
+    return small_demo_log
 
 
 def invoke(*args: str) -> Result:

@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 from click.testing import CliRunner
-from rich.console import Console
 
 from vramgate.cli import COMMANDS, main
-from vramgate.demo import demo_requests, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE = str(ROOT / "bench" / "traces" / "burst-24gb.jsonl")
@@ -22,22 +19,10 @@ RUN = ["--model", "t2v-A14B", "--size", "832x480"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def files(tmp_path_factory: pytest.TempPathFactory, small_demo_log: Path) -> dict[str, str]:
     """Good inputs (a real log, a request) and bad ones (garbage bytes, deep nesting, a directory, a missing path)."""
     tmp = tmp_path_factory.mktemp("fuzz")
-    log = tmp / "demo.jsonl"
-
-    async def go() -> None:
-        await run_demo(
-            log_path=str(log),
-            simulate=True,
-            time_scale=1e-4,
-            requests=demo_requests()[:2],
-            console=Console(quiet=True),
-            live=False,
-        )
-
-    anyio.run(go)
+    log = small_demo_log
     garbage = tmp / "garbage.bin"
     garbage.write_bytes(bytes(range(256)) * 4)
     deep = tmp / "deep.json"
