@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from vramgate.clock import Clock, MonotonicClock
 from vramgate.config import GateConfig, parse_size_mb
 from vramgate.errors import ActorStopped, DoesNotFit, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet, SimulatedGpu, detect
+from vramgate.hardware.backend import Backend, select_backend
 from vramgate.messages import (
     CleanupReport,
     CleanupRequest,
@@ -91,16 +91,11 @@ ASK_TIMEOUT_S = 30.0
 
 
 def is_oom(error: BaseException) -> bool:
-    """Whether ``error`` is a GPU out-of-memory error (torch's, a CUDA ``RuntimeError``, or a simulated one)."""
-    from vramgate.hardware import SimulatedOutOfMemory
+    """Whether ``error`` is a GPU out-of-memory error (torch's, a CUDA ``RuntimeError``, or a simulated one); a gate
+    asks its backend (:meth:`Backend.is_oom <vramgate.hardware.backend.Backend.is_oom>`)."""
+    from vramgate.hardware.backend import is_oom as any_oom
 
-    if isinstance(error, SimulatedOutOfMemory):
-        return True
-    torch = sys.modules.get("torch")
-    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    if oom_type is not None and isinstance(error, oom_type):
-        return True
-    return isinstance(error, (RuntimeError, MemoryError)) and "out of memory" in str(error).lower()
+    return any_oom(error)
 
 
 class _Router(Actor[Message]):
@@ -124,10 +119,13 @@ class Gate:
         *,
         clock: Clock,
         estimator: Estimator,
+        backend: Backend | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.devices = devices
+        #: the effects on the devices: pins, peaks, caches, telling an OOM apart (:mod:`vramgate.hardware.backend`)
+        self.backend = backend if backend is not None else select_backend(devices.simulated)
         self.estimator = estimator
         self.latest_sample = first_sample
         self._simulated = {gpu.index: gpu for gpu in devices.simulated}
@@ -269,7 +267,7 @@ class Gate:
                 async with self.admit(current) as lease:
                     return await runner(lease)
             except Exception as error:
-                if attempt >= attempts or not is_oom(error):
+                if attempt >= attempts or not self.backend.is_oom(error):
                     raise
                 plan = lease.plan
                 current = await self._shrink(request, plan, attempt + 1)
@@ -716,7 +714,7 @@ class Gate:
             outcome = lease.reported_outcome or "ok"
         elif isinstance(error, anyio.get_cancelled_exc_class()):
             outcome = "cancelled"
-        elif is_oom(error):
+        elif self.backend.is_oom(error):
             outcome = "oom"
         else:
             outcome = "error"
@@ -732,7 +730,7 @@ class Gate:
 
     def _pins(self, lease: Lease) -> bool:
         """Whether ``[run] pin_reservation`` pins this lease (``"auto"``: when all its devices are simulated)."""
-        simulated = all(self.simulated_device(index) is not None for index in lease.devices)
+        simulated = all(self.backend.kind(index) == "simulated" for index in lease.devices)
         return self.config.run.pins(simulated=simulated)
 
     def _timed(self, finished: RunFinished) -> RunFinished:
@@ -780,22 +778,7 @@ class Gate:
     def _observed(self, lease: Lease, *, pinned: bool = False) -> ObservedPeak:
         if lease.reported_peak is not None:
             return lease.reported_peak
-        simulated = self.simulated_device(lease.device)
-        if simulated is not None:
-            peak = simulated.peak_mb(lease.lease_id)
-            if peak == 0:  # the run allocated nothing on the device: nothing was observed
-                return ObservedPeak()
-            return ObservedPeak(torch_peak_allocated_mb=peak, torch_peak_reserved_mb=peak)
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            mib = 1 << 20
-            if pinned:  # the pinned segment is reserved whatever the run used: only allocations tell
-                return ObservedPeak(torch_peak_allocated_mb=int(torch.cuda.max_memory_allocated(lease.device)) // mib)
-            return ObservedPeak(
-                torch_peak_allocated_mb=int(torch.cuda.max_memory_allocated(lease.device)) // mib,
-                torch_peak_reserved_mb=int(torch.cuda.max_memory_reserved(lease.device)) // mib,
-            )
-        return ObservedPeak()
+        return self.backend.peak(lease.device, lease.lease_id, pinned=pinned)
 
     async def _close(self) -> None:
         """End every request still waiting (shutting down) before the actors stop."""
@@ -896,12 +879,15 @@ async def open_gate(
     devices: DeviceSet | None = None,
     estimator: Estimator | None = None,
     recorder: Recorder | None = None,
+    backend: Backend | None = None,
 ) -> AsyncIterator[Gate]:
     """Start a gate: detect (or take) the devices, start the actors, and stop them all on exit.
 
     ``config`` defaults to :class:`~vramgate.config.GateConfig` (real GPUs, no simulated ones). Pass ``devices``
     (from :func:`vramgate.hardware.detect`) to manage simulated GPUs built by the caller, ``clock`` for a virtual
-    clock, and ``recorder`` to record every message (``config.log_path`` does the same with a file).
+    clock, and ``recorder`` to record every message (``config.log_path`` does the same with a file). ``backend``
+    does the effects on the devices (pins, peaks, caches, telling an OOM apart); by default
+    :func:`~vramgate.hardware.backend.select_backend` picks it from the devices and ``[devices] use_real_gpus``.
     """
     config = config if config is not None else GateConfig()
     clock = clock if clock is not None else MonotonicClock()
@@ -918,7 +904,9 @@ async def open_gate(
     try:
         first = await anyio.to_thread.run_sync(devices.sample, clock.now())
         estimator = estimator if estimator is not None else _estimator(config)
-        gate = Gate(config, devices, first, clock=clock, estimator=estimator)
+        if backend is None:
+            backend = select_backend(devices.simulated, real_gpus=config.devices.use_real_gpus)
+        gate = Gate(config, devices, first, clock=clock, estimator=estimator, backend=backend)
         if recorder is None and config.log_path is not None:
             recorder = Recorder(config.log_path, max_bytes=config.log_max_bytes, backups=config.log_backups)
         gate._recorder = recorder
@@ -945,6 +933,7 @@ async def open_gate(
             after_s=config.cleanup.proactive_after_s,
             min_unused_mb=parse_size_mb(config.cleanup.proactive_min_unused, field="cleanup.proactive_min_unused"),
             min_interval_s=config.cleanup.min_interval_s,
+            backend=backend,
         )
         gate._cleanup_actor = cleanup
         system.spawn(cleanup, name=CLEANUP)
