@@ -9,8 +9,9 @@
 
 A request flows through the actors as messages: the estimator's preflight (``RequirementEstimated``), the
 optimizer's plan for each kind of GPU the gate manages (``PlanOptimized``), admission's ledger and queue
-(``RequestQueued`` / ``RequestAdmitted``), and after the run ``RunFinished`` to the estimator (it learns) and
-to cleanup, and ``ReleaseLease`` to admission. Every message is recorded when the gate has a log.
+(``RequestQueued`` / ``RequestAdmitted``), and after the run ``RunFinished`` to the estimator (it learns, and
+publishes its corrections to the optimizer as ``CorrectionLearned``) and to cleanup, and ``ReleaseLease`` to
+admission. Every message is recorded when the gate has a log.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ from vramgate.policy._standing import Standing
 from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
-from vramgate.policy.learning import copy_estimator
 from vramgate.policy.ledger import DeviceConfig
 
 T = TypeVar("T")
@@ -765,10 +765,8 @@ class Gate:
         await system.ref(ROUTER).tell(finished, sender=ROUTER)
         timed = self._timed(finished)
         if best is not None or outcome == "oom" or timed.seconds is not None:
-            # Both cores learn from the run, so that their estimates stay the same (and replay the same).
-            lesson = ObserveRun(finished=timed, plan=lease.plan)
-            await system.ref(ESTIMATOR).tell(lesson, sender=ROUTER)
-            await system.ref(OPTIMIZER).tell(lesson, sender=ROUTER)
+            # The estimator learns the lesson and publishes its corrections to the optimizer (and back here).
+            await system.ref(ESTIMATOR).tell(ObserveRun(finished=timed, plan=lease.plan), sender=ROUTER)
         if self.config.cleanup.after_run:
             await system.ref(CLEANUP).tell(finished, sender=ROUTER)
         await system.ref(ADMISSION).tell(
@@ -918,8 +916,8 @@ async def open_gate(
         )
         gate._system = system
         system.spawn(_Router(gate), name=ROUTER, mailbox_size=4096)
-        system.spawn(estimator_actor(estimator), name=ESTIMATOR)
-        system.spawn(optimizer_actor(copy_estimator(estimator)), name=OPTIMIZER)
+        system.spawn(estimator_actor(estimator, publish_to=(OPTIMIZER,)), name=ESTIMATOR)
+        system.spawn(optimizer_actor(estimator), name=OPTIMIZER)
         if gate.device_configs:
             gate._admission = admission_actor(
                 gate.device_configs, _admission_config(config), events_to=ROUTER, tick_s=config.monitor.interval_s
