@@ -37,6 +37,7 @@ from vramgate.config import GateConfig, parse_size_mb
 from vramgate.errors import ActorStopped, DoesNotFit, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet, SimulatedGpu, detect
 from vramgate.hardware.backend import Backend, select_backend
+from vramgate.hardware.backend import is_oom as any_oom
 from vramgate.messages import (
     CleanupReport,
     CleanupRequest,
@@ -93,8 +94,6 @@ ASK_TIMEOUT_S = 30.0
 def is_oom(error: BaseException) -> bool:
     """Whether ``error`` is a GPU out-of-memory error (torch's, a CUDA ``RuntimeError``, or a simulated one); a gate
     asks its backend (:meth:`Backend.is_oom <vramgate.hardware.backend.Backend.is_oom>`)."""
-    from vramgate.hardware.backend import is_oom as any_oom
-
     return any_oom(error)
 
 
