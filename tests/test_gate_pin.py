@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from vramgate._ticket import _pin_torch
 from vramgate.clock import ManualClock, MonotonicClock
 from vramgate.config import AdmissionSettings, CleanupConfig, DevicesConfig, GateConfig, MonitorConfig, RunConfig
 from vramgate.gate import Gate, Lease, open_gate
 from vramgate.hardware import SimulatedGpu, SimulatedOutOfMemory, detect
+from vramgate.hardware.backend import TorchBackend
 from vramgate.messages import GenerationRequest, Message, RunFinished
 from vramgate.runners import SimulatedRun
 
@@ -138,4 +138,4 @@ def test_a_real_device_is_not_pinned_without_cuda() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert "needs torch with CUDA" in _pin_torch([0], 1024)
+    assert "needs torch with CUDA" in TorchBackend().pin(0, "l1", 1024)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from vramgate.policy._standing import Standing
 
 State = Literal["preflight", "queued", "admitted", "ended"]
-
-_MIB = 1 << 20
 
 
 class RequestCancelled(VramgateError):
@@ -308,6 +305,7 @@ class Lease:
     def pin(self) -> int:
         """Take the reservation on every device of the lease now; returns the MiB pinned on each (0: none).
 
+        The gate's backend (:mod:`vramgate.hardware.backend`) pins, and the run's peak window starts after it.
         On a simulated GPU the reservation is allocated under the lease's id
         (:meth:`~vramgate.hardware.SimulatedGpu.pin`): an outside consumer that does not fit beside it is
         refused, and the run's own allocations under the lease's id draw from the pinned block first. On a real
@@ -322,29 +320,21 @@ class Lease:
         mb = self.reservation_mb
         if mb <= 0:
             return 0
-        from vramgate.hardware import SimulatedDeviceLost, SimulatedOutOfMemory
-
-        pinned: list[SimulatedGpu] = []
-        real: list[int] = []
+        backend = self._gate.backend
+        pinned: list[int] = []
         error = ""
         for index in self.devices:
-            device = self._gate.simulated_device(index)
-            if device is None:
-                real.append(index)
-                continue
-            try:
-                device.pin(self.lease_id, mb)
-            except (SimulatedOutOfMemory, SimulatedDeviceLost) as exc:
-                error = str(exc)
+            error = backend.pin(index, self.lease_id, mb)
+            if error:
                 break
-            pinned.append(device)
-        if not error and real:
-            error = _pin_torch(real, mb)
+            pinned.append(index)
         if error:
-            for device in pinned:
-                device.unpin(self.lease_id)
+            for index in pinned:
+                backend.unpin(index, self.lease_id)
             self.pin_error = error
             return 0
+        for index in self.devices:  # the run's observed peak starts here, without the pin
+            backend.reset_peak(index, self.lease_id)
         self.pin_error = ""
         self.pinned_mb = mb
         return mb
@@ -360,9 +350,7 @@ class Lease:
             return 0
         self.pinned_mb = 0
         for index in self.devices:
-            device = self._gate.simulated_device(index)
-            if device is not None:
-                device.unpin(self.lease_id)
+            self._gate.backend.unpin(index, self.lease_id)
         return mb
 
     def report(
@@ -392,27 +380,3 @@ class Lease:
     def progress_nowait(self, step: int, total_steps: int) -> None:
         """Report progress without waiting; dropped when the gate is busy (progress is advisory)."""
         self._gate._progress_nowait(self, step, total_steps)
-
-
-def _pin_torch(devices: Sequence[int], mb: int) -> str:
-    """Reserve ``mb`` MiB in torch's caching allocator on each CUDA device; returns why not ("" when done).
-
-    The block is allocated and freed at once: the allocator keeps the segment for this process, and the
-    allocator's peak figures are reset so that the run's observed peak does not include the pin.
-    """
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return "pinning a real device needs torch with CUDA in this process"
-    from vramgate.gate import is_oom
-
-    for index in devices:
-        device = torch.device("cuda", index)
-        try:
-            block = torch.empty(mb * _MIB, dtype=torch.uint8, device=device)
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            return f"device {index}: {mb} MiB does not fit now: {exc}"
-        del block
-        torch.cuda.reset_peak_memory_stats(device)
-    return ""

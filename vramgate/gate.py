@@ -9,15 +9,15 @@
 
 A request flows through the actors as messages: the estimator's preflight (``RequirementEstimated``), the
 optimizer's plan for each kind of GPU the gate manages (``PlanOptimized``), admission's ledger and queue
-(``RequestQueued`` / ``RequestAdmitted``), and after the run ``RunFinished`` to the estimator (it learns) and
-to cleanup, and ``ReleaseLease`` to admission. Every message is recorded when the gate has a log.
+(``RequestQueued`` / ``RequestAdmitted``), and after the run ``RunFinished`` to the estimator (it learns, and
+publishes its corrections to the optimizer as ``CorrectionLearned``) and to cleanup, and ``ReleaseLease`` to
+admission. Every message is recorded when the gate has a log.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -36,6 +36,8 @@ from vramgate.clock import Clock, MonotonicClock
 from vramgate.config import GateConfig, parse_size_mb
 from vramgate.errors import ActorStopped, DoesNotFit, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet, SimulatedGpu, detect
+from vramgate.hardware.backend import Backend, select_backend
+from vramgate.hardware.backend import is_oom as any_oom
 from vramgate.messages import (
     CleanupReport,
     CleanupRequest,
@@ -68,7 +70,6 @@ from vramgate.policy._standing import Standing
 from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
-from vramgate.policy.learning import copy_estimator
 from vramgate.policy.ledger import DeviceConfig
 
 T = TypeVar("T")
@@ -91,16 +92,9 @@ ASK_TIMEOUT_S = 30.0
 
 
 def is_oom(error: BaseException) -> bool:
-    """Whether ``error`` is a GPU out-of-memory error (torch's, a CUDA ``RuntimeError``, or a simulated one)."""
-    from vramgate.hardware import SimulatedOutOfMemory
-
-    if isinstance(error, SimulatedOutOfMemory):
-        return True
-    torch = sys.modules.get("torch")
-    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    if oom_type is not None and isinstance(error, oom_type):
-        return True
-    return isinstance(error, (RuntimeError, MemoryError)) and "out of memory" in str(error).lower()
+    """Whether ``error`` is a GPU out-of-memory error (torch's, a CUDA ``RuntimeError``, or a simulated one); a gate
+    asks its backend (:meth:`Backend.is_oom <vramgate.hardware.backend.Backend.is_oom>`)."""
+    return any_oom(error)
 
 
 class _Router(Actor[Message]):
@@ -124,10 +118,13 @@ class Gate:
         *,
         clock: Clock,
         estimator: Estimator,
+        backend: Backend | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.devices = devices
+        #: the effects on the devices: pins, peaks, caches, telling an OOM apart (:mod:`vramgate.hardware.backend`)
+        self.backend = backend if backend is not None else select_backend(devices.simulated)
         self.estimator = estimator
         self.latest_sample = first_sample
         self._simulated = {gpu.index: gpu for gpu in devices.simulated}
@@ -269,7 +266,7 @@ class Gate:
                 async with self.admit(current) as lease:
                     return await runner(lease)
             except Exception as error:
-                if attempt >= attempts or not is_oom(error):
+                if attempt >= attempts or not self.backend.is_oom(error):
                     raise
                 plan = lease.plan
                 current = await self._shrink(request, plan, attempt + 1)
@@ -716,7 +713,7 @@ class Gate:
             outcome = lease.reported_outcome or "ok"
         elif isinstance(error, anyio.get_cancelled_exc_class()):
             outcome = "cancelled"
-        elif is_oom(error):
+        elif self.backend.is_oom(error):
             outcome = "oom"
         else:
             outcome = "error"
@@ -732,7 +729,7 @@ class Gate:
 
     def _pins(self, lease: Lease) -> bool:
         """Whether ``[run] pin_reservation`` pins this lease (``"auto"``: when all its devices are simulated)."""
-        simulated = all(self.simulated_device(index) is not None for index in lease.devices)
+        simulated = all(self.backend.kind(index) == "simulated" for index in lease.devices)
         return self.config.run.pins(simulated=simulated)
 
     def _timed(self, finished: RunFinished) -> RunFinished:
@@ -767,10 +764,8 @@ class Gate:
         await system.ref(ROUTER).tell(finished, sender=ROUTER)
         timed = self._timed(finished)
         if best is not None or outcome == "oom" or timed.seconds is not None:
-            # Both cores learn from the run, so that their estimates stay the same (and replay the same).
-            lesson = ObserveRun(finished=timed, plan=lease.plan)
-            await system.ref(ESTIMATOR).tell(lesson, sender=ROUTER)
-            await system.ref(OPTIMIZER).tell(lesson, sender=ROUTER)
+            # The estimator learns the lesson and publishes its corrections to the optimizer (and back here).
+            await system.ref(ESTIMATOR).tell(ObserveRun(finished=timed, plan=lease.plan), sender=ROUTER)
         if self.config.cleanup.after_run:
             await system.ref(CLEANUP).tell(finished, sender=ROUTER)
         await system.ref(ADMISSION).tell(
@@ -780,22 +775,7 @@ class Gate:
     def _observed(self, lease: Lease, *, pinned: bool = False) -> ObservedPeak:
         if lease.reported_peak is not None:
             return lease.reported_peak
-        simulated = self.simulated_device(lease.device)
-        if simulated is not None:
-            peak = simulated.peak_mb(lease.lease_id)
-            if peak == 0:  # the run allocated nothing on the device: nothing was observed
-                return ObservedPeak()
-            return ObservedPeak(torch_peak_allocated_mb=peak, torch_peak_reserved_mb=peak)
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            mib = 1 << 20
-            if pinned:  # the pinned segment is reserved whatever the run used: only allocations tell
-                return ObservedPeak(torch_peak_allocated_mb=int(torch.cuda.max_memory_allocated(lease.device)) // mib)
-            return ObservedPeak(
-                torch_peak_allocated_mb=int(torch.cuda.max_memory_allocated(lease.device)) // mib,
-                torch_peak_reserved_mb=int(torch.cuda.max_memory_reserved(lease.device)) // mib,
-            )
-        return ObservedPeak()
+        return self.backend.peak(lease.device, lease.lease_id, pinned=pinned)
 
     async def _close(self) -> None:
         """End every request still waiting (shutting down) before the actors stop."""
@@ -896,12 +876,15 @@ async def open_gate(
     devices: DeviceSet | None = None,
     estimator: Estimator | None = None,
     recorder: Recorder | None = None,
+    backend: Backend | None = None,
 ) -> AsyncIterator[Gate]:
     """Start a gate: detect (or take) the devices, start the actors, and stop them all on exit.
 
     ``config`` defaults to :class:`~vramgate.config.GateConfig` (real GPUs, no simulated ones). Pass ``devices``
     (from :func:`vramgate.hardware.detect`) to manage simulated GPUs built by the caller, ``clock`` for a virtual
-    clock, and ``recorder`` to record every message (``config.log_path`` does the same with a file).
+    clock, and ``recorder`` to record every message (``config.log_path`` does the same with a file). ``backend``
+    does the effects on the devices (pins, peaks, caches, telling an OOM apart); by default
+    :func:`~vramgate.hardware.backend.select_backend` picks it from the devices and ``[devices] use_real_gpus``.
     """
     config = config if config is not None else GateConfig()
     clock = clock if clock is not None else MonotonicClock()
@@ -918,7 +901,9 @@ async def open_gate(
     try:
         first = await anyio.to_thread.run_sync(devices.sample, clock.now())
         estimator = estimator if estimator is not None else _estimator(config)
-        gate = Gate(config, devices, first, clock=clock, estimator=estimator)
+        if backend is None:
+            backend = select_backend(devices.simulated, real_gpus=config.devices.use_real_gpus)
+        gate = Gate(config, devices, first, clock=clock, estimator=estimator, backend=backend)
         if recorder is None and config.log_path is not None:
             recorder = Recorder(config.log_path, max_bytes=config.log_max_bytes, backups=config.log_backups)
         gate._recorder = recorder
@@ -930,8 +915,8 @@ async def open_gate(
         )
         gate._system = system
         system.spawn(_Router(gate), name=ROUTER, mailbox_size=4096)
-        system.spawn(estimator_actor(estimator), name=ESTIMATOR)
-        system.spawn(optimizer_actor(copy_estimator(estimator)), name=OPTIMIZER)
+        system.spawn(estimator_actor(estimator, publish_to=(OPTIMIZER,)), name=ESTIMATOR)
+        system.spawn(optimizer_actor(estimator), name=OPTIMIZER)
         if gate.device_configs:
             gate._admission = admission_actor(
                 gate.device_configs, _admission_config(config), events_to=ROUTER, tick_s=config.monitor.interval_s
@@ -945,6 +930,7 @@ async def open_gate(
             after_s=config.cleanup.proactive_after_s,
             min_unused_mb=parse_size_mb(config.cleanup.proactive_min_unused, field="cleanup.proactive_min_unused"),
             min_interval_s=config.cleanup.min_interval_s,
+            backend=backend,
         )
         gate._cleanup_actor = cleanup
         system.spawn(cleanup, name=CLEANUP)

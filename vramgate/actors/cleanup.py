@@ -1,7 +1,8 @@
 """The cleanup actor: frees memory after every run, and proactively when a device stays short of memory.
 
 An edge actor (it has effects): :func:`vramgate.cleanup.cleanup_memory` runs in a worker thread, so gc and
-``torch.cuda.empty_cache()`` never block the event loop. Its :class:`~vramgate.messages.CleanupReport` goes to the
+``torch.cuda.empty_cache()`` never block the event loop; the caches are the ``backend``'s
+(:mod:`vramgate.hardware.backend`). Its :class:`~vramgate.messages.CleanupReport` goes to the
 actor named ``reports_to`` (the gate's router), where it is counted and recorded.
 
 Post-run cleanups are coalesced: at most one every ``min_interval_s`` seconds of the system's clock; runs that end
@@ -23,7 +24,8 @@ import msgspec
 
 from vramgate.actors.actor import Actor
 from vramgate.actors.envelope import Envelope
-from vramgate.cleanup import cleanup_memory, torch_reserved_unused_mb
+from vramgate.cleanup import cleanup_memory, reserved_unused_mb
+from vramgate.hardware.backend import Backend, TorchBackend
 from vramgate.messages import CleanupReport, Message, ResourceSample, RunFinished
 from vramgate.messages.lifecycle import CleanupRequest, DeferredCleanup
 
@@ -43,17 +45,19 @@ class CleanupActor(Actor[Message]):
         below_fraction: float = 0.05,
         after_s: float = 10.0,
         min_unused_mb: int = 512,
-        unused_probe: UnusedProbe = torch_reserved_unused_mb,
+        unused_probe: UnusedProbe | None = None,
         cuda_ordinal: Callable[[int], int | None] = lambda index: index,
         min_interval_s: float = 1.0,
+        backend: Backend | None = None,
     ) -> None:
+        self.backend: Backend = backend if backend is not None else TorchBackend()
         self.reports_to = reports_to
         self.after_run = after_run
         self.aggressive = aggressive
         self.below_fraction = below_fraction
         self.after_s = after_s
         self.min_unused_mb = min_unused_mb
-        self.unused_probe = unused_probe
+        self.unused_probe: UnusedProbe = unused_probe or (lambda device: reserved_unused_mb(self.backend, device))
         self.cuda_ordinal = cuda_ordinal
         self.min_interval_s = min_interval_s
         self._low_since: dict[int, float] = {}
@@ -98,7 +102,9 @@ class CleanupActor(Actor[Message]):
         ordinal = self.cuda_ordinal(device) if device is not None else None
 
         def work() -> CleanupReport:
-            return cleanup_memory(aggressive, device=ordinal, request_id=request_id, trigger=trigger)
+            return cleanup_memory(
+                aggressive, device=ordinal, request_id=request_id, trigger=trigger, backend=self.backend
+            )
 
         report = await anyio.to_thread.run_sync(work)
         if device is not None and report.device != device:

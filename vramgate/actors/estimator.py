@@ -8,9 +8,11 @@
   that ran to the end, its time (the time corrections of :mod:`vramgate.policy.timing`, learned per GPU);
 * :class:`~vramgate.messages.estimation.ObserveRun` teaches it a run with its plan directly.
 
-Every requirement it answers carries the corrected time and its interval. Each lesson is announced as
-:class:`~vramgate.messages.estimation.CorrectionLearned` (both corrections): replied to an ``ObserveRun`` and sent
-to ``events_to`` (when set) for a ``RunFinished``.
+Every requirement it answers carries the corrected time and its interval. The estimator owns what it learns:
+each lesson is learned here once and published as :class:`~vramgate.messages.estimation.CorrectionLearned` (both
+corrections, with what it now holds for the model, the GPU and the GPU's times): sent to every actor named in
+``publish_to`` (the optimizer, which plans from what it is sent), then replied to an ``ObserveRun`` or sent to
+``events_to`` (when set) for a ``RunFinished``.
 """
 
 from __future__ import annotations
@@ -37,11 +39,19 @@ KIND = "estimator"
 class EstimatorCore:
     """Estimates on request; learns from finished runs. ``max_plans`` bounds the remembered admitted plans."""
 
-    def __init__(self, estimator: Estimator, *, events_to: str | None = None, max_plans: int = 4096) -> None:
+    def __init__(
+        self,
+        estimator: Estimator,
+        *,
+        events_to: str | None = None,
+        max_plans: int = 4096,
+        publish_to: tuple[str, ...] = (),
+    ) -> None:
         if max_plans < 1:
             raise ValueError("max_plans must be at least 1")
         self.estimator = estimator
         self.events_to = events_to
+        self.publish_to = publish_to
         self.max_plans = max_plans
         self._plans: OrderedDict[str, Plan] = OrderedDict()
 
@@ -56,9 +66,10 @@ class EstimatorCore:
             if plan is None:
                 return []
             learned = self._observe(message, plan)
-            return [Send(self.events_to, learned)] if self.events_to else []
+            return [*self._publish(learned), *([Send(self.events_to, learned)] if self.events_to else [])]
         if isinstance(message, ObserveRun):
-            return [Reply(self._observe(message.finished, message.plan))]
+            learned = self._observe(message.finished, message.plan)
+            return [*self._publish(learned), Reply(learned)]
         raise TypeError(f"the estimator does not handle {type(message).__name__}")
 
     def pending_plans(self) -> int:
@@ -81,6 +92,9 @@ class EstimatorCore:
             return RequestRejected(request_id=rid, code="bad_request", reason=str(exc))
         return RequirementEstimated(request_id=rid, requirement=requirement)
 
+    def _publish(self, learned: CorrectionLearned) -> list[Output]:
+        return [Send(to, learned) for to in self.publish_to]
+
     def _observe(self, finished: RunFinished, plan: Plan) -> CorrectionLearned:
         factor = self.estimator.observe(finished, plan)
         gpu = self.estimator.gpus.get(plan.gpu or plan.requirement.gpu).name
@@ -98,21 +112,30 @@ class EstimatorCore:
             time_runs=times.runs(gpu),
             time_low=low / corrected,
             time_high=high / corrected,
+            history=self.estimator.learned.learned(model, gpu),
+            times=times.learned(gpu),
         )
 
 
 def estimator_actor(
-    estimator: Estimator | None = None, *, events_to: str | None = None, max_plans: int = 4096
+    estimator: Estimator | None = None,
+    *,
+    events_to: str | None = None,
+    max_plans: int = 4096,
+    publish_to: tuple[str, ...] = (),
 ) -> CoreActor:
     """A :class:`CoreActor` running an :class:`EstimatorCore`; its recorded config (the learned state at start,
-    ``events_to``) rebuilds the same core for replay."""
+    ``events_to``, ``publish_to``) rebuilds the same core for replay."""
     estimator = estimator if estimator is not None else Estimator()
-    config = {
+    config: dict[str, Any] = {
         "events_to": events_to,
         "max_plans": max_plans,
         "learned": msgspec.to_builtins(estimator.learned.state()),
     }
-    return CoreActor(EstimatorCore(estimator, events_to=events_to, max_plans=max_plans), kind=KIND, config=config)
+    if publish_to:
+        config["publish_to"] = list(publish_to)
+    core = EstimatorCore(estimator, events_to=events_to, max_plans=max_plans, publish_to=publish_to)
+    return CoreActor(core, kind=KIND, config=config)
 
 
 def build_core(header: LogHeader, spec: CoreSpec) -> EstimatorCore:
@@ -125,6 +148,7 @@ def build_core(header: LogHeader, spec: CoreSpec) -> EstimatorCore:
         estimator,
         events_to=str(events_to) if events_to else None,
         max_plans=int(config.get("max_plans", 4096)),
+        publish_to=tuple(str(name) for name in config.get("publish_to", ())),
     )
 
 

@@ -4,6 +4,11 @@ Ask it :class:`~vramgate.messages.optimization.OptimizePlan` (or :class:`~vramga
 after an out-of-memory failure); it answers :class:`~vramgate.messages.PlanOptimized` when a plan fits,
 :class:`~vramgate.messages.optimization.PlanDoesNotFit` with the closest plan when none does, and
 :class:`~vramgate.messages.RequestRejected` (``bad_request``) when the request is invalid.
+
+The optimizer learns nothing itself: it plans with the corrections its estimator held when the actor was made
+(recorded in its config), and installs the ones the estimator actor publishes after each lesson
+(:class:`~vramgate.messages.estimation.CorrectionLearned`), so that its plans use the estimator's corrections and
+a replay, fed the same messages, plans the same.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import msgspec
 from vramgate.actors.core import CoreActor, Output, Reply
 from vramgate.errors import BadRequest
 from vramgate.messages import GenerationRequest, Message, Plan, PlanOptimized, RequestRejected
-from vramgate.messages.estimation import ObserveRun
+from vramgate.messages.estimation import CorrectionLearned
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
+from vramgate.policy.estimate import Estimator
+from vramgate.policy.learning import LearnedCorrections, LearnedState
 from vramgate.policy.optimize import EstimatorLike, Optimizer
 from vramgate.replay import register_core_kind
 
@@ -26,21 +33,22 @@ KIND = "optimizer"
 
 
 class OptimizerCore:
-    """Message in, plan out. Holds no state between messages, so a replay decides the same again."""
+    """Message in, plan out. Its only state is the corrections it was sent, so a replay decides the same again."""
 
     def __init__(self, optimizer: Optimizer) -> None:
         self.optimizer = optimizer
+        learned = getattr(optimizer.estimator, "learned", None)
+        #: the corrections plans are made with (the estimator's, as published); ``None`` for an estimator without
+        self.learned = learned if isinstance(learned, LearnedCorrections) else None
 
     def handle(self, message: Message, now: float) -> Sequence[Output]:
         if isinstance(message, OptimizePlan):
             return [Reply(self._optimize(message))]
         if isinstance(message, ShrinkPlan):
             return [Reply(self._shrink(message))]
-        if isinstance(message, ObserveRun):
-            # Learn what the estimator learns, so that plans use the same corrected estimates.
-            observe = getattr(self.optimizer.estimator, "observe", None)
-            if observe is not None:
-                observe(message.finished, message.plan)
+        if isinstance(message, CorrectionLearned):
+            if self.learned is not None:
+                self.learned.install(message)
             return []
         raise TypeError(f"the optimizer does not handle {type(message).__name__}")
 
@@ -103,33 +111,25 @@ def _with_id(plan: Plan, rid: str) -> Plan:
 def optimizer_actor(estimator: EstimatorLike | None = None, *, config: Mapping[str, Any] | None = None) -> CoreActor:
     """A :class:`CoreActor` running an :class:`OptimizerCore` (with the default estimator unless one is given).
 
-    The estimator's learned corrections at start are recorded in the config, so that a replay starts from them.
+    An :class:`~vramgate.policy.estimate.Estimator` is planned with through its catalogs and constants and the
+    corrections it holds now, recorded in the config so that a replay starts from them; the actor changes them only
+    as the estimator's published corrections say (the estimator given is not touched).
     """
-    estimator = _estimator(estimator)
+    estimator = estimator if estimator is not None else Estimator()
     recorded = dict(config or {})
-    learned = getattr(estimator, "learned", None)
-    if learned is not None and "learned" not in recorded:
-        recorded["learned"] = msgspec.to_builtins(learned.state())
+    if isinstance(estimator, Estimator):
+        state = estimator.learned.state()
+        recorded.setdefault("learned", msgspec.to_builtins(state))
+        estimator = Estimator(estimator.models, estimator.gpus, estimator.constants, LearnedCorrections(state=state))
     return CoreActor(OptimizerCore(Optimizer(estimator)), kind=KIND, config=recorded)
 
 
 def build_core(config: Mapping[str, Any]) -> OptimizerCore:
     """Rebuild an optimizer core from its recorded config (for replay): built-in catalogs, recorded corrections."""
     if "learned" not in config:
-        return OptimizerCore(Optimizer(_estimator(None)))
-    from vramgate.policy.estimate import Estimator
-    from vramgate.policy.learning import LearnedCorrections, LearnedState
-
+        return OptimizerCore(Optimizer(Estimator()))
     state = msgspec.convert(config["learned"], LearnedState)
     return OptimizerCore(Optimizer(Estimator(learned=LearnedCorrections(state=state))))
 
 
 register_core_kind(KIND, lambda header, spec: build_core(spec.config))
-
-
-def _estimator(estimator: EstimatorLike | None) -> EstimatorLike:
-    if estimator is not None:
-        return estimator
-    from vramgate.policy.estimate import Estimator
-
-    return Estimator()

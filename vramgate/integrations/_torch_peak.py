@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vramgate.hardware.backend import is_torch_oom
 from vramgate.messages import ObservedPeak
 
 if TYPE_CHECKING:
     import torch
 
 _MIB = 1 << 20
-
-# Texts of the out-of-memory errors torch raises as plain RuntimeError (older CUDA paths, cuBLAS/cuDNN, MPS).
-_OOM_TEXTS = ("cuda out of memory", "cuda error: out of memory", "mps backend out of memory", "hip out of memory")
 
 
 def is_cuda(device: torch.device) -> bool:
@@ -53,9 +51,4 @@ def observed_peak(device: str | torch.device) -> ObservedPeak:
 
 def is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` is an out-of-memory error from torch (the typed one or a RuntimeError with its text)."""
-    import torch
-
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _OOM_TEXTS)
+    return is_torch_oom(exc)

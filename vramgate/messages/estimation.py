@@ -34,10 +34,37 @@ class ObserveRun(Message, frozen=True):
     plan: Plan
 
 
+class ProfileGpuHistory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What was learned for one (model profile, GPU) pair.
+
+    ``ratios`` are the latest observed/predicted ratios (oldest first, bounded); ``floor`` is the least factor
+    OOMs have forced; ``runs``/``ooms`` count every observation.
+    """
+
+    ratios: tuple[float, ...] = ()
+    floor: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    runs: Annotated[int, msgspec.Meta(ge=0)] = 0
+    ooms: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class TimeFactor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What was learned about one GPU's times: ``runs`` observations, the sum of their log ratios and of squares."""
+
+    runs: Annotated[int, msgspec.Meta(ge=0)] = 0
+    log_sum: float = 0.0
+    log_square_sum: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+
+
 class CorrectionLearned(Message, frozen=True):
     """The estimator's VRAM correction for (``model``, ``gpu``) after a run: ``factor`` x the raw estimate; and its
     time correction for ``gpu``: ``time_factor`` x the raw time, learned from ``time_runs`` runs, the interval of
-    a time then ``time_low`` to ``time_high`` x the corrected time."""
+    a time then ``time_low`` to ``time_high`` x the corrected time.
+
+    The estimator owns what it learns and publishes it with this message: ``history`` is what it holds for
+    (``model``, ``gpu``) and ``times`` what it holds for ``gpu``'s times after the lesson (``None``: nothing learned
+    yet). A planner that installs them (:meth:`~vramgate.policy.learning.LearnedCorrections.install`) estimates as
+    the estimator does, without learning the lesson again.
+    """
 
     model: str
     gpu: str
@@ -49,3 +76,5 @@ class CorrectionLearned(Message, frozen=True):
     time_runs: Annotated[int, msgspec.Meta(ge=0)] = 0
     time_low: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
     time_high: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    history: ProfileGpuHistory | None = None
+    times: TimeFactor | None = None

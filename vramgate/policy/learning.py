@@ -15,33 +15,21 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from vramgate.errors import ConfigError
 from vramgate.messages.codec import Codec
+from vramgate.messages.estimation import CorrectionLearned, ProfileGpuHistory, TimeFactor
 from vramgate.messages.lifecycle import Outcome
-from vramgate.policy.timing import TimeCorrections, TimeFactor
+from vramgate.policy.timing import TimeCorrections
 
 if TYPE_CHECKING:
     from vramgate.policy.estimate import Estimator
 
 #: Version of the persisted state; bump it when an old file could no longer be read as before.
 LEARNED_SCHEMA_VERSION = 1
-
-
-class ProfileGpuHistory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What was learned for one (model profile, GPU) pair.
-
-    ``ratios`` are the latest observed/predicted ratios (oldest first, bounded); ``floor`` is the least factor
-    OOMs have forced; ``runs``/``ooms`` count every observation.
-    """
-
-    ratios: tuple[float, ...] = ()
-    floor: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
-    runs: Annotated[int, msgspec.Meta(ge=0)] = 0
-    ooms: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class LearnedState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +101,10 @@ class LearnedCorrections:
     def history(self, model: str, gpu: str) -> ProfileGpuHistory:
         return self._entries.get(_key(model, gpu), ProfileGpuHistory())
 
+    def learned(self, model: str, gpu: str) -> ProfileGpuHistory | None:
+        """What was learned for (``model``, ``gpu``), ``None`` when nothing was."""
+        return self._entries.get(_key(model, gpu))
+
     def runs(self, model: str, gpu: str) -> int:
         entry = self._entries.get(_key(model, gpu))
         return entry.runs if entry is not None else 0
@@ -172,6 +164,17 @@ class LearnedCorrections:
         self._entries[key] = entry
         factor = self._factors[key] = self._factor(entry)
         return factor
+
+    def install(self, learned: CorrectionLearned) -> None:
+        """Hold the corrections an estimator published after a lesson (its ``history`` and ``factor`` for the
+        model and GPU, its ``times`` for the GPU), so that estimates made here are the estimator's; nothing is
+        learned here. Installing the same message again changes nothing."""
+        if learned.history is not None:
+            key = _key(learned.model, learned.gpu)
+            self._entries[key] = learned.history
+            self._factors[key] = learned.factor
+        if learned.times is not None:
+            self.times.install(learned.gpu, learned.times)
 
     def _factor(self, entry: ProfileGpuHistory) -> float:
         low, high = self.bounds

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated
 
 import msgspec
 
+from vramgate.messages.estimation import TimeFactor
 from vramgate.messages.lifecycle import RunFinished
 from vramgate.messages.plans import ResourceRequirement
 
@@ -40,14 +40,6 @@ UNCALIBRATED_SPREAD = 0.3
 WIDE_WORLD_SPREAD = 0.25
 #: Two-sided normal quantile for a central 90 % interval.
 _Z90 = 1.6449
-
-
-class TimeFactor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What was learned about one GPU's times: ``runs`` observations, the sum of their log ratios and of squares."""
-
-    runs: Annotated[int, msgspec.Meta(ge=0)] = 0
-    log_sum: float = 0.0
-    log_square_sum: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
 class TimeCorrections:
@@ -98,6 +90,14 @@ class TimeCorrections:
     def runs(self, gpu: str) -> int:
         found = self._gpus.get(gpu)
         return 0 if found is None else found.runs
+
+    def learned(self, gpu: str) -> TimeFactor | None:
+        """What was learned of ``gpu``'s times (``None``: nothing yet)."""
+        return self._gpus.get(gpu)
+
+    def install(self, gpu: str, learned: TimeFactor) -> None:
+        """Hold ``learned`` for ``gpu``'s times, as published by the estimator that learned it."""
+        self._gpus[gpu] = learned
 
     def posterior(self, model: str, gpu: str, world_size: int = 1) -> tuple[float, float]:
         """The log factor's posterior mean and the spread of a run's time about it (the factor's uncertainty and
