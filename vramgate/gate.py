@@ -16,7 +16,6 @@ to cleanup, and ``ReleaseLease`` to admission. Every message is recorded when th
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -65,7 +64,6 @@ from vramgate.messages.gate import DeviceStatistics, GateStatistics
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.messages.quote import Quote
 from vramgate.policy._standing import Standing
-from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
 from vramgate.policy.learning import copy_estimator
@@ -846,46 +844,31 @@ def _pinned_request(request: GenerationRequest, plan: Plan, attempt: int) -> Gen
 
 
 def _device_configs(config: GateConfig, sample: ResourceSample) -> tuple[DeviceConfig, ...]:
-    margin = parse_size_mb(config.admission.margin, field="admission.margin") if config.admission.margin else None
     configs: list[DeviceConfig] = []
     for device in sample.devices:
         if device.lost or device.total_mb <= 0:
             continue
         spec = DEFAULT_GPU_CATALOG.find(device.name)
         gpu = spec.name if spec is not None else f"{device.total_mb}MiB"
-        fraction_margin = max(1024, math.ceil(device.total_mb * config.admission.margin_fraction))
         configs.append(
             DeviceConfig(
                 index=device.index,
                 gpu=gpu,
                 capacity_mb=device.total_mb,
-                margin_mb=margin if margin is not None else fraction_margin,
+                margin_mb=config.admission.margin_mb(device.total_mb),
             )
         )
     return tuple(configs)
 
 
 def _ram_budget(config: GateConfig, sample: ResourceSample) -> int | None:
-    if config.admission.ram_budget is not None:
-        return parse_size_mb(config.admission.ram_budget, field="admission.ram_budget")
+    budget = config.admission.ram_budget_mb()
+    if budget is not None:
+        return budget
     host = sample.host
     if host is None:
         return None
     return host.ram_total_mb if host.cgroup_limit_mb is None else min(host.ram_total_mb, host.cgroup_limit_mb)
-
-
-def _admission_config(config: GateConfig) -> AdmissionConfig:
-    settings = config.admission
-    return AdmissionConfig(
-        queue_limit=settings.queue_limit,
-        stale_after_s=settings.stale_after_s,
-        aging=settings.aging_per_s,
-        permanent_after_s=settings.permanent_after_s,
-        placement=settings.placement,
-        backfill=settings.backfill,
-        time_scale=config.run.time_scale,
-        min_run_s=config.run.min_seconds,
-    )
 
 
 @asynccontextmanager
@@ -934,7 +917,12 @@ async def open_gate(
         system.spawn(optimizer_actor(copy_estimator(estimator)), name=OPTIMIZER)
         if gate.device_configs:
             gate._admission = admission_actor(
-                gate.device_configs, _admission_config(config), events_to=ROUTER, tick_s=config.monitor.interval_s
+                gate.device_configs,
+                config.admission,
+                events_to=ROUTER,
+                tick_s=config.monitor.interval_s,
+                time_scale=config.run.time_scale,
+                min_run_s=config.run.min_seconds,
             )
             system.spawn(gate._admission, name=ADMISSION, mailbox_size=4096)
         cleanup = CleanupActor(

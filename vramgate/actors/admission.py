@@ -20,6 +20,7 @@ from vramgate.messages import LogHeader, Message
 from vramgate.messages.admission import AdmissionTick
 from vramgate.messages.log import CoreSpec
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
+from vramgate.policy.admission_config import upgrade
 from vramgate.policy.ledger import DeviceConfig
 from vramgate.replay import register_core_kind
 
@@ -60,23 +61,33 @@ def admission_actor(
     *,
     events_to: str,
     tick_s: float = 0.5,
+    time_scale: float = 1.0,
+    min_run_s: float = 0.0,
 ) -> AdmissionActor:
     """An admission actor for ``devices``; its recorded config rebuilds the same core for replay."""
-    shell = AdmissionShell(AdmissionCore(devices, config), events_to=events_to)
+    core = AdmissionCore(devices, config, time_scale=time_scale, min_run_s=min_run_s)
+    shell = AdmissionShell(core, events_to=events_to)
     recorded = {
         "devices": [msgspec.to_builtins(d) for d in devices],
         "admission": msgspec.to_builtins(config),
+        "time_scale": time_scale,
+        "min_run_s": min_run_s,
         "events_to": events_to,
     }
     return AdmissionActor(shell, tick_s=tick_s, config=recorded)
 
 
 def build_core(header: LogHeader, spec: CoreSpec) -> AdmissionShell:
-    """Rebuild an admission core from its recorded config (for replay)."""
+    """Rebuild an admission core from its recorded config (for replay); a log written before ``aging`` was
+    named ``aging_per_s`` (and the run timing left the admission config) replays with the values it recorded."""
     config = spec.config
     devices = msgspec.convert(config["devices"], tuple[DeviceConfig, ...])
-    admission = msgspec.convert(config["admission"], AdmissionConfig)
-    return AdmissionShell(AdmissionCore(devices, admission), events_to=str(config["events_to"]))
+    recorded, timing = upgrade(config["admission"])
+    admission = msgspec.convert(recorded, AdmissionConfig)
+    time_scale = float(config.get("time_scale", timing.get("time_scale", 1.0)))
+    min_run_s = float(config.get("min_run_s", timing.get("min_run_s", 0.0)))
+    core = AdmissionCore(devices, admission, time_scale=time_scale, min_run_s=min_run_s)
+    return AdmissionShell(core, events_to=str(config["events_to"]))
 
 
 register_core_kind(KIND, build_core)

@@ -45,7 +45,8 @@ from vramgate.messages.lifecycle import RequestAdmitted, RequestEnded, RunFinish
 from vramgate.messages.plans import Plan
 from vramgate.messages.requests import GenerationRequest
 from vramgate.messages.resources import ResourceSample
-from vramgate.policy.admission import AdmissionConfig, AdmissionCore
+from vramgate.policy.admission import AdmissionCore
+from vramgate.policy.admission_config import DEFAULT_ADMISSION, AdmissionConfig
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.ledger import DeviceConfig
 from vramgate.policy.optimize import Optimizer
@@ -54,9 +55,9 @@ from vramgate.simulate._model import Job, Run
 if TYPE_CHECKING:
     from vramgate.simulate.engine import Simulation
 
-#: The default admission settings (samples older than 10 s stop admission on their device), with a queue long
-#: enough for any trace: the simulator measures waiting, not rejections for a full queue.
-SIMULATED_ADMISSION = AdmissionConfig(queue_limit=10_000_000)
+#: The gate's ``[admission]`` defaults (the same struct: aging, staleness, placement, margins), but for a queue
+#: long enough for any trace: the simulator measures waiting, not rejections for a full queue.
+SIMULATED_ADMISSION = msgspec.structs.replace(DEFAULT_ADMISSION, queue_limit=10_000_000)
 
 
 class VramgatePolicy:
@@ -98,7 +99,13 @@ class VramgatePolicy:
     def attach(self, sim: Simulation) -> None:
         self._sim = sim
         self._devices = tuple(
-            DeviceConfig(index=i, gpu=spec.name, capacity_mb=spec.memory_mib) for i, spec in enumerate(sim.specs)
+            DeviceConfig(
+                index=i,
+                gpu=spec.name,
+                capacity_mb=spec.memory_mib,
+                margin_mb=self.config.margin_mb(spec.memory_mib),
+            )
+            for i, spec in enumerate(sim.specs)
         )
         self._core = AdmissionCore(self._devices, self.config)
         self._forget_samples()
