@@ -284,16 +284,7 @@ class Gate:
         re-plan every request. A plan within it can be admitted once this system's own leases end (and, without
         ``others``, once the other processes that may leave have left)."""
         admission = self._admission
-        if admission is None:
-            return {}
-        budgets: dict[str, int] = {}
-        for ledger in admission.admission.statistics().devices:
-            if ledger.lost:
-                continue
-            used = ledger.others_mb if others else ledger.permanent_mb
-            budget = max(0, ledger.capacity_mb - ledger.margin_mb - used) // 256 * 256
-            budgets[ledger.gpu] = max(budgets.get(ledger.gpu, 0), budget)
-        return budgets
+        return {} if admission is None else admission.admission.plan_budgets(others=others)
 
     def retry_after_s(self) -> float:
         """When the queue is expected to have room again, from the queue and the running leases' expected ends."""

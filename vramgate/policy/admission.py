@@ -267,6 +267,21 @@ class AdmissionCore:
             best[gpu] = max(best.get(gpu, 0), ledger.attainable_mb)
         return best
 
+    def plan_budgets(self, *, others: bool = True) -> dict[str, int]:
+        """VRAM per GPU that a plan may need, for each kind of GPU: the best device's capacity less its margin and
+        less what others use on it now (with ``others``) or what they never gave back (without: ``attainable_mb``),
+        rounded down to 256 MiB so that small changes in others' use do not re-plan every request; lost devices
+        count for nothing. The gate and the simulator both plan at these budgets."""
+        budgets: dict[str, int] = {}
+        for ledger in self._ledgers:
+            if ledger.lost:
+                continue
+            used = ledger.others_mb if others else ledger.permanent_mb
+            budget = max(0, ledger.capacity_mb - ledger.margin_mb - used) // 256 * 256
+            gpu = ledger.config.gpu
+            budgets[gpu] = max(budgets.get(gpu, 0), budget)
+        return budgets
+
     def lease_of(self, request_id: str) -> str | None:
         """The lease id of a running request, or ``None``."""
         return self._lease_of_request.get(request_id)
