@@ -65,9 +65,10 @@ from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkP
 from vramgate.messages.quote import Quote
 from vramgate.policy._standing import Standing
 from vramgate.policy.estimate import Estimator
-from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
+from vramgate.policy.gpus import GpuCatalog
 from vramgate.policy.learning import copy_estimator
 from vramgate.policy.ledger import DeviceConfig
+from vramgate.policy.registered import header_config
 
 T = TypeVar("T")
 _log = logging.getLogger("vramgate.gate")
@@ -129,7 +130,7 @@ class Gate:
         self.estimator = estimator
         self.latest_sample = first_sample
         self._simulated = {gpu.index: gpu for gpu in devices.simulated}
-        self._device_configs = _device_configs(config, first_sample)
+        self._device_configs = _device_configs(config, first_sample, estimator.gpus)
         self.ram_budget_mb = _ram_budget(config, first_sample)
         self._tickets: dict[str, Ticket] = {}
         self._counter = 0
@@ -834,12 +835,12 @@ def _pinned_request(request: GenerationRequest, plan: Plan, attempt: int) -> Gen
     )
 
 
-def _device_configs(config: GateConfig, sample: ResourceSample) -> tuple[DeviceConfig, ...]:
+def _device_configs(config: GateConfig, sample: ResourceSample, gpus: GpuCatalog) -> tuple[DeviceConfig, ...]:
     configs: list[DeviceConfig] = []
     for device in sample.devices:
         if device.lost or device.total_mb <= 0:
             continue
-        spec = DEFAULT_GPU_CATALOG.find(device.name)
+        spec = gpus.find(device.name)
         gpu = spec.name if spec is not None else f"{device.total_mb}MiB"
         configs.append(
             DeviceConfig(
@@ -900,7 +901,7 @@ async def open_gate(
             clock=clock,
             recorder=recorder,
             note="vramgate gate",
-            config={"config": msgspec.to_builtins(config)},
+            config={"config": msgspec.to_builtins(config), **header_config(estimator.models, estimator.gpus)},
         )
         gate._system = system
         system.spawn(_Router(gate), name=ROUTER, mailbox_size=4096)
@@ -914,6 +915,7 @@ async def open_gate(
                 tick_s=config.monitor.interval_s,
                 time_scale=config.run.time_scale,
                 min_run_s=config.run.min_seconds,
+                catalog=estimator.gpus,
             )
             system.spawn(gate._admission, name=ADMISSION, mailbox_size=4096)
         cleanup = CleanupActor(

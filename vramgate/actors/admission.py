@@ -21,7 +21,9 @@ from vramgate.messages.admission import AdmissionTick
 from vramgate.messages.log import CoreSpec
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
 from vramgate.policy.admission_config import upgrade
+from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
 from vramgate.policy.ledger import DeviceConfig
+from vramgate.policy.registered import from_header
 from vramgate.replay import register_core_kind
 
 #: The core kind written into recorded log headers.
@@ -63,9 +65,11 @@ def admission_actor(
     tick_s: float = 0.5,
     time_scale: float = 1.0,
     min_run_s: float = 0.0,
+    catalog: GpuCatalog = DEFAULT_GPU_CATALOG,
 ) -> AdmissionActor:
-    """An admission actor for ``devices``; its recorded config rebuilds the same core for replay."""
-    core = AdmissionCore(devices, config, time_scale=time_scale, min_run_s=min_run_s)
+    """An admission actor for ``devices``; its recorded config (with the catalog entries the log header records,
+    :mod:`vramgate.policy.registered`) rebuilds the same core for replay."""
+    core = AdmissionCore(devices, config, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog)
     shell = AdmissionShell(core, events_to=events_to)
     recorded = {
         "devices": [msgspec.to_builtins(d) for d in devices],
@@ -86,7 +90,8 @@ def build_core(header: LogHeader, spec: CoreSpec) -> AdmissionShell:
     admission = msgspec.convert(recorded, AdmissionConfig)
     time_scale = float(config.get("time_scale", timing.get("time_scale", 1.0)))
     min_run_s = float(config.get("min_run_s", timing.get("min_run_s", 0.0)))
-    core = AdmissionCore(devices, admission, time_scale=time_scale, min_run_s=min_run_s)
+    _, gpus = from_header(header.config).catalogs()
+    core = AdmissionCore(devices, admission, time_scale=time_scale, min_run_s=min_run_s, catalog=gpus)
     return AdmissionShell(core, events_to=str(config["events_to"]))
 
 

@@ -113,18 +113,19 @@ def optimizer_actor(estimator: EstimatorLike | None = None, *, config: Mapping[s
     return CoreActor(OptimizerCore(Optimizer(estimator)), kind=KIND, config=recorded)
 
 
-def build_core(config: Mapping[str, Any]) -> OptimizerCore:
-    """Rebuild an optimizer core from its recorded config (for replay): built-in catalogs, recorded corrections."""
-    if "learned" not in config:
-        return OptimizerCore(Optimizer(_estimator(None)))
+def build_core(config: Mapping[str, Any], header: Mapping[str, Any] | None = None) -> OptimizerCore:
+    """Rebuild an optimizer core from its recorded config (for replay): the built-in catalogs with the entries the
+    log header's config records (:mod:`vramgate.policy.registered`), the recorded corrections."""
     from vramgate.policy.estimate import Estimator
     from vramgate.policy.learning import LearnedCorrections, LearnedState
+    from vramgate.policy.registered import from_header
 
-    state = msgspec.convert(config["learned"], LearnedState)
-    return OptimizerCore(Optimizer(Estimator(learned=LearnedCorrections(state=state))))
+    models, gpus = from_header(header or {}).catalogs()
+    state = msgspec.convert(config["learned"], LearnedState) if "learned" in config else LearnedState()
+    return OptimizerCore(Optimizer(Estimator(models, gpus, learned=LearnedCorrections(state=state))))
 
 
-register_core_kind(KIND, lambda header, spec: build_core(spec.config))
+register_core_kind(KIND, lambda header, spec: build_core(spec.config, header.config))
 
 
 def _estimator(estimator: EstimatorLike | None) -> EstimatorLike:

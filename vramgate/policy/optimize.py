@@ -91,13 +91,18 @@ def _catalog_of(estimator: EstimatorLike) -> ModelCatalog:
     return catalog if isinstance(catalog, ModelCatalog) else DEFAULT_MODEL_CATALOG
 
 
+def _gpus_of(estimator: EstimatorLike) -> GpuCatalog:
+    catalog = getattr(estimator, "gpus", None)
+    return catalog if isinstance(catalog, GpuCatalog) else DEFAULT_GPU_CATALOG
+
+
 class Optimizer:
     """Finds plans that fit. Deterministic: the same inputs always give the same plan."""
 
     def __init__(
         self,
         estimator: EstimatorLike,
-        gpus: GpuCatalog = DEFAULT_GPU_CATALOG,
+        gpus: GpuCatalog | None = None,
         *,
         models: ModelCatalog | None = None,
         min_steps_fraction: float = 0.5,
@@ -107,7 +112,7 @@ class Optimizer:
         min_margin_mb: int = MIN_MARGIN_MB,
     ) -> None:
         self._estimator = estimator
-        self._gpus = gpus
+        self._gpus = gpus if gpus is not None else _gpus_of(estimator)
         self._models = models if models is not None else _catalog_of(estimator)
         self._min_steps_fraction = min_steps_fraction
         self._min_steps = min_steps
