@@ -147,7 +147,7 @@ class GatePolicy:
                 for _ in range(5):
                     await anyio.lowlevel.checkpoint()
                 await self.gate.wait_idle()
-                planning = any(t.pipeline_running for t in self._tickets.values())
+                planning = any(t.state == "preflight" for t in self._tickets.values())
                 if not planning:
                     await self.gate.wait_idle()
                     return

@@ -4,11 +4,11 @@ Sans-io: :meth:`AdmissionCore.handle` takes one message and the time, and return
 caused. It reads no clock and does no I/O, and its lease ids come from a counter, so a recorded message log
 replays to the same decisions.
 
-Ordering. A waiting request's effective priority is ``priority + aging * (now - arrival)``. Since every waiting
+Ordering. A waiting request's effective priority is ``priority + aging_per_s * (now - arrival)``. Since every waiting
 request ages at the same rate, the order among them never changes; it is the order of the fixed key
-``aging * arrival - priority`` (then arrival, then submission order), so the queue is kept sorted once, on
+``aging_per_s * arrival - priority`` (then arrival, then submission order), so the queue is kept sorted once, on
 entry. Aging bounds starvation: after waiting ``W`` seconds a request outranks every newcomer of priority below
-``priority + aging * W``.
+``priority + aging_per_s * W``.
 
 Backfilling (EASY, as HPC schedulers do). The first request in order, the head, is admitted as soon as it fits.
 While it does not, the core computes its shadow: the earliest time it would fit as running leases end at their
