@@ -11,132 +11,38 @@ are seconds. Unknown keys and bad units are errors that name the key::
     queue_limit = 1000
     margin = "1GiB"
 
+``[admission]`` decodes straight into the admission core's
+:class:`~vramgate.policy.admission_config.AdmissionConfig`: the gate, the simulator and replay share its defaults.
+
 Environment variables override the file: ``VRAMGATE_ADMISSION__QUEUE_LIMIT=500`` sets ``admission.queue_limit``
 (sections and keys joined by a double underscore; values are parsed as TOML values, falling back to strings).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from vramgate._sections import DAY_S as DAY_S
+from vramgate._sections import PositiveSeconds, Seconds
+from vramgate._sections import Section as _Section
+from vramgate._sections import Size as Size
+from vramgate._sections import check_size as _check_size
+from vramgate._sections import parse_size_mb as parse_size_mb
 from vramgate.errors import ConfigError, DecodeError
 from vramgate.messages.codec import TOO_DEEP, Codec
+from vramgate.policy.admission_config import AdmissionConfig, renamed
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
-
-_SIZE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[a-zA-Z]*)\s*$")
-_UNITS = {
-    "": 1.0,
-    "mib": 1.0,
-    "mb": 1.0,
-    "m": 1.0,
-    "gib": 1024.0,
-    "gb": 1024.0,
-    "g": 1024.0,
-    "tib": 1048576.0,
-    "tb": 1048576.0,
-    "kib": 1 / 1024,
-    "kb": 1 / 1024,
-}
-
-#: A memory size: a number of MiB, or a string with a unit.
-Size = int | str
-#: Durations and rates are finite and bounded: ``inf`` or ``nan`` would stall the monitor or admission.
-DAY_S = 86_400.0
-PositiveSeconds = Annotated[float, msgspec.Meta(gt=0.0, le=DAY_S)]
-Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=DAY_S)]
-
-
-def parse_size_mb(value: Size, *, field: str = "size") -> int:
-    """MiB for ``value`` (``512``, ``"512MiB"``, ``"24GiB"``, ``"1.5GB"``). GB and GiB are both read as GiB.
-
-    Raises :class:`ConfigError` naming ``field`` for anything else: no number, an unknown unit, a negative size,
-    or one above 0 but below 1 MiB.
-    """
-    if isinstance(value, bool):
-        raise ConfigError(f"{field}: expected a size, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{field}: a size cannot be negative ({value})")
-        return value
-    match = _SIZE.match(value)
-    if match is None:
-        raise ConfigError(f"{field}: {value!r} is not a size (examples: 512, '512MiB', '24GiB')")
-    unit = match.group("unit").lower()
-    if unit not in _UNITS:
-        raise ConfigError(f"{field}: unknown unit {match.group('unit')!r} in {value!r} (use MiB, GiB or TiB)")
-    mb = float(match.group("number")) * _UNITS[unit]
-    if not math.isfinite(mb):
-        raise ConfigError(f"{field}: {value!r} is too large to be a size")
-    if 0 < mb < 1:
-        raise ConfigError(f"{field}: {value!r} is less than 1 MiB (sizes are whole MiB; use 0 for none)")
-    return int(mb)
-
-
-def _check_size(value: Size | None, field: str) -> None:
-    if value is not None:
-        try:
-            parse_size_mb(value, field=field)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-
-
-class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A configuration section. Its numbers are checked against their annotated bounds when it is built in Python
-    too (msgspec checks them only when decoding), so that ``inf`` or ``nan`` never gets in."""
-
-    #: The section's name in the TOML file, for errors.
-    section: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        for name, low, low_open, high, high_open in _bounds(type(self)):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                continue
-            below = value <= low if low_open else value < low
-            above = value >= high if high_open else value > high
-            if not math.isfinite(value) or below or above:
-                lo = f"{'(' if low_open else '['}{low:g}" if math.isfinite(low) else "(-inf"
-                hi = f"{high:g}{')' if high_open else ']'}" if math.isfinite(high) else "inf)"
-                raise ValueError(f"{self.section}.{name} must be a finite number in {lo}, {hi}, not {value!r}")
-
-
-@cache
-def _bounds(cls: type[_Section]) -> tuple[tuple[str, float, bool, float, bool], ...]:
-    """``(field, low, low is open, high, high is open)`` for each numeric field, from its msgspec annotation."""
-    info = msgspec.inspect.type_info(cls)
-    assert isinstance(info, msgspec.inspect.StructType)
-    found: list[tuple[str, float, bool, float, bool]] = []
-    for field in info.fields:
-        kind = field.type
-        options = kind.types if isinstance(kind, msgspec.inspect.UnionType) else (kind,)
-        for option in options:
-            if isinstance(option, msgspec.inspect.FloatType | msgspec.inspect.IntType):
-                low, low_open = (option.gt, True) if option.gt is not None else (option.ge, False)
-                high, high_open = (option.lt, True) if option.lt is not None else (option.le, False)
-                found.append(
-                    (
-                        field.name,
-                        -math.inf if low is None else float(low),
-                        low_open,
-                        math.inf if high is None else float(high),
-                        high_open,
-                    )
-                )
-                break
-    return tuple(found)
 
 
 class DevicesConfig(_Section, frozen=True):
@@ -163,26 +69,8 @@ class MonitorConfig(_Section, frozen=True):
     disk_path: str = "."
 
 
-class AdmissionSettings(_Section, frozen=True):
-    section: ClassVar[str] = "admission"
-    queue_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 1000
-    #: Safety margin per device; default the larger of 1 GiB and ``margin_fraction`` of capacity.
-    margin: Size | None = None
-    margin_fraction: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.05
-    stale_after_s: PositiveSeconds = 10.0
-    aging_per_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.1
-    #: Others' memory that has not come free once in this many seconds counts as never leaving: a plan that needs
-    #: it is never queued on that device (nowhere: the request is rejected ``does_not_fit``).
-    permanent_after_s: Seconds = 600.0
-    placement: Literal["earliest_finish", "best_fit", "spread"] = "earliest_finish"
-    backfill: bool = True
-    #: Host RAM the runs may use in total (offloaded weights live there); default what the host has.
-    ram_budget: Size | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_size(self.margin, "admission.margin")
-        _check_size(self.ram_budget, "admission.ram_budget")
+#: The ``[admission]`` section is the admission core's own configuration (its former name here).
+AdmissionSettings = AdmissionConfig
 
 
 class CleanupConfig(_Section, frozen=True):
@@ -260,7 +148,7 @@ class GateConfig(_Section, frozen=True):
 
     devices: DevicesConfig = DevicesConfig()
     monitor: MonitorConfig = MonitorConfig()
-    admission: AdmissionSettings = AdmissionSettings()
+    admission: AdmissionConfig = AdmissionConfig()
     cleanup: CleanupConfig = CleanupConfig()
     run: RunConfig = RunConfig()
     server: ServerConfig = ServerConfig()
@@ -276,7 +164,7 @@ class GateConfig(_Section, frozen=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         interval, stale = self.monitor.interval_s, self.admission.stale_after_s
-        if interval >= stale:
+        if stale is not None and interval >= stale:
             raise ValueError(
                 f"monitor.interval_s ({interval:g}) must be shorter than admission.stale_after_s ({stale:g}): "
                 "every sample would be stale by the next one and admission would stop"
@@ -339,4 +227,14 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
         except RecursionError:
             raise DecodeError(TOO_DEEP, source=str(path)) from None
     raw = _merge(raw, _env_overrides(os.environ if environ is None else environ))
+    _refuse_old_names(raw, source)
     return _CODEC.convert(raw, source=source)
+
+
+def _refuse_old_names(raw: Mapping[str, Any], source: str) -> None:
+    """A key of ``[admission]`` under a name it no longer has is a :class:`DecodeError` naming the new one."""
+    section = raw.get("admission")
+    found = renamed(section) if isinstance(section, Mapping) else None
+    if found is not None:
+        old, new = found
+        raise DecodeError(f"{old} is now {new}: write {new} instead", path=f"$.{old}", source=source)

@@ -17,7 +17,6 @@ admission. Every message is recorded when the gate has a log.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -67,10 +66,10 @@ from vramgate.messages.gate import DeviceStatistics, GateStatistics
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.messages.quote import Quote
 from vramgate.policy._standing import Standing
-from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
-from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
+from vramgate.policy.gpus import GpuCatalog
 from vramgate.policy.ledger import DeviceConfig
+from vramgate.policy.registered import header_config
 
 T = TypeVar("T")
 _log = logging.getLogger("vramgate.gate")
@@ -128,7 +127,7 @@ class Gate:
         self.estimator = estimator
         self.latest_sample = first_sample
         self._simulated = {gpu.index: gpu for gpu in devices.simulated}
-        self._device_configs = _device_configs(config, first_sample)
+        self._device_configs = _device_configs(config, first_sample, estimator.gpus)
         self.ram_budget_mb = _ram_budget(config, first_sample)
         self._tickets: dict[str, Ticket] = {}
         self._counter = 0
@@ -283,16 +282,7 @@ class Gate:
         re-plan every request. A plan within it can be admitted once this system's own leases end (and, without
         ``others``, once the other processes that may leave have left)."""
         admission = self._admission
-        if admission is None:
-            return {}
-        budgets: dict[str, int] = {}
-        for ledger in admission.admission.statistics().devices:
-            if ledger.lost:
-                continue
-            used = ledger.others_mb if others else ledger.permanent_mb
-            budget = max(0, ledger.capacity_mb - ledger.margin_mb - used) // 256 * 256
-            budgets[ledger.gpu] = max(budgets.get(ledger.gpu, 0), budget)
-        return budgets
+        return {} if admission is None else admission.admission.plan_budgets(others=others)
 
     def retry_after_s(self) -> float:
         """When the queue is expected to have room again, from the queue and the running leases' expected ends."""
@@ -825,47 +815,32 @@ def _pinned_request(request: GenerationRequest, plan: Plan, attempt: int) -> Gen
     )
 
 
-def _device_configs(config: GateConfig, sample: ResourceSample) -> tuple[DeviceConfig, ...]:
-    margin = parse_size_mb(config.admission.margin, field="admission.margin") if config.admission.margin else None
+def _device_configs(config: GateConfig, sample: ResourceSample, gpus: GpuCatalog) -> tuple[DeviceConfig, ...]:
     configs: list[DeviceConfig] = []
     for device in sample.devices:
         if device.lost or device.total_mb <= 0:
             continue
-        spec = DEFAULT_GPU_CATALOG.find(device.name)
+        spec = gpus.find(device.name)
         gpu = spec.name if spec is not None else f"{device.total_mb}MiB"
-        fraction_margin = max(1024, math.ceil(device.total_mb * config.admission.margin_fraction))
         configs.append(
             DeviceConfig(
                 index=device.index,
                 gpu=gpu,
                 capacity_mb=device.total_mb,
-                margin_mb=margin if margin is not None else fraction_margin,
+                margin_mb=config.admission.margin_mb(device.total_mb),
             )
         )
     return tuple(configs)
 
 
 def _ram_budget(config: GateConfig, sample: ResourceSample) -> int | None:
-    if config.admission.ram_budget is not None:
-        return parse_size_mb(config.admission.ram_budget, field="admission.ram_budget")
+    budget = config.admission.ram_budget_mb()
+    if budget is not None:
+        return budget
     host = sample.host
     if host is None:
         return None
     return host.ram_total_mb if host.cgroup_limit_mb is None else min(host.ram_total_mb, host.cgroup_limit_mb)
-
-
-def _admission_config(config: GateConfig) -> AdmissionConfig:
-    settings = config.admission
-    return AdmissionConfig(
-        queue_limit=settings.queue_limit,
-        stale_after_s=settings.stale_after_s,
-        aging=settings.aging_per_s,
-        permanent_after_s=settings.permanent_after_s,
-        placement=settings.placement,
-        backfill=settings.backfill,
-        time_scale=config.run.time_scale,
-        min_run_s=config.run.min_seconds,
-    )
 
 
 @asynccontextmanager
@@ -911,7 +886,7 @@ async def open_gate(
             clock=clock,
             recorder=recorder,
             note="vramgate gate",
-            config={"config": msgspec.to_builtins(config)},
+            config={"config": msgspec.to_builtins(config), **header_config(estimator.models, estimator.gpus)},
         )
         gate._system = system
         system.spawn(_Router(gate), name=ROUTER, mailbox_size=4096)
@@ -919,7 +894,13 @@ async def open_gate(
         system.spawn(optimizer_actor(estimator), name=OPTIMIZER)
         if gate.device_configs:
             gate._admission = admission_actor(
-                gate.device_configs, _admission_config(config), events_to=ROUTER, tick_s=config.monitor.interval_s
+                gate.device_configs,
+                config.admission,
+                events_to=ROUTER,
+                tick_s=config.monitor.interval_s,
+                time_scale=config.run.time_scale,
+                min_run_s=config.run.min_seconds,
+                catalog=estimator.gpus,
             )
             system.spawn(gate._admission, name=ADMISSION, mailbox_size=4096)
         cleanup = CleanupActor(

@@ -10,7 +10,6 @@ them one after another.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -242,17 +241,13 @@ def _margin_rule(header: LogHeader | None) -> Any:
     """The gate's margin rule from the log header's config, or ``None`` when the log does not say."""
     if header is None or "config" not in header.config:
         return None
-    from vramgate.config import GateConfig, parse_size_mb
+    from vramgate.config import GateConfig
 
     try:
         config = msgspec.convert(header.config["config"], GateConfig)
     except (msgspec.ValidationError, ValueError):
         return None
-    admission = config.admission
-    if admission.margin is not None:
-        fixed = parse_size_mb(admission.margin, field="admission.margin")
-        return lambda total: fixed
-    return lambda total: max(1024, math.ceil(total * admission.margin_fraction))
+    return config.admission.margin_mb
 
 
 # ---------------------------------------------------------------------------------------------------- drawing

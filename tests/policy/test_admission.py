@@ -73,7 +73,7 @@ def test_a_request_that_does_not_fit_waits_and_is_admitted_when_memory_returns()
 
 
 def test_higher_priority_first_then_arrival() -> None:
-    d = core(aging=0.0)
+    d = core(aging_per_s=0.0)
     d.send(submit("running", BUDGET), 0.0)
     for i, priority in enumerate([0, 5, 0, 5, -1]):
         d.send(submit(f"r{i}", BUDGET, priority=priority), float(i))
@@ -89,7 +89,7 @@ def test_higher_priority_first_then_arrival() -> None:
 
 
 def test_aging_lets_a_long_waiting_request_outrank_newer_higher_priority_ones() -> None:
-    d = core(aging=0.5)
+    d = core(aging_per_s=0.5)
     d.send(submit("running", BUDGET), 0.0)
     d.send(submit("old", BUDGET, priority=0), 0.0)
     d.send(submit("early", BUDGET, priority=10), 19.0)  # 10 > 0 + 0.5 * 19
@@ -315,8 +315,8 @@ def test_bad_input_is_a_typed_error() -> None:
         AdmissionCore([h100(0), h100(0)])
     with pytest.raises(ConfigError, match="at least one device"):
         AdmissionCore([])
-    with pytest.raises(ConfigError, match=r"admission\.aging"):
-        AdmissionConfig(aging=-1.0)
+    with pytest.raises(ValueError, match=r"admission\.aging_per_s"):
+        AdmissionConfig(aging_per_s=-1.0)
 
 
 def test_submit_decodes_from_json_and_bad_fields_are_named() -> None:

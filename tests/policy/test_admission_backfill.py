@@ -112,7 +112,7 @@ def run_to_completion(
     devices: int, running: list[SubmitRequest], queued: list[SubmitRequest], *, backfill: bool
 ) -> tuple[dict[str, float], str | None]:
     """Submit everything at 0; release every lease exactly at its expected end. Admission times, first queued."""
-    d = core(devices=devices, backfill=backfill, aging=0.0)
+    d = core(devices=devices, backfill=backfill, aging_per_s=0.0)
     ends: list[tuple[float, int, str]] = []
     times: dict[str, float] = {}
     first_queued: str | None = None
@@ -177,7 +177,7 @@ def test_backfilling_never_delays_the_heads_start(
 
 def starve(aging: float, horizon: float) -> float | None:
     """A 70 GiB priority -10 request under small priority +10 ones arriving every 2 s (each runs 10 s)."""
-    d = core(aging=aging)
+    d = core(aging_per_s=aging)
     ends: list[tuple[float, str]] = []
     big_admitted: float | None = None
     d.send(submit("small-0", 20000, seconds=10.0, priority=10), 0.0)

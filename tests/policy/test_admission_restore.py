@@ -24,7 +24,7 @@ from vramgate.messages.codec import Codec
 from vramgate.policy._placement import groups_of, place, place_groups
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
 
-CONFIG = AdmissionConfig(stale_after_s=None, aging=0.5)
+CONFIG = AdmissionConfig(stale_after_s=None, aging_per_s=0.5)
 BUDGET_H100 = H100_MB - 4078  # an H100's capacity less its default margin
 
 

@@ -21,7 +21,7 @@ class AdmissionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         devices = [DeviceConfig(index=i, gpu="A100-40GB", capacity_mb=CAPACITY) for i in range(DEVICES)]
-        config = AdmissionConfig(queue_limit=6, stale_after_s=5.0, aging=0.5, others_decay_s=3.0)
+        config = AdmissionConfig(queue_limit=6, stale_after_s=5.0, aging_per_s=0.5, others_decay_s=3.0)
         self.d = Driver(AdmissionCore(devices, config))
         self.now = 0.0
         self.counter = 0

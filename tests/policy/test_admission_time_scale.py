@@ -12,9 +12,11 @@ from vramgate.policy.admission import AdmissionConfig, AdmissionCore
 BUDGET = H100_MB - 4078
 
 
-def core(**config: object) -> Driver:
+def core(*, time_scale: float = 1.0, min_run_s: float = 0.0, **config: object) -> Driver:
+    """A core on one H100 whose runs last their estimate times ``time_scale`` (``[run] time_scale``)."""
     settings = {"stale_after_s": None, "queue_limit": 1, **config}
-    return Driver(AdmissionCore([h100(0)], AdmissionConfig(**settings)))  # type: ignore[arg-type]
+    admission = AdmissionConfig(**settings)  # type: ignore[arg-type]
+    return Driver(AdmissionCore([h100(0)], admission, time_scale=time_scale, min_run_s=min_run_s))
 
 
 @pytest.mark.parametrize(
@@ -43,4 +45,4 @@ def test_backfill_compares_scaled_runs_with_the_scaled_shadow() -> None:
 @pytest.mark.parametrize(("key", "value"), [("time_scale", 0.0), ("time_scale", float("inf")), ("min_run_s", -1.0)])
 def test_bad_scales_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=key):
-        AdmissionConfig(**{key: value})  # type: ignore[arg-type]
+        AdmissionCore([h100(0)], **{key: value})  # type: ignore[arg-type]

@@ -20,7 +20,10 @@ from vramgate.messages import LogHeader, Message
 from vramgate.messages.admission import AdmissionTick
 from vramgate.messages.log import CoreSpec
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
+from vramgate.policy.admission_config import upgrade
+from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
 from vramgate.policy.ledger import DeviceConfig
+from vramgate.policy.registered import from_header
 from vramgate.replay import register_core_kind
 
 #: The core kind written into recorded log headers.
@@ -60,23 +63,36 @@ def admission_actor(
     *,
     events_to: str,
     tick_s: float = 0.5,
+    time_scale: float = 1.0,
+    min_run_s: float = 0.0,
+    catalog: GpuCatalog = DEFAULT_GPU_CATALOG,
 ) -> AdmissionActor:
-    """An admission actor for ``devices``; its recorded config rebuilds the same core for replay."""
-    shell = AdmissionShell(AdmissionCore(devices, config), events_to=events_to)
+    """An admission actor for ``devices``; its recorded config (with the catalog entries the log header records,
+    :mod:`vramgate.policy.registered`) rebuilds the same core for replay."""
+    core = AdmissionCore(devices, config, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog)
+    shell = AdmissionShell(core, events_to=events_to)
     recorded = {
         "devices": [msgspec.to_builtins(d) for d in devices],
         "admission": msgspec.to_builtins(config),
+        "time_scale": time_scale,
+        "min_run_s": min_run_s,
         "events_to": events_to,
     }
     return AdmissionActor(shell, tick_s=tick_s, config=recorded)
 
 
 def build_core(header: LogHeader, spec: CoreSpec) -> AdmissionShell:
-    """Rebuild an admission core from its recorded config (for replay)."""
+    """Rebuild an admission core from its recorded config (for replay); a log written before ``aging`` was
+    named ``aging_per_s`` (and the run timing left the admission config) replays with the values it recorded."""
     config = spec.config
     devices = msgspec.convert(config["devices"], tuple[DeviceConfig, ...])
-    admission = msgspec.convert(config["admission"], AdmissionConfig)
-    return AdmissionShell(AdmissionCore(devices, admission), events_to=str(config["events_to"]))
+    recorded, timing = upgrade(config["admission"])
+    admission = msgspec.convert(recorded, AdmissionConfig)
+    time_scale = float(config.get("time_scale", timing.get("time_scale", 1.0)))
+    min_run_s = float(config.get("min_run_s", timing.get("min_run_s", 0.0)))
+    _, gpus = from_header(header.config).catalogs()
+    core = AdmissionCore(devices, admission, time_scale=time_scale, min_run_s=min_run_s, catalog=gpus)
+    return AdmissionShell(core, events_to=str(config["events_to"]))
 
 
 register_core_kind(KIND, build_core)

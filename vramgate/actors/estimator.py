@@ -30,6 +30,7 @@ from vramgate.messages.estimation import CorrectionLearned, EstimateRequirement,
 from vramgate.messages.log import CoreSpec, LogHeader
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.learning import LearnedCorrections, LearnedState
+from vramgate.policy.registered import from_header
 from vramgate.replay import register_core_kind
 
 #: The core kind written into recorded log headers.
@@ -139,11 +140,13 @@ def estimator_actor(
 
 
 def build_core(header: LogHeader, spec: CoreSpec) -> EstimatorCore:
-    """Rebuild an estimator core from its recorded config (for replay); built-in catalogs and calibration."""
+    """Rebuild an estimator core from its recorded config (for replay): the built-in catalogs with the entries the
+    header records (:mod:`vramgate.policy.registered`), the built-in calibration."""
     config: Mapping[str, Any] = spec.config
     state = msgspec.convert(config.get("learned", {}), LearnedState)
     events_to = config.get("events_to")
-    estimator = Estimator(learned=LearnedCorrections(state=state))
+    models, gpus = from_header(header.config).catalogs()
+    estimator = Estimator(models, gpus, learned=LearnedCorrections(state=state))
     return EstimatorCore(
         estimator,
         events_to=str(events_to) if events_to else None,

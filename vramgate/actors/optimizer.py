@@ -26,6 +26,7 @@ from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkP
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.learning import LearnedCorrections, LearnedState
 from vramgate.policy.optimize import EstimatorLike, Optimizer
+from vramgate.policy.registered import from_header
 from vramgate.replay import register_core_kind
 
 #: The core kind written into recorded log headers.
@@ -124,12 +125,12 @@ def optimizer_actor(estimator: EstimatorLike | None = None, *, config: Mapping[s
     return CoreActor(OptimizerCore(Optimizer(estimator)), kind=KIND, config=recorded)
 
 
-def build_core(config: Mapping[str, Any]) -> OptimizerCore:
-    """Rebuild an optimizer core from its recorded config (for replay): built-in catalogs, recorded corrections."""
-    if "learned" not in config:
-        return OptimizerCore(Optimizer(Estimator()))
-    state = msgspec.convert(config["learned"], LearnedState)
-    return OptimizerCore(Optimizer(Estimator(learned=LearnedCorrections(state=state))))
+def build_core(config: Mapping[str, Any], header: Mapping[str, Any] | None = None) -> OptimizerCore:
+    """Rebuild an optimizer core from its recorded config (for replay): the built-in catalogs with the entries the
+    log header's config records (:mod:`vramgate.policy.registered`), the recorded corrections."""
+    models, gpus = from_header(header or {}).catalogs()
+    state = msgspec.convert(config["learned"], LearnedState) if "learned" in config else LearnedState()
+    return OptimizerCore(Optimizer(Estimator(models, gpus, learned=LearnedCorrections(state=state))))
 
 
-register_core_kind(KIND, lambda header, spec: build_core(spec.config))
+register_core_kind(KIND, lambda header, spec: build_core(spec.config, header.config))

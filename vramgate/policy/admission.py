@@ -4,11 +4,11 @@ Sans-io: :meth:`AdmissionCore.handle` takes one message and the time, and return
 caused. It reads no clock and does no I/O, and its lease ids come from a counter, so a recorded message log
 replays to the same decisions.
 
-Ordering. A waiting request's effective priority is ``priority + aging * (now - arrival)``. Since every waiting
+Ordering. A waiting request's effective priority is ``priority + aging_per_s * (now - arrival)``. Since every waiting
 request ages at the same rate, the order among them never changes; it is the order of the fixed key
-``aging * arrival - priority`` (then arrival, then submission order), so the queue is kept sorted once, on
+``aging_per_s * arrival - priority`` (then arrival, then submission order), so the queue is kept sorted once, on
 entry. Aging bounds starvation: after waiting ``W`` seconds a request outranks every newcomer of priority below
-``priority + aging * W``.
+``priority + aging_per_s * W``.
 
 Backfilling (EASY, as HPC schedulers do). The first request in order, the head, is admitted as soon as it fits.
 While it does not, the core computes its shadow: the earliest time it would fit as running leases end at their
@@ -44,7 +44,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from itertools import islice
-from typing import Annotated, Literal
 
 import msgspec
 
@@ -87,57 +86,10 @@ from vramgate.policy._placement import (
 from vramgate.policy._plans import PlanResolver, Reoptimizer
 from vramgate.policy._queue import DeadlineHeap, Key, SortedKeys
 from vramgate.policy._standing import Standing, waiting_reason
+from vramgate.policy.admission_config import AdmissionConfig as AdmissionConfig
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
 from vramgate.policy.ledger import DeviceConfig, DeviceLedger
 from vramgate.policy.timing import time_high_s
-
-
-class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How admission queues and places requests.
-
-    ``stale_after_s``: a device whose latest sample is older admits nothing (``None``: samples are not required,
-    and a device never sampled counts as empty). ``aging``: priority points a waiting request gains per second.
-    ``others_decay_s``: the half-life with which a drop in others' measured use is believed (a rise is at once).
-    ``permanent_after_s``: others' use that has not come free once in this long counts as never leaving.
-    ``time_scale`` and ``min_run_s``: a run is expected to last its plan's estimated time times ``time_scale``, at
-    least ``min_run_s`` (a server whose runs are compressed or simulated says so); expected ends, the backfill
-    and ``retry_after`` use it.
-    """
-
-    queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
-    stale_after_s: Annotated[float, msgspec.Meta(gt=0.0)] | None = 10.0
-    aging: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
-    placement: Literal["earliest_finish", "best_fit", "spread"] = "earliest_finish"
-    backfill: bool = True
-    backfill_depth: Annotated[int, msgspec.Meta(ge=0)] = 256
-    others_decay_s: Annotated[float, msgspec.Meta(ge=0.0)] = 10.0
-    permanent_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 600.0
-    retry_after_default_s: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
-    min_retry_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
-    time_scale: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
-    min_run_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
-
-    def __post_init__(self) -> None:
-        checks = (
-            ("queue_limit", self.queue_limit >= 1),
-            ("stale_after_s", self.stale_after_s is None or self.stale_after_s > 0),
-            ("aging", self.aging >= 0 and math.isfinite(self.aging)),
-            ("placement", self.placement in ("earliest_finish", "best_fit", "spread")),
-            ("backfill_depth", self.backfill_depth >= 0),
-            ("others_decay_s", self.others_decay_s >= 0),
-            ("permanent_after_s", self.permanent_after_s >= 0 and math.isfinite(self.permanent_after_s)),
-            ("retry_after_default_s", self.retry_after_default_s > 0),
-            ("min_retry_after_s", self.min_retry_after_s >= 0),
-            ("time_scale", self.time_scale > 0 and math.isfinite(self.time_scale)),
-            ("min_run_s", self.min_run_s >= 0 and math.isfinite(self.min_run_s)),
-        )
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(f"admission.{name}={getattr(self, name)!r} is out of range")
-
-    def run_seconds(self, estimated_s: float) -> float:
-        """How long a run whose plan estimates ``estimated_s`` seconds is expected to last."""
-        return max(self.min_run_s, estimated_s * self.time_scale)
 
 
 class _Waiting:
@@ -234,7 +186,15 @@ class AdmissionCore:
         *,
         reoptimize: Reoptimizer | None = None,
         catalog: GpuCatalog = DEFAULT_GPU_CATALOG,
+        time_scale: float = 1.0,
+        min_run_s: float = 0.0,
     ) -> None:
+        if not (time_scale > 0 and math.isfinite(time_scale)):
+            raise ConfigError(f"time_scale={time_scale!r} must be a positive finite number")
+        if not (min_run_s >= 0 and math.isfinite(min_run_s)):
+            raise ConfigError(f"min_run_s={min_run_s!r} must be a finite number >= 0")
+        self.time_scale = time_scale
+        self.min_run_s = min_run_s
         if not devices:
             raise ConfigError("admission needs at least one device")
         indices = [d.index for d in devices]
@@ -307,9 +267,30 @@ class AdmissionCore:
             best[gpu] = max(best.get(gpu, 0), ledger.attainable_mb)
         return best
 
+    def plan_budgets(self, *, others: bool = True) -> dict[str, int]:
+        """VRAM per GPU that a plan may need, for each kind of GPU: the best device's capacity less its margin and
+        less what others use on it now (with ``others``) or what they never gave back (without: ``attainable_mb``),
+        rounded down to 256 MiB so that small changes in others' use do not re-plan every request; lost devices
+        count for nothing. The gate and the simulator both plan at these budgets."""
+        budgets: dict[str, int] = {}
+        for ledger in self._ledgers:
+            if ledger.lost:
+                continue
+            used = ledger.others_mb if others else ledger.permanent_mb
+            budget = max(0, ledger.capacity_mb - ledger.margin_mb - used) // 256 * 256
+            gpu = ledger.config.gpu
+            budgets[gpu] = max(budgets.get(gpu, 0), budget)
+        return budgets
+
     def lease_of(self, request_id: str) -> str | None:
         """The lease id of a running request, or ``None``."""
         return self._lease_of_request.get(request_id)
+
+    def run_seconds(self, estimated_s: float) -> float:
+        """How long a run whose plan estimates ``estimated_s`` seconds is expected to last: times ``time_scale``,
+        at least ``min_run_s`` (``[run] time_scale`` and ``min_seconds``; a server whose runs are compressed or
+        simulated says so). Expected ends, the backfill and ``retry_after`` use it."""
+        return max(self.min_run_s, estimated_s * self.time_scale)
 
     def retry_after(self, now: float) -> float:
         """Seconds until the queue is expected to have room: 0 when it has room now, else the sooner of the
@@ -465,8 +446,8 @@ class AdmissionCore:
             item.admitted_at,
             seq,
             self._lease_devices(placement),
-            self.config.run_seconds(item.plan.requirement.estimated_time_seconds),
-            self.config.run_seconds(time_high_s(item.plan.requirement)),
+            self.run_seconds(item.plan.requirement.estimated_time_seconds),
+            self.run_seconds(time_high_s(item.plan.requirement)),
         )
         lease.cancel_requested = item.cancel_requested
         for pos in placement.positions:
@@ -499,7 +480,7 @@ class AdmissionCore:
             return
         arrival = message.arrival if message.arrival is not None else now
         self._seq += 1
-        key = (self.config.aging * arrival - message.priority, arrival, self._seq)
+        key = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
         self._enqueue(_Waiting(request_id, message.priority, arrival, deadline, key, plans, groups_of(plans), message))
 
@@ -566,7 +547,7 @@ class AdmissionCore:
             self._end(out, request_id, "rejected", "queue_full")
             return
         self._seq += 1
-        key = (self.config.aging * arrival - message.priority, arrival, self._seq)
+        key = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
         waiting = _Waiting(request_id, message.priority, arrival, deadline, key, plans, groups, message)
         self._enqueue(waiting)
@@ -727,9 +708,7 @@ class AdmissionCore:
             avail = [f if ok else UNUSABLE for f, ok in zip(free, usable, strict=True)]
             later = [min(f, ledger.headroom_mb()) for f, ledger in zip(avail, ledgers, strict=True)]
             releases = self._releases(now) if ends is None else releases_of(ends, len(ledgers))
-            choice = earliest_finish(
-                waiting.groups, avail, later, releases, now=now, run_seconds=self.config.run_seconds
-            )
+            choice = earliest_finish(waiting.groups, avail, later, releases, now=now, run_seconds=self.run_seconds)
             return Shadow(math.inf, {}) if choice is None else Shadow(choice.start, choice.extra)
         # What each device will have once leases end: the headroom, which may be below zero (others grew).
         free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, ledgers, strict=True)]
@@ -753,14 +732,14 @@ class AdmissionCore:
             self._later(now),
             releases,
             now=now,
-            run_seconds=self.config.run_seconds,
+            run_seconds=self.run_seconds,
         )
         if choice is None or not choice.ready:
             return None
         if free is None or free is avail:
             return choice.placement
         nothing_later = [UNUSABLE] * len(avail)
-        choice = earliest_finish(groups, avail, nothing_later, releases, now=now, run_seconds=self.config.run_seconds)
+        choice = earliest_finish(groups, avail, nothing_later, releases, now=now, run_seconds=self.run_seconds)
         return None if choice is None else choice.placement
 
     def _place_head(self, head: _Waiting, free: list[int], now: float) -> tuple[_Waiting, Placement] | None:
@@ -775,7 +754,7 @@ class AdmissionCore:
             placed = place_groups(head.groups, free, spread=self._spread)
             return None if placed is None else (head, placed)
         releases = self._releases(now)
-        run_seconds = self.config.run_seconds
+        run_seconds = self.run_seconds
         choice = earliest_finish(head.groups, free, self._later(now), releases, now=now, run_seconds=run_seconds)
         if choice is None or not choice.ready:
             return None
@@ -876,7 +855,7 @@ class AdmissionCore:
             mine = waiting is protector
             if not (backfill or mine):
                 continue
-            ends_before = mine or now + self.config.run_seconds(waiting.expected_s) <= protected.time < math.inf
+            ends_before = mine or now + self.run_seconds(waiting.expected_s) <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
             found = self._place(waiting.groups, free if ends_before else guarded, now, free)
@@ -919,7 +898,7 @@ class AdmissionCore:
                 ends = sorted(
                     [
                         *self._timeline(now),
-                        (protected.time + self.config.run_seconds(protector.expected_s), tuple(protected.extra), need),
+                        (protected.time + self.run_seconds(protector.expected_s), tuple(protected.extra), need),
                     ]
                 )
                 start = max(protected.time, self._shadow(waiting, held, now, ends).time)
@@ -961,7 +940,7 @@ class AdmissionCore:
                 self._later(now),
                 self._releases(now),
                 now=now,
-                run_seconds=self.config.run_seconds,
+                run_seconds=self.run_seconds,
             )
             if choice is not None and not choice.ready:
                 where = ", ".join(f"gpu{self._devices[pos].index}" for pos in choice.placement.positions)
@@ -998,8 +977,8 @@ class AdmissionCore:
             now,
             self._lease_counter,
             self._lease_devices(found),
-            self.config.run_seconds(found.plan.requirement.estimated_time_seconds),
-            self.config.run_seconds(time_high_s(found.plan.requirement)),
+            self.run_seconds(found.plan.requirement.estimated_time_seconds),
+            self.run_seconds(time_high_s(found.plan.requirement)),
         )
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id

@@ -40,13 +40,15 @@ import msgspec
 from vramgate.errors import ConfigError, DoesNotFit
 from vramgate.messages.resources import DeviceSample
 
-_MIN_MARGIN_MB = 1024
-_MARGIN_FRACTION = 0.05
+#: The default safety margin of a device: the larger of this and ``MARGIN_FRACTION`` of its capacity.
+MIN_MARGIN_MB = 1024
+MARGIN_FRACTION = 0.05
 
 
-def default_margin_mb(capacity_mb: int) -> int:
-    """The default safety margin: the larger of 1 GiB and 5 % of the capacity."""
-    return max(_MIN_MARGIN_MB, math.ceil(capacity_mb * _MARGIN_FRACTION))
+def default_margin_mb(capacity_mb: int, *, fraction: float = MARGIN_FRACTION, minimum_mb: int = MIN_MARGIN_MB) -> int:
+    """The safety margin of a device: the larger of 1 GiB and ``fraction`` (5 %) of the capacity (the one rule
+    that admission, the optimizer and the gate's ``[admission] margin_fraction`` use)."""
+    return max(minimum_mb, math.ceil(capacity_mb * fraction))
 
 
 class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -44,6 +44,7 @@ from vramgate.policy._search import (
     toggles_for,
 )
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog, GpuSpec
+from vramgate.policy.ledger import MARGIN_FRACTION, MIN_MARGIN_MB, default_margin_mb
 from vramgate.policy.models import DEFAULT_MODEL_CATALOG, ModelCatalog, ModelProfile, parse_size
 
 __all__ = [
@@ -75,11 +76,6 @@ class ModelLimits:
     experts: int = 1
 
 
-def default_margin_mb(capacity_mb: int, *, fraction: float = 0.05, minimum_mb: int = 1024) -> int:
-    """The default safety margin of a device: the larger of 1 GiB and 5% of its capacity (as admission uses)."""
-    return max(minimum_mb, math.ceil(capacity_mb * fraction))
-
-
 def limits_of(profile: ModelProfile) -> ModelLimits:
     """The search limits of a model profile."""
     return ModelLimits(
@@ -95,23 +91,28 @@ def _catalog_of(estimator: EstimatorLike) -> ModelCatalog:
     return catalog if isinstance(catalog, ModelCatalog) else DEFAULT_MODEL_CATALOG
 
 
+def _gpus_of(estimator: EstimatorLike) -> GpuCatalog:
+    catalog = getattr(estimator, "gpus", None)
+    return catalog if isinstance(catalog, GpuCatalog) else DEFAULT_GPU_CATALOG
+
+
 class Optimizer:
     """Finds plans that fit. Deterministic: the same inputs always give the same plan."""
 
     def __init__(
         self,
         estimator: EstimatorLike,
-        gpus: GpuCatalog = DEFAULT_GPU_CATALOG,
+        gpus: GpuCatalog | None = None,
         *,
         models: ModelCatalog | None = None,
         min_steps_fraction: float = 0.5,
         min_steps: int = 10,
         min_frames_fraction: float = 0.5,
-        margin_fraction: float = 0.05,
-        min_margin_mb: int = 1024,
+        margin_fraction: float = MARGIN_FRACTION,
+        min_margin_mb: int = MIN_MARGIN_MB,
     ) -> None:
         self._estimator = estimator
-        self._gpus = gpus
+        self._gpus = gpus if gpus is not None else _gpus_of(estimator)
         self._models = models if models is not None else _catalog_of(estimator)
         self._min_steps_fraction = min_steps_fraction
         self._min_steps = min_steps

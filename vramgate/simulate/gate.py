@@ -1,10 +1,12 @@
 """The ``vramgate`` policy: the gate's own cores, fed by the simulator.
 
-Each request gets one plan per GPU model from the real :class:`~vramgate.policy.optimize.Optimizer` (at the budget a
-dedicated device offers: what the core's ledgers say one can ever give, capacity less the safety margin and the
-memory others never gave back, such as the CUDA context), and is submitted to the real
-:class:`~vramgate.policy.admission.AdmissionCore`, which is fed ``ResourceSample`` messages built from the simulated
-devices' samples. Each admitted run's reservation is pinned on its devices when it starts, as the gate does
+Each request gets one plan per GPU model from the real :class:`~vramgate.policy.optimize.Optimizer`, planned as the
+gate plans (:meth:`~vramgate.policy.admission.AdmissionCore.plan_budgets`: the best device's capacity less the safety
+margin and others' use now, and when nothing fits there, less only the memory others never gave back, such as the CUDA
+context); the fitting plans are submitted (without falling back to another GPU kind's plan, as the gate submits) to
+the real :class:`~vramgate.policy.admission.AdmissionCore` with the gate's ``[admission]`` defaults, which is fed
+``ResourceSample`` messages built from the simulated devices' samples. Each admitted run's reservation is pinned on
+its devices when it starts, as the gate does
 (``[run] pin_reservation``), so outside consumers that arrive later cannot take it. The engine allocates each run's
 true peak on its device (inside the pin, and beyond it when the truth is larger), so an estimate that is too low makes
 vramgate run out of memory as well: the policy never sees the truth.
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from vramgate.errors import VramgateError
+from vramgate.errors import DoesNotFit, VramgateError
 from vramgate.messages._base import Message
 from vramgate.messages.admission import (
     AdmissionSnapshot,
@@ -45,7 +47,8 @@ from vramgate.messages.lifecycle import RequestAdmitted, RequestEnded, RunFinish
 from vramgate.messages.plans import Plan
 from vramgate.messages.requests import GenerationRequest
 from vramgate.messages.resources import ResourceSample
-from vramgate.policy.admission import AdmissionConfig, AdmissionCore
+from vramgate.policy.admission import AdmissionCore
+from vramgate.policy.admission_config import DEFAULT_ADMISSION, AdmissionConfig
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.ledger import DeviceConfig
 from vramgate.policy.optimize import Optimizer
@@ -54,9 +57,9 @@ from vramgate.simulate._model import Job, Run
 if TYPE_CHECKING:
     from vramgate.simulate.engine import Simulation
 
-#: The default admission settings (samples older than 10 s stop admission on their device), with a queue long
-#: enough for any trace: the simulator measures waiting, not rejections for a full queue.
-SIMULATED_ADMISSION = AdmissionConfig(queue_limit=10_000_000)
+#: The gate's ``[admission]`` defaults (the same struct: aging, staleness, placement, margins), but for a queue
+#: long enough for any trace: the simulator measures waiting, not rejections for a full queue.
+SIMULATED_ADMISSION = msgspec.structs.replace(DEFAULT_ADMISSION, queue_limit=10_000_000)
 
 
 class VramgatePolicy:
@@ -98,7 +101,13 @@ class VramgatePolicy:
     def attach(self, sim: Simulation) -> None:
         self._sim = sim
         self._devices = tuple(
-            DeviceConfig(index=i, gpu=spec.name, capacity_mb=spec.memory_mib) for i, spec in enumerate(sim.specs)
+            DeviceConfig(
+                index=i,
+                gpu=spec.name,
+                capacity_mb=spec.memory_mib,
+                margin_mb=self.config.margin_mb(spec.memory_mib),
+            )
+            for i, spec in enumerate(sim.specs)
         )
         self._core = AdmissionCore(self._devices, self.config)
         self._forget_samples()
@@ -191,26 +200,44 @@ class VramgatePolicy:
         return plan
 
     def _plans_for(self, request: GenerationRequest) -> dict[str, Plan]:
+        """The plans a gate would submit, one per GPU kind that has a fitting one (as
+        :meth:`vramgate.gate.Gate._pipeline` plans): at the budgets the devices have now, less others' use, and
+        when no kind has a fitting plan there, at the budgets they have once others leave. Raises
+        :class:`~vramgate.errors.DoesNotFit` for the closest plan when nothing fits either way."""
         key_request = msgspec.structs.replace(request, request_id="", priority=0, prompt="", max_wait_s=None)
-        plans: dict[str, Plan] = {}
-        for gpu_name, budget in self.core.attainable_mb().items():
-            key = (key_request, gpu_name, budget)
-            plan = self._plans.get(key)
-            if plan is None:
-                plan = self._plans[key] = self.optimizer.optimize(
-                    request, gpu=gpu_name, budget_mb=budget, ram_budget_mb=None, max_level=request.max_level
-                )
-            plans[gpu_name] = plan
-        return plans
+        now = self.core.plan_budgets()
+        attempts = [now]
+        when_others_leave = self.core.plan_budgets(others=False)
+        if when_others_leave != now:
+            attempts.append(when_others_leave)
+        closest: Plan | None = None
+        for budgets in attempts:
+            plans: dict[str, Plan] = {}
+            for gpu_name, budget in sorted(budgets.items()):
+                key = (key_request, gpu_name, budget)
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = self._plans[key] = self.optimizer.optimize(
+                        request, gpu=gpu_name, budget_mb=budget, ram_budget_mb=None, max_level=request.max_level
+                    )
+                if plan.fits:
+                    plans[gpu_name] = plan
+                elif closest is None or plan.requirement.vram_mb < closest.requirement.vram_mb:
+                    closest = plan
+            if plans:
+                return plans
+        if closest is None:
+            raise DoesNotFit("no usable GPU", needed_mb=0)
+        raise self.optimizer.rejection(closest)
 
     def _submit(self, job: Job, plans: dict[str, Plan], now: float) -> None:
-        fitting = {name: plan for name, plan in plans.items() if plan.fits}
         message = SubmitRequest(
             request_id=job.request_id,
-            plans=fitting or plans,
+            plans=plans,
             priority=job.priority,
             arrival=job.arrival,
             max_wait_s=job.request.max_wait_s,
+            fallback=False,
         )
         if job.request.max_wait_s is not None:
             deadline = job.arrival + job.request.max_wait_s

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 import msgspec
 
 from vramgate.errors import InvalidParameter
+from vramgate.policy.admission_config import Placement
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import GpuSpec
 from vramgate.policy.learning import copy_estimator
@@ -20,9 +20,6 @@ from vramgate.simulate.gate import SIMULATED_ADMISSION, VramgatePolicy
 from vramgate.simulate.metrics import PolicyResult, collect
 from vramgate.simulate.policies import CheckThenRunPolicy, RetryOnOomPolicy, SeedPolicy, SerialPolicy
 from vramgate.simulate.trace import Trace
-
-#: The vramgate policy's placements (see :class:`~vramgate.policy.admission.AdmissionConfig`).
-Placement = Literal["earliest_finish", "best_fit", "spread"]
 
 #: Every policy, in the order tables list them.
 POLICIES = ("vramgate", "serial", "check-then-run", "retry-on-oom", "seed")
