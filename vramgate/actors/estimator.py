@@ -113,8 +113,10 @@ class EstimatorCore:
             time_runs=times.runs(gpu),
             time_low=low / corrected,
             time_high=high / corrected,
-            history=self.estimator.learned.learned(model, gpu),
-            times=times.learned(gpu),
+            # what the optimizer installs; a core that publishes to nobody (as in logs made before it did) sends
+            # the figures alone
+            history=self.estimator.learned.learned(model, gpu) if self.publish_to else None,
+            times=times.learned(gpu) if self.publish_to else None,
         )
 
 

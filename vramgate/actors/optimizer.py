@@ -21,7 +21,8 @@ import msgspec
 from vramgate.actors.core import CoreActor, Output, Reply
 from vramgate.errors import BadRequest
 from vramgate.messages import GenerationRequest, Message, Plan, PlanOptimized, RequestRejected
-from vramgate.messages.estimation import CorrectionLearned
+from vramgate.messages.estimation import CorrectionLearned, ObserveRun
+from vramgate.messages.log import CoreSpec, LogHeader
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.learning import LearnedCorrections, LearnedState
@@ -36,8 +37,11 @@ KIND = "optimizer"
 class OptimizerCore:
     """Message in, plan out. Its only state is the corrections it was sent, so a replay decides the same again."""
 
-    def __init__(self, optimizer: Optimizer) -> None:
+    def __init__(self, optimizer: Optimizer, *, learns_lessons: bool = False) -> None:
         self.optimizer = optimizer
+        #: whether it learns the lessons it is told itself: only to replay logs made before the estimator published
+        #: its corrections (their estimator publishes to nobody), as they ran
+        self.learns_lessons = learns_lessons
         learned = getattr(optimizer.estimator, "learned", None)
         #: the corrections plans are made with (the estimator's, as published); ``None`` for an estimator without
         self.learned = learned if isinstance(learned, LearnedCorrections) else None
@@ -50,6 +54,9 @@ class OptimizerCore:
         if isinstance(message, CorrectionLearned):
             if self.learned is not None:
                 self.learned.install(message)
+            return []
+        if isinstance(message, ObserveRun) and self.learns_lessons and isinstance(self.optimizer.estimator, Estimator):
+            self.optimizer.estimator.observe(message.finished, message.plan)
             return []
         raise TypeError(f"the optimizer does not handle {type(message).__name__}")
 
@@ -125,12 +132,21 @@ def optimizer_actor(estimator: EstimatorLike | None = None, *, config: Mapping[s
     return CoreActor(OptimizerCore(Optimizer(estimator)), kind=KIND, config=recorded)
 
 
-def build_core(config: Mapping[str, Any], header: Mapping[str, Any] | None = None) -> OptimizerCore:
+def build_core(
+    config: Mapping[str, Any], header: Mapping[str, Any] | None = None, *, learns_lessons: bool = False
+) -> OptimizerCore:
     """Rebuild an optimizer core from its recorded config (for replay): the built-in catalogs with the entries the
     log header's config records (:mod:`vramgate.policy.registered`), the recorded corrections."""
     models, gpus = from_header(header or {}).catalogs()
     state = msgspec.convert(config["learned"], LearnedState) if "learned" in config else LearnedState()
-    return OptimizerCore(Optimizer(Estimator(models, gpus, learned=LearnedCorrections(state=state))))
+    optimizer = Optimizer(Estimator(models, gpus, learned=LearnedCorrections(state=state)))
+    return OptimizerCore(optimizer, learns_lessons=learns_lessons)
 
 
-register_core_kind(KIND, lambda header, spec: build_core(spec.config, header.config))
+def _from_header(header: LogHeader, spec: CoreSpec) -> OptimizerCore:
+    estimator = header.core("estimator")
+    legacy = estimator is not None and not estimator.config.get("publish_to")
+    return build_core(spec.config, header.config, learns_lessons=legacy)
+
+
+register_core_kind(KIND, _from_header)
