@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.lowlevel import checkpoint
 
 from vramgate.actors import Actor, ActorSystem, CoreActor, Envelope, Output, Recorder, RestartPolicy, Send
 from vramgate.clock import ManualClock
@@ -83,6 +84,46 @@ async def test_a_tell_cancelled_while_waiting_for_room_is_not_logged(tmp_path: P
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
     result = replay(log)
     assert result.identical, result.summary()
+
+
+async def test_a_tell_cancelled_while_its_message_is_handed_over_says_what_happened(tmp_path: Path) -> None:
+    """A sender waits for room; its scope is cancelled as the receiver takes a message, which may hand the sender's
+    over before the sender runs again. Either the message was delivered (logged, seen, and the tell returns: a
+    caller that sees its tell cancelled may send it again, and the actor would get it twice) or it was not (not
+    logged, not seen, and the tell raises the cancellation)."""
+    log = tmp_path / "run.jsonl"
+    system = ActorSystem(clock=ManualClock(), recorder=Recorder(log))
+    sink = GatedSink()
+    ref = system.spawn(sink, name="sink", mailbox_size=1)
+    scope = anyio.CancelScope()
+    outcome: list[str] = []
+
+    async def sender() -> None:
+        with scope:
+            await ref.tell(queued("c"))  # waits for room
+            outcome.append("returned")
+        if scope.cancelled_caught:
+            outcome.append("cancelled")
+
+    async with system:
+        await ref.tell(queued("a"))  # the sink takes it and waits
+        await anyio.wait_all_tasks_blocked()
+        await ref.tell(queued("b"))  # fills the mailbox
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender)
+            await anyio.wait_all_tasks_blocked()
+            assert ref.statistics().waiting_senders == 1
+            sink.gate.set()
+            await checkpoint()  # the sink finishes "a" and checkpoints before it takes "b"
+            scope.cancel()  # the sender may learn of it only after the sink handed "c" over
+        await system.wait_idle()
+    _, records = read_log(log)
+    logged = [getattr(r.message, "request_id", "") for r in records]
+    seen = [m.request_id for m in sink.seen if isinstance(m, RequestQueued)]
+    delivered = "c" in seen
+    assert ("c" in logged) == delivered  # the log holds exactly what was delivered
+    assert outcome == (["returned"] if delivered else ["cancelled"])  # and the sender was told the truth
+    assert seen[:2] == logged[:2] == ["a", "b"]
 
 
 async def test_a_message_retried_after_a_crash_is_logged_as_delivered_twice(tmp_path: Path) -> None:
