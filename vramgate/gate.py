@@ -66,9 +66,8 @@ from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkP
 from vramgate.messages.quote import Quote
 from vramgate.policy._standing import Standing
 from vramgate.policy.admission import AdmissionConfig
-from vramgate.policy.estimate import Estimator
+from vramgate.policy.estimate import Estimator, copy_estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
-from vramgate.policy.learning import copy_estimator
 from vramgate.policy.ledger import DeviceConfig
 
 T = TypeVar("T")
