@@ -126,6 +126,26 @@ async def test_a_tell_cancelled_while_its_message_is_handed_over_says_what_happe
     assert seen[:2] == logged[:2] == ["a", "b"]
 
 
+async def test_a_stop_that_cancels_what_is_still_queued_replays_identically(tmp_path: Path) -> None:
+    """Messages logged into a mailbox (or being handled) when a stop runs out of time were never handled: the log
+    says which, so that a replay does not expect what their actors never sent."""
+    log = tmp_path / "run.jsonl"
+    system = ActorSystem(clock=ManualClock(), recorder=Recorder(log))
+    echo = system.spawn(CoreActor(Echo(), kind="test.echo"), name="echo", mailbox_size=4)
+    sink = GatedSink()
+    system.spawn(sink, name="sink", mailbox_size=1)
+    async with system:
+        for i in range(6):
+            await echo.tell(queued(f"m{i}"))  # echo forwards two, then waits for room in the sink's mailbox
+        await anyio.wait_all_tasks_blocked()
+        await system.stop(timeout=0.05)  # the sink never takes anything: the stop cancels everything
+    assert sink.seen == []
+    _, records = read_log(log)
+    assert len([r for r in records if r.recipient == "echo"]) == 6
+    result = replay(log)
+    assert result.identical, result.summary()
+
+
 async def test_a_message_retried_after_a_crash_is_logged_as_delivered_twice(tmp_path: Path) -> None:
     log = tmp_path / "run.jsonl"
     system = ActorSystem(clock=ManualClock(), recorder=Recorder(log))

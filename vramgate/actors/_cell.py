@@ -84,6 +84,8 @@ class Cell:
         self.timers: set[Timer] = set()
         self.finished = anyio.Event()
         self.retry = _Retry()
+        #: The envelope the actor is handling now.
+        self.current: Envelope | None = None
 
     @property
     def state(self) -> str:
@@ -149,14 +151,17 @@ class Cell:
                 env = await mailbox.get()
                 if env is None:
                     return
+            self.current = env
             try:
                 await actor.receive(env.message, env)
             except Exception as exc:
                 await self._crashed(env, exc, poisoned=env.redelivery_of is not None)
+                self.current = None
                 actor = self.actor
                 if retry.envelope is None:
                     post.done()
                 continue
+            self.current = None
             self.handled += 1
             post.done()
 
@@ -198,6 +203,11 @@ class Cell:
         attach(actor, self.context)
         self.actor = actor
         await actor.on_start()
+
+    def unfinished(self) -> list[int]:
+        """The seqs of envelopes delivered to this actor that it has not finished handling, in order."""
+        pending = [env.seq for env in (self.current, self.retry.envelope) if env is not None]
+        return [*pending, *(env.seq for env in self.mailbox.queue)]
 
     # ------------------------------------------------------------------ statistics
 

@@ -238,10 +238,12 @@ class ActorSystem:
     def _closed(self) -> None:
         self._state = "stopped"
         self._post.fail_asks(lambda slot: True, ActorStopped("the actor system stopped"))
+        unfinished: list[int] = []
         for cell in self._order:
+            unfinished.extend(cell.unfinished())
             cell.mailbox.stop()
         if self._recorder is not None:
-            self._recorder.close()
+            self._recorder.close(sorted(unfinished))
 
 
 def _single_error(exc: BaseException) -> BaseException | None:
