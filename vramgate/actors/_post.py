@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import anyio
-from anyio.lowlevel import checkpoint
 
+from vramgate.actors._backend import ANYIO, Event, Primitives
 from vramgate.actors.envelope import DeadLetter, Envelope
 from vramgate.errors import ActorCrashed, ActorStopped, AskTimeout, MailboxFull
 from vramgate.messages import Message
@@ -43,12 +43,12 @@ class _Waiter:
 
     __slots__ = ("correlation_id", "delivered", "event", "message", "sender")
 
-    def __init__(self, message: Message, sender: str, correlation_id: int | None) -> None:
+    def __init__(self, message: Message, sender: str, correlation_id: int | None, event: Event) -> None:
         self.message = message
         self.sender = sender
         self.correlation_id = correlation_id
         self.delivered = False
-        self.event = anyio.Event()
+        self.event = event
 
 
 class Mailbox:
@@ -72,7 +72,7 @@ class Mailbox:
         self.queue: collections.deque[Envelope] = collections.deque()
         self.waiting: collections.deque[_Waiter] = collections.deque()
         self.state = "new"
-        self._ready: anyio.Event | None = None
+        self._ready: Event | None = None
 
     def stopped_error(self) -> ActorStopped:
         if self.state == "new":
@@ -106,14 +106,16 @@ class Mailbox:
         self.wake_all_senders()
 
     async def get(self) -> Envelope | None:
-        """The next envelope (``None`` once the mailbox is closed and empty). Always a checkpoint."""
+        """The next envelope (``None`` once the mailbox is closed and empty); waits while it is empty.
+
+        An envelope already queued is taken without a checkpoint: while the actor loops without awaiting, only it
+        can post, so it takes at most what its mailbox and its waiting senders held (and what it sends itself)
+        before it waits again and other tasks run."""
         queue = self.queue
-        if queue:
-            await checkpoint()
         while not queue:
             if self.state != "running":
                 return None
-            ready = self._ready = anyio.Event()
+            ready = self._ready = self._post.primitives.event()
             await ready.wait()
         envelope = queue.popleft()
         if self.waiting:
@@ -155,10 +157,10 @@ class AskSlot:
 
     counted = False
 
-    def __init__(self, correlation_id: int, target: Mailbox) -> None:
+    def __init__(self, correlation_id: int, target: Mailbox, event: Event) -> None:
         self.correlation_id = correlation_id
         self.target = target
-        self.event = anyio.Event()
+        self.event = event
         self.reply: Message | None = None
         self.error: BaseException | None = None
 
@@ -201,7 +203,9 @@ class Post:
         self.dead: collections.deque[DeadLetter] = collections.deque(maxlen=dead_letter_capacity)
         self.pending: dict[int, AskSlot] = {}
         self._corr = 0
-        self._idle: anyio.Event | None = None
+        self._idle: Event | None = None
+        #: The event loop's checkpoint and event (bound when the system starts).
+        self.primitives: Primitives = ANYIO
 
     # ------------------------------------------------------------------ the one place that posts
 
@@ -241,10 +245,11 @@ class Post:
         message was handed over before the cancellation reached it returns normally (the message is delivered)."""
         if mailbox.state != "running":
             raise mailbox.stopped_error()
-        await checkpoint()
+        primitives = self.primitives
+        await primitives.checkpoint()
         if not mailbox.waiting and self.post(mailbox, sender, mailbox.name, message, correlation_id) is not None:
             return
-        waiter = _Waiter(message, sender, correlation_id)
+        waiter = _Waiter(message, sender, correlation_id, primitives.event())
         mailbox.waiting.append(waiter)
         try:
             await waiter.event.wait()
@@ -263,7 +268,7 @@ class Post:
     async def ask(self, mailbox: Mailbox, message: Message, timeout: float, sender: str) -> Message:  # noqa: ASYNC109
         self._corr += 1
         corr = self._corr
-        slot = AskSlot(corr, mailbox)
+        slot = AskSlot(corr, mailbox, self.primitives.event())
         self.pending[corr] = slot
         try:
             with anyio.fail_after(timeout):
@@ -298,7 +303,7 @@ class Post:
                 self.post(LOG_ONLY, replier, envelope.sender, message, corr)
             else:
                 self.post(slot, replier, envelope.sender, message, corr)
-        await checkpoint()
+        await self.primitives.checkpoint()
 
     def fail_asks(self, which: Callable[[AskSlot], bool], error: BaseException) -> None:
         for corr, slot in list(self.pending.items()):
@@ -322,10 +327,10 @@ class Post:
             idle.set()
 
     async def wait_idle(self) -> None:
-        await checkpoint()
+        await self.primitives.checkpoint()
         while self.in_flight > 0:
             if self._idle is None:
-                self._idle = anyio.Event()
+                self._idle = self.primitives.event()
             await self._idle.wait()
 
     def dead_letter(self, letter: DeadLetter) -> None:

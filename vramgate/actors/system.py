@@ -12,6 +12,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from vramgate._version import __version__
+from vramgate.actors._backend import current
 from vramgate.actors._cell import ActorFactory, Cell
 from vramgate.actors._post import Mailbox, Post
 from vramgate.actors.actor import Actor
@@ -189,6 +190,7 @@ class ActorSystem:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._state = "running"
+                self._post.primitives = current()
                 try:
                     if self._recorder is not None:
                         self._recorder.start(self.header())
