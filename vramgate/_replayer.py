@@ -59,6 +59,7 @@ class RunReplay:
         self.raised: dict[str, int] = {}
         self.last_seq = header.first_seq - 1
         self.closed = False
+        self.unfinished: frozenset[int] = frozenset()
         self.records = self.inputs = self.outputs = 0
 
     def feed(self, record: LogRecord[Message]) -> Divergence | None:
@@ -67,6 +68,7 @@ class RunReplay:
         message = record.message
         if type(message) is LogClosed:
             self.closed = True
+            self.unfinished = frozenset(message.unfinished)
             return None
         if type(message) is ActorFailed and record.recipient in self.cores:
             return self._failed(record.recipient, record, message)
@@ -90,14 +92,18 @@ class RunReplay:
         return None
 
     def finish(self) -> Divergence | None:
-        """The end of the run: what the cores still owe is a divergence only when the run closed its log."""
+        """The end of the run: what the cores still owe is a divergence only when the run closed its log, and then
+        not for the inputs it lists as unfinished (their actors never finished handling them)."""
         if not self.closed:
             return None
+        unfinished = self.unfinished
         for name, (seq, error) in self.crashed.items():
-            return Divergence(seq, name, None, None, error=error)
+            if seq not in unfinished:
+                return Divergence(seq, name, None, None, error=error)
         for name, queue in self.pending.items():
-            if queue:
-                return Divergence(queue[0].seq, name, None, queue[0])
+            for owed in queue:
+                if owed.seq not in unfinished:
+                    return Divergence(owed.seq, name, None, owed)
         return None
 
     def owed(self) -> int:

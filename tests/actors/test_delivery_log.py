@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.lowlevel import checkpoint
 
 from vramgate.actors import Actor, ActorSystem, CoreActor, Envelope, Output, Recorder, RestartPolicy, Send
 from vramgate.clock import ManualClock
@@ -81,6 +82,66 @@ async def test_a_tell_cancelled_while_waiting_for_room_is_not_logged(tmp_path: P
     rows = list(records)
     assert "never" not in {getattr(r.message, "request_id", "") for r in rows}
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
+    result = replay(log)
+    assert result.identical, result.summary()
+
+
+async def test_a_tell_cancelled_while_its_message_is_handed_over_says_what_happened(tmp_path: Path) -> None:
+    """A sender waits for room; its scope is cancelled as the receiver takes a message, which may hand the sender's
+    over before the sender runs again. Either the message was delivered (logged, seen, and the tell returns: a
+    caller that sees its tell cancelled may send it again, and the actor would get it twice) or it was not (not
+    logged, not seen, and the tell raises the cancellation)."""
+    log = tmp_path / "run.jsonl"
+    system = ActorSystem(clock=ManualClock(), recorder=Recorder(log))
+    sink = GatedSink()
+    ref = system.spawn(sink, name="sink", mailbox_size=1)
+    scope = anyio.CancelScope()
+    outcome: list[str] = []
+
+    async def sender() -> None:
+        with scope:
+            await ref.tell(queued("c"))  # waits for room
+            outcome.append("returned")
+        if scope.cancelled_caught:
+            outcome.append("cancelled")
+
+    async with system:
+        await ref.tell(queued("a"))  # the sink takes it and waits
+        await anyio.wait_all_tasks_blocked()
+        await ref.tell(queued("b"))  # fills the mailbox
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender)
+            await anyio.wait_all_tasks_blocked()
+            assert ref.statistics().waiting_senders == 1
+            sink.gate.set()
+            await checkpoint()  # the sink finishes "a" and checkpoints before it takes "b"
+            scope.cancel()  # the sender may learn of it only after the sink handed "c" over
+        await system.wait_idle()
+    _, records = read_log(log)
+    logged = [getattr(r.message, "request_id", "") for r in records]
+    seen = [m.request_id for m in sink.seen if isinstance(m, RequestQueued)]
+    delivered = "c" in seen
+    assert ("c" in logged) == delivered  # the log holds exactly what was delivered
+    assert outcome == (["returned"] if delivered else ["cancelled"])  # and the sender was told the truth
+    assert seen[:2] == logged[:2] == ["a", "b"]
+
+
+async def test_a_stop_that_cancels_what_is_still_queued_replays_identically(tmp_path: Path) -> None:
+    """Messages logged into a mailbox (or being handled) when a stop runs out of time were never handled: the log
+    says which, so that a replay does not expect what their actors never sent."""
+    log = tmp_path / "run.jsonl"
+    system = ActorSystem(clock=ManualClock(), recorder=Recorder(log))
+    echo = system.spawn(CoreActor(Echo(), kind="test.echo"), name="echo", mailbox_size=4)
+    sink = GatedSink()
+    system.spawn(sink, name="sink", mailbox_size=1)
+    async with system:
+        for i in range(6):
+            await echo.tell(queued(f"m{i}"))  # echo forwards two, then waits for room in the sink's mailbox
+        await anyio.wait_all_tasks_blocked()
+        await system.stop(timeout=0.05)  # the sink never takes anything: the stop cancels everything
+    assert sink.seen == []
+    _, records = read_log(log)
+    assert len([r for r in records if r.recipient == "echo"]) == 6
     result = replay(log)
     assert result.identical, result.summary()
 

@@ -3,61 +3,69 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
-from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.abc import TaskStatus
-from anyio.lowlevel import checkpoint
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from vramgate.actors.actor import Actor, ActorContext, Timer
+from vramgate.actors._post import LOG_ONLY, Mailbox, Post
+from vramgate.actors.actor import Actor, ActorContext, Timer, attach
 from vramgate.actors.envelope import SUPERVISOR, ActorStatistics, DeadLetter, Envelope, RestartPolicy
 from vramgate.actors.ref import ActorRef
-from vramgate.errors import ActorCrashed, ActorStopped, MailboxFull
+from vramgate.clock import Clock
+from vramgate.errors import ActorCrashed, ActorStopped
 from vramgate.messages import ActorFailed, Message
-
-if TYPE_CHECKING:
-    from vramgate.actors.system import ActorSystem
 
 log = logging.getLogger("vramgate.actors")
 
 ActorFactory = Callable[[], Actor[Any]]
+#: Starts a task in the system's task group.
+StartSoon = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
-class _Waiter:
-    """A sender waiting for room in a mailbox, with its message: handed over in arrival order."""
+class _Retry:
+    """Where a crashed-on message is posted again: the cell offers it next, before its mailbox."""
 
-    __slots__ = ("correlation_id", "delivered", "event", "message", "sender")
+    __slots__ = ("envelope",)
 
-    def __init__(self, message: Message, sender: str, correlation_id: int | None) -> None:
-        self.message = message
-        self.sender = sender
-        self.correlation_id = correlation_id
-        self.delivered = False
-        self.event = anyio.Event()
+    counted = False
+
+    def __init__(self) -> None:
+        self.envelope: Envelope | None = None
+
+    def accept(self, envelope: Envelope) -> bool:
+        self.envelope = envelope
+        return True
 
 
 class Cell:
-    """Holds an actor, its mailbox streams and its counters; runs its receive loop under supervision."""
+    """Holds an actor, its mailbox and its counters; runs its receive loop under supervision.
+
+    It knows the system only through what it is given: the :class:`Post`, the clock, a way to look refs up and a
+    way to start tasks.
+    """
 
     def __init__(
         self,
-        system: ActorSystem,
         name: str,
         actor: Actor[Any] | ActorFactory,
         capacity: int,
         policy: RestartPolicy,
+        *,
+        post: Post,
+        clock: Clock,
+        lookup: Callable[[str], ActorRef[Any]],
+        start_soon: StartSoon,
     ) -> None:
-        if capacity < 1:
-            raise ValueError("mailbox_size must be >= 1")
-        self.system = system
         self.name = name
-        self.capacity = capacity
         self.policy = policy
+        self.post = post
+        self.clock = clock
+        self.lookup = lookup
+        self.start_soon = start_soon
+        self.mailbox = Mailbox(post, name, capacity)
         self.factory: ActorFactory | None = None
         if isinstance(actor, Actor):
             self.actor: Actor[Any] = actor
@@ -66,39 +74,33 @@ class Cell:
             self.actor = actor()
         if not isinstance(self.actor, Actor):
             raise TypeError(f"actor {name!r}: expected an Actor, got {type(self.actor).__name__}")
-        self.actor._context = ActorContext(self)
-        self.ref: ActorRef[Any] = ActorRef(self)
-        self.send_stream: MemoryObjectSendStream[Envelope] | None = None
-        self.receive_stream: MemoryObjectReceiveStream[Envelope] | None = None
-        self.state = "new"
+        self.ref: ActorRef[Any] = ActorRef(self.mailbox, post, self.statistics)
+        self.context: ActorContext[Any] = ActorContext(self)
+        attach(self.actor, self.context)
         self.handled = 0
         self.restarts = 0
         self.dead_letters = 0
         self.crash_times: collections.deque[float] = collections.deque()
         self.timers: set[Timer] = set()
         self.finished = anyio.Event()
-        self.waiting: collections.deque[_Waiter] = collections.deque()
+        self.retry = _Retry()
+        #: The envelope the actor is handling now.
+        self.current: Envelope | None = None
+
+    @property
+    def state(self) -> str:
+        return self.mailbox.state
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
-        """Create the mailbox. Called when the system starts (or at spawn, if it already runs)."""
-        self.send_stream, self.receive_stream = anyio.create_memory_object_stream[Envelope](self.capacity)
-        self.state = "running"
-
-    def stopped_error(self) -> ActorStopped:
-        if self.state == "new":
-            return ActorStopped(f"actor {self.name!r} is not running (its system has not started)")
-        return ActorStopped(f"actor {self.name!r} has stopped")
+        """Open the mailbox. Called when the system starts (or at spawn, if it already runs)."""
+        self.mailbox.state = "running"
 
     def close_mailbox(self) -> None:
         """Refuse new messages; the receive loop drains what is queued, then stops the actor."""
-        if self.state == "running":
-            self.state = "stopping"
         self.cancel_timers()
-        if self.send_stream is not None:
-            self.send_stream.close()
-        self.wake_all_senders()
+        self.mailbox.close()
 
     def cancel_timers(self) -> None:
         for timer in list(self.timers):
@@ -107,145 +109,73 @@ class Cell:
     def start_timer(self, delay_s: float, period_s: float | None, message: Message) -> Timer:
         if delay_s < 0:
             raise ValueError("delay must be >= 0")
-        if self.state != "running":
-            raise self.stopped_error()
+        if self.mailbox.state != "running":
+            raise self.mailbox.stopped_error()
         timer = Timer(self, delay_s, period_s, message)
         self.timers.add(timer)
-        self.system._start_task(timer._run)
+        self.start_soon(timer.run)
         return timer
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The actor's task: start it, serve its mailbox until it is closed and drained, then stop it."""
-        receive = self.receive_stream
-        assert receive is not None, "mailbox not opened"
-        graceful = False
         try:
-            with receive:
-                try:
-                    await self.actor.on_start()
-                except Exception as exc:
-                    raise ActorCrashed(f"actor {self.name!r} failed to start: {exc!r}") from exc
-                task_status.started()
-                await self._serve(receive)
-                graceful = True
-                self.state = "stopping"
-                await self.actor.on_stop()
-        finally:
-            self.state = "stopped"
-            self.cancel_timers()
-            if self.send_stream is not None:
-                self.send_stream.close()
-            self.wake_all_senders()
-            self.system._actor_stopped(self, graceful=graceful)
-            self.finished.set()
-
-    # ------------------------------------------------------------------ delivery
-
-    def offer(self, message: Message, sender: str, correlation_id: int | None) -> bool:
-        """Put a message in the mailbox now if there is room: it gets its sequence number, time stamp and log
-        record only then, so that the log holds exactly what was delivered, in mailbox order."""
-        stream = self.send_stream
-        if stream is None:
-            raise self.stopped_error()
-        system = self.system
-        seq = system._seq + 1
-        env = Envelope(seq, system._now(), sender, self.name, message, correlation_id)
-        try:
-            stream.send_nowait(env)
-        except WouldBlock:
-            return False
-        except (ClosedResourceError, BrokenResourceError):
-            raise self.stopped_error() from None
-        system._seq = seq
-        system._in_flight += 1
-        recorder = system._recorder
-        if recorder is not None:
-            recorder.record(env)
-        return True
-
-    def offer_nowait(self, message: Message, sender: str) -> None:
-        """Deliver now, or raise :class:`MailboxFull` (also while earlier senders wait for room)."""
-        if self.waiting or not self.offer(message, sender, None):
-            if self.send_stream is None:
-                raise self.stopped_error()
-            raise MailboxFull(f"mailbox of actor {self.name!r} is full ({self.capacity} messages)")
-
-    async def deliver(self, message: Message, sender: str, correlation_id: int | None) -> None:
-        """Deliver, waiting (in arrival order) while the mailbox is full: the receiver hands the message over
-        when it takes one out. A sender cancelled while it waits delivers nothing, and nothing is logged."""
-        if self.send_stream is None:
-            raise self.stopped_error()
-        await checkpoint()
-        if not self.waiting and self.offer(message, sender, correlation_id):
-            return
-        waiter = _Waiter(message, sender, correlation_id)
-        self.waiting.append(waiter)
-        try:
-            await waiter.event.wait()
-        finally:
-            if not waiter.delivered:
-                with contextlib.suppress(ValueError):
-                    self.waiting.remove(waiter)
-        if not waiter.delivered:
-            raise self.stopped_error()
-
-    def hand_over(self) -> None:
-        """Move waiting senders' messages into the mailbox while it has room (after the receiver took one)."""
-        waiting = self.waiting
-        while waiting:
-            head = waiting[0]
             try:
-                if not self.offer(head.message, head.sender, head.correlation_id):
-                    return
-            except ActorStopped:
-                self.wake_all_senders()
-                return
-            waiting.popleft()
-            head.delivered = True
-            head.event.set()
-
-    def wake_all_senders(self) -> None:
-        """The mailbox closed: every waiting sender learns that the actor stopped."""
-        while self.waiting:
-            self.waiting.popleft().event.set()
+                await self.actor.on_start()
+            except Exception as exc:
+                raise ActorCrashed(f"actor {self.name!r} failed to start: {exc!r}") from exc
+            task_status.started()
+            await self._serve()
+            self.mailbox.state = "stopping"
+            await self.actor.on_stop()
+        finally:
+            self.cancel_timers()
+            self.mailbox.stop()
+            self.post.fail_asks(
+                lambda slot: slot.target is self.mailbox,
+                ActorStopped(f"actor {self.name!r} stopped before it answered"),
+            )
+            self.finished.set()
 
     # ------------------------------------------------------------------ the receive loop
 
-    async def _serve(self, receive: MemoryObjectReceiveStream[Envelope]) -> None:
-        system = self.system
-        retry: Envelope | None = None
+    async def _serve(self) -> None:
+        post = self.post
+        mailbox = self.mailbox
+        retry = self.retry
+        actor = self.actor
         while True:
-            if retry is not None:
-                env = retry
+            env = retry.envelope
+            if env is not None:
+                retry.envelope = None
             else:
-                try:
-                    env = await receive.receive()
-                except anyio.EndOfStream:
+                env = await mailbox.get()
+                if env is None:
                     return
-                if self.waiting:
-                    self.hand_over()
+            self.current = env
             try:
-                await self.actor.receive(env.message, env)
+                await actor.receive(env.message, env)
             except Exception as exc:
-                retry = await self._crashed(env, exc, poisoned=retry is not None)
-                if retry is None:
-                    system._message_done()
+                await self._crashed(env, exc, poisoned=env.redelivery_of is not None)
+                self.current = None
+                actor = self.actor
+                if retry.envelope is None:
+                    post.done()
                 continue
-            retry = None
+            self.current = None
             self.handled += 1
-            system._message_done()
+            post.done()
 
-    async def _crashed(self, env: Envelope, exc: Exception, *, poisoned: bool) -> Envelope | None:
-        """Supervise a crash: restart within limits; return the envelope to offer again, if any."""
-        now = self.system.clock.now()
+    async def _crashed(self, env: Envelope, exc: Exception, *, poisoned: bool) -> None:
+        """Supervise a crash: restart within limits, and post the message again unless it crashed twice."""
+        now = self.clock.now()
         times = self.crash_times
         times.append(now)
         while times and now - times[0] > self.policy.within_s:
             times.popleft()
         if len(times) > self.policy.max_restarts:
-            self._log_failure(env, exc)
-            self.system._fail_asks(
-                lambda slot: slot.correlation_id == env.correlation_id,
+            self.post.post(LOG_ONLY, SUPERVISOR, self.name, ActorFailed(seq=env.seq, error=repr(exc)))
+            self.post.fail_ask(
+                env.correlation_id,
                 ActorCrashed(f"actor {self.name!r} crashed handling message #{env.seq}: {exc!r}"),
             )
             raise ActorCrashed(
@@ -256,57 +186,39 @@ class Cell:
         log.warning("actor %r crashed on message #%d (%s); restarting", self.name, env.seq, exc)
         if poisoned:
             self.dead_letters += 1
-            self.system._dead_letter(DeadLetter(env, "crashed its actor twice", repr(exc)))
-            if env.correlation_id is not None:
-                corr = env.correlation_id
-                self.system._fail_asks(
-                    lambda slot: slot.correlation_id == corr,
-                    ActorCrashed(f"actor {self.name!r} crashed twice on message #{env.seq}: {exc!r}"),
-                )
+            self.post.dead_letter(DeadLetter(env, "crashed its actor twice", repr(exc)))
+            self.post.fail_ask(
+                env.correlation_id,
+                ActorCrashed(f"actor {self.name!r} crashed twice on message #{env.seq}: {exc!r}"),
+            )
         await self._restart(exc)
-        return None if poisoned else self._redeliver(env)
-
-    def _log_failure(self, env: Envelope, exc: Exception) -> None:
-        system = self.system
-        if system._recorder is not None:
-            system._seq += 1
-            failed = ActorFailed(seq=env.seq, error=repr(exc))
-            system._recorder.record(Envelope(system._seq, system._now(), SUPERVISOR, self.name, failed))
-
-    def _redeliver(self, env: Envelope) -> Envelope:
-        """The envelope that offers a crashed-on message again: a delivery of its own, logged as one."""
-        system = self.system
-        system._seq += 1
-        again = Envelope(
-            system._seq, system._now(), env.sender, env.recipient, env.message, env.correlation_id, env.seq
-        )
-        if system._recorder is not None:
-            system._recorder.record(again)
-        return again
+        if not poisoned:
+            self.post.post(self.retry, env.sender, env.recipient, env.message, env.correlation_id, env.seq)
 
     async def _restart(self, exc: Exception) -> None:
         if self.factory is None:
             await self.actor.on_restart(exc)
             return
         actor = self.factory()
-        actor._context = self.actor._context
+        attach(actor, self.context)
         self.actor = actor
         await actor.on_start()
+
+    def unfinished(self) -> list[int]:
+        """The seqs of envelopes delivered to this actor that it has not finished handling, in order."""
+        pending = [env.seq for env in (self.current, self.retry.envelope) if env is not None]
+        return [*pending, *(env.seq for env in self.mailbox.queue)]
 
     # ------------------------------------------------------------------ statistics
 
     def statistics(self) -> ActorStatistics:
-        size = waiting = 0
-        if self.receive_stream is not None:
-            stats = self.receive_stream.statistics()
-            size = stats.current_buffer_used
-            waiting = len(self.waiting)
+        mailbox = self.mailbox
         return ActorStatistics(
             name=self.name,
-            state=self.state,
-            mailbox_size=size,
-            mailbox_capacity=self.capacity,
-            waiting_senders=waiting,
+            state=mailbox.state,
+            mailbox_size=len(mailbox.queue),
+            mailbox_capacity=mailbox.capacity,
+            waiting_senders=len(mailbox.waiting),
             handled=self.handled,
             restarts=self.restarts,
             dead_letters=self.dead_letters,

@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
+from vramgate.actors._post import Post
 from vramgate.actors.envelope import TIMER, Envelope
 from vramgate.actors.ref import ActorRef
 from vramgate.clock import Clock
 from vramgate.errors import ActorStopped
 from vramgate.messages import Message
 
-if TYPE_CHECKING:
-    from vramgate.actors._cell import Cell
-    from vramgate.actors.system import ActorSystem
-
 M = TypeVar("M", bound=Message)
+
+
+class ActorHost(Protocol):
+    """What an actor's context and timers need of the runtime cell that hosts the actor."""
+
+    name: str
+    ref: ActorRef[Any]
+    clock: Clock
+    post: Post
+    timers: set[Timer]
+
+    def lookup(self, name: str) -> ActorRef[Any]: ...
+
+    def start_timer(self, delay_s: float, period_s: float | None, message: Message) -> Timer: ...
 
 
 class Timer:
     """A pending ``send_later`` or periodic ``send_every`` delivery. :meth:`cancel` stops it."""
 
-    __slots__ = ("_cell", "_scope", "cancelled", "delay_s", "message", "period_s")
+    __slots__ = ("_host", "_scope", "cancelled", "delay_s", "message", "period_s")
 
-    def __init__(self, cell: Cell, delay_s: float, period_s: float | None, message: Message) -> None:
-        self._cell = cell
+    def __init__(self, host: ActorHost, delay_s: float, period_s: float | None, message: Message) -> None:
+        self._host = host
         self._scope: anyio.CancelScope | None = None
         self.delay_s = delay_s
         self.period_s = period_s
@@ -37,11 +48,12 @@ class Timer:
         self.cancelled = True
         if self._scope is not None:
             self._scope.cancel()
-        self._cell.timers.discard(self)
+        self._host.timers.discard(self)
 
-    async def _run(self) -> None:
-        cell = self._cell
-        clock = cell.system.clock
+    async def run(self) -> None:
+        """The timer's task (started by the runtime): sleep on the injected clock, then tell, once or every period."""
+        host = self._host
+        clock = host.clock
         with anyio.CancelScope() as scope:
             self._scope = scope
             if self.cancelled:
@@ -49,14 +61,14 @@ class Timer:
             try:
                 await clock.sleep(self.delay_s)
                 while not self.cancelled:
-                    await cell.ref.tell(self.message, sender=TIMER)
+                    await host.ref.tell(self.message, sender=TIMER)
                     if self.period_s is None:
                         break
                     await clock.sleep(self.period_s)
             except ActorStopped:
                 pass
             finally:
-                cell.timers.discard(self)
+                host.timers.discard(self)
 
 
 class ActorContext(Generic[M]):
@@ -65,46 +77,39 @@ class ActorContext(Generic[M]):
     Available as ``self.context`` from :meth:`Actor.on_start` on.
     """
 
-    __slots__ = ("_cell",)
+    __slots__ = ("_host", "_post", "name")
 
-    def __init__(self, cell: Cell) -> None:
-        self._cell = cell
-
-    @property
-    def name(self) -> str:
-        """This actor's name."""
-        return self._cell.name
+    def __init__(self, host: ActorHost) -> None:
+        self._host = host
+        self._post = host.post
+        #: This actor's name.
+        self.name: str = host.name
 
     @property
     def clock(self) -> Clock:
         """The system's injected clock."""
-        return self._cell.system.clock
-
-    @property
-    def system(self) -> ActorSystem:
-        """The actor system this actor runs in."""
-        return self._cell.system
+        return self._host.clock
 
     @property
     def self_ref(self) -> ActorRef[M]:
         """A ref to this actor."""
-        ref: ActorRef[M] = self._cell.ref
+        ref: ActorRef[M] = self._host.ref
         return ref
 
     def _resolve(self, target: ActorRef[Any] | str) -> ActorRef[Any]:
-        return self._cell.system.ref(target) if isinstance(target, str) else target
+        return self._host.lookup(target) if isinstance(target, str) else target
 
     async def send(self, target: ActorRef[Any] | str, message: Message) -> None:
         """Tell ``target`` (a ref or an actor name) ``message``, as this actor; waits while its mailbox is full."""
-        await self._resolve(target)._send(message, self._cell.name, None)
+        await self._post.send(self._resolve(target).mailbox, message, self.name, None)
 
     def send_nowait(self, target: ActorRef[Any] | str, message: Message) -> None:
         """Tell ``target`` ``message`` now, or raise :class:`~vramgate.errors.MailboxFull`."""
-        self._resolve(target).tell_nowait(message, sender=self._cell.name)
+        self._post.send_nowait(self._resolve(target).mailbox, message, self.name)
 
     async def ask(self, target: ActorRef[Any] | str, message: Message, *, timeout: float) -> Message:  # noqa: ASYNC109
         """Ask ``target`` and wait for its reply (see :meth:`ActorRef.ask`)."""
-        return await self._resolve(target).ask(message, timeout=timeout, sender=self._cell.name)
+        return await self._post.ask(self._resolve(target).mailbox, message, timeout, self.name)
 
     async def reply(self, envelope: Envelope, message: Message) -> None:
         """Answer the message in ``envelope``.
@@ -113,18 +118,18 @@ class ActorContext(Generic[M]):
         plain tell from another actor, the reply is told to that actor. Either way it is recorded with the
         envelope's sender as recipient and its correlation id, so that a replay sees it.
         """
-        await self._cell.system._reply(self._cell.name, envelope, message)
+        await self._post.reply(self.name, envelope, message)
 
     def send_later(self, delay_s: float, message: Message) -> Timer:
         """Deliver ``message`` to this actor's own mailbox after ``delay_s`` seconds of the injected clock."""
-        return self._cell.start_timer(delay_s, None, message)
+        return self._host.start_timer(delay_s, None, message)
 
     def send_every(self, period_s: float, message: Message, *, first_after_s: float | None = None) -> Timer:
         """Deliver ``message`` to this actor every ``period_s`` seconds (first after ``first_after_s``)."""
         if period_s <= 0:
             raise ValueError("period_s must be > 0")
         first = period_s if first_after_s is None else first_after_s
-        return self._cell.start_timer(first, period_s, message)
+        return self._host.start_timer(first, period_s, message)
 
 
 class Actor(Generic[M]):
@@ -161,3 +166,8 @@ class Actor(Generic[M]):
         The default keeps the actor's state (what it owns is not lost). Spawn with a factory instead of an
         instance to start from a fresh instance on every restart.
         """
+
+
+def attach(actor: Actor[Any], context: ActorContext[Any]) -> None:
+    """Give ``actor`` its context (the runtime does, at spawn and on a restart with a fresh instance)."""
+    actor._context = context

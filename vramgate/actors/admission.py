@@ -6,18 +6,39 @@ It takes ``SubmitRequest``, ``ReleaseLease``, ``CancelRequest``, ``DeviceLost`` 
 released, ended) to one actor, the gate's router. A periodic ``AdmissionTick`` from its own timer lets time pass
 (waits expire, samples go stale) even when nothing else happens; the ticks are recorded like everything else,
 so a replay decides the same.
+
+A core that raises may have been part-way through an update. The shell keeps what the core has told the world (its
+live leases, its waiting requests, the devices lost, the latest sample), updated only after a message was handled
+in full; on a crash it rebuilds a new core from that (:meth:`AdmissionCore.restore`), and the events the rebuild
+causes go out ahead of those of the message the supervisor offers again. A replay does the same, so it decides
+the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from vramgate.actors.core import CoreActor, Output, Send
-from vramgate.messages import LogHeader, Message
-from vramgate.messages.admission import AdmissionTick
+from vramgate.messages import (
+    LeaseReleased,
+    LogHeader,
+    Message,
+    RequestAdmitted,
+    RequestEnded,
+    RequestRejected,
+    ResourceSample,
+)
+from vramgate.messages.admission import (
+    AdmissionSnapshot,
+    AdmissionTick,
+    CancelRequest,
+    DeviceLost,
+    LeaseSnapshot,
+    SubmitRequest,
+)
 from vramgate.messages.log import CoreSpec
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
 from vramgate.policy.admission_config import upgrade
@@ -31,14 +52,104 @@ KIND = "admission"
 
 
 class AdmissionShell:
-    """Adapts :class:`AdmissionCore` (which returns events) to the runtime's core protocol (which routes them)."""
+    """Adapts :class:`AdmissionCore` (which returns events) to the runtime's core protocol (which routes them),
+    and rebuilds the core with ``rebuild`` (a new, empty core) after it raised."""
 
-    def __init__(self, core: AdmissionCore, *, events_to: str) -> None:
+    def __init__(
+        self, core: AdmissionCore, *, events_to: str, rebuild: Callable[[], AdmissionCore] | None = None
+    ) -> None:
         self.core = core
         self.events_to = events_to
+        self.rebuild = rebuild
+        self.rebuilds = 0
+        self._now = float("-inf")
+        self._leases: dict[str, LeaseSnapshot] = {}
+        self._lease_of: dict[str, str] = {}
+        self._waiting: dict[str, SubmitRequest] = {}
+        self._counter = 0
+        self._lost: list[DeviceLost] = []
+        self._sample: ResourceSample | None = None
+        self._owed: list[Message] = []
 
     def handle(self, message: Message, now: float) -> Sequence[Output]:
-        return [Send(self.events_to, event) for event in self.core.handle(message, now)]
+        try:
+            events = self.core.handle(message, now)
+        except Exception:
+            if self.rebuild is not None:
+                self._rebuild(now)
+            raise
+        self._track(message, events, max(now, self._now))
+        if self._owed:
+            events = [*self._owed, *events]
+            self._owed = []
+        to = self.events_to
+        return [Send(to, event) for event in events]
+
+    def snapshot(self) -> AdmissionSnapshot:
+        """The core's state as its events told it: what a rebuilt core starts from."""
+        return AdmissionSnapshot(
+            leases=tuple(self._leases.values()),
+            waiting=tuple(self._waiting.values()),
+            lease_counter=self._counter,
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _track(self, message: Message, events: Sequence[Message], now: float) -> None:
+        """Mirror a message handled in full: its input, then the events it caused, in order."""
+        self._now = now
+        if isinstance(message, ResourceSample):
+            self._sample = message
+        elif isinstance(message, SubmitRequest):
+            arrival = message.arrival if message.arrival is not None else now
+            self._waiting[message.request_id] = (
+                message if message.arrival == arrival else msgspec.structs.replace(message, arrival=arrival)
+            )
+        elif isinstance(message, CancelRequest):
+            lease_id = self._lease_of.get(message.request_id)
+            if lease_id is not None:
+                self._leases[lease_id] = msgspec.structs.replace(self._leases[lease_id], cancel_requested=True)
+        elif isinstance(message, DeviceLost):
+            self._lost.append(message)
+        for event in events:
+            if isinstance(event, RequestAdmitted):
+                self._waiting.pop(event.request_id, None)
+                self._leases[event.lease_id] = LeaseSnapshot(
+                    lease_id=event.lease_id,
+                    request_id=event.request_id,
+                    devices=event.devices,
+                    reservation_mb=event.reservation_mb,
+                    plan=event.plan,
+                    admitted_at=max(0.0, now),
+                )
+                self._lease_of[event.request_id] = event.lease_id
+                number = event.lease_id.rpartition("-")[2]
+                if number.isdigit():
+                    self._counter = max(self._counter, int(number))
+            elif isinstance(event, LeaseReleased):
+                self._leases.pop(event.lease_id, None)
+                self._lease_of.pop(event.request_id, None)
+            elif isinstance(event, (RequestEnded, RequestRejected)):
+                self._waiting.pop(event.request_id, None)
+                lease_id = self._lease_of.pop(event.request_id, None)
+                if lease_id is not None:
+                    self._leases.pop(lease_id, None)
+
+    def _rebuild(self, now: float) -> None:
+        """Replace the core that raised with one restored from the last consistent state."""
+        assert self.rebuild is not None
+        now = max(now, self._now)
+        core = self.rebuild()
+        owed: list[Message] = []
+        for lost in self._lost:
+            owed.extend(core.handle(lost, now))
+        owed.extend(core.restore(self.snapshot(), now))
+        if self._sample is not None:
+            owed.extend(core.handle(self._sample, now))
+        self.core = core
+        self.rebuilds += 1
+        self._owed.extend(owed)
+        self._track(AdmissionTick(), owed, now)
 
 
 class AdmissionActor(CoreActor):
@@ -51,10 +162,26 @@ class AdmissionActor(CoreActor):
 
     @property
     def admission(self) -> AdmissionCore:
+        """The admission core now running (a new one after a crash)."""
         return self.shell.core
 
     async def on_start(self) -> None:
         self.context.send_every(self.tick_s, AdmissionTick())
+
+
+def _shell(
+    devices: Sequence[DeviceConfig],
+    config: AdmissionConfig,
+    events_to: str,
+    *,
+    time_scale: float,
+    min_run_s: float,
+    catalog: GpuCatalog,
+) -> AdmissionShell:
+    def make() -> AdmissionCore:
+        return AdmissionCore(devices, config, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog)
+
+    return AdmissionShell(make(), events_to=events_to, rebuild=make)
 
 
 def admission_actor(
@@ -69,8 +196,7 @@ def admission_actor(
 ) -> AdmissionActor:
     """An admission actor for ``devices``; its recorded config (with the catalog entries the log header records,
     :mod:`vramgate.policy.registered`) rebuilds the same core for replay."""
-    core = AdmissionCore(devices, config, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog)
-    shell = AdmissionShell(core, events_to=events_to)
+    shell = _shell(devices, config, events_to, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog)
     recorded = {
         "devices": [msgspec.to_builtins(d) for d in devices],
         "admission": msgspec.to_builtins(config),
@@ -91,8 +217,9 @@ def build_core(header: LogHeader, spec: CoreSpec) -> AdmissionShell:
     time_scale = float(config.get("time_scale", timing.get("time_scale", 1.0)))
     min_run_s = float(config.get("min_run_s", timing.get("min_run_s", 0.0)))
     _, gpus = from_header(header.config).catalogs()
-    core = AdmissionCore(devices, admission, time_scale=time_scale, min_run_s=min_run_s, catalog=gpus)
-    return AdmissionShell(core, events_to=str(config["events_to"]))
+    return _shell(
+        devices, admission, str(config["events_to"]), time_scale=time_scale, min_run_s=min_run_s, catalog=gpus
+    )
 
 
 register_core_kind(KIND, build_core)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from types import TracebackType
 from typing import IO
 
@@ -136,8 +137,12 @@ class Recorder:
     def flush(self) -> None:
         """Nothing to do: every record is written when it is recorded (kept for callers that flush)."""
 
-    def close(self) -> None:
-        """Write the record that closes the run, and close the file if this recorder opened it."""
+    def close(self, unfinished: Sequence[int] = ()) -> None:
+        """Write the record that closes the run, and close the file if this recorder opened it.
+
+        ``unfinished``: the seqs of delivered messages their actors did not finish handling (the system stopped at
+        once), written into the closing record so that a replay does not expect their outputs.
+        """
         if self.closed:
             return
         self.closed = True
@@ -147,7 +152,11 @@ class Recorder:
                 seq = (last.seq if last is not None else self._header.first_seq - 1) + 1
                 at = last.at if last is not None else 0.0
                 closing: LogRecord[Message] = LogRecord(
-                    seq=seq, at=at, sender=LOG, recipient=LOG, message=LogClosed(records=self.records)
+                    seq=seq,
+                    at=at,
+                    sender=LOG,
+                    recipient=LOG,
+                    message=LogClosed(records=self.records, unfinished=tuple(unfinished)),
                 )
                 self._write(self._encode(closing) + b"\n")
         except OSError as exc:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
+from vramgate.actors._post import Mailbox, Post
 from vramgate.actors.envelope import EXTERNAL, ActorStatistics
 from vramgate.messages import Message
-
-if TYPE_CHECKING:
-    from vramgate.actors._cell import Cell
 
 M = TypeVar("M", bound=Message)
 
@@ -23,23 +22,25 @@ class ActorRef(Generic[M]):
     All of them raise :class:`~vramgate.errors.ActorStopped` when the actor is not running.
     """
 
-    __slots__ = ("_cell", "name")
+    __slots__ = ("_mailbox", "_post", "_statistics", "name")
 
-    def __init__(self, cell: Cell) -> None:
-        self._cell = cell
+    def __init__(self, mailbox: Mailbox, post: Post, statistics: Callable[[], ActorStatistics]) -> None:
+        self._mailbox = mailbox
+        self._post = post
+        self._statistics = statistics
         #: The actor's name: unique within its system, and its ``recipient`` in the message log.
-        self.name: str = cell.name
+        self.name: str = mailbox.name
 
     def __repr__(self) -> str:
         return f"<ActorRef {self.name!r}>"
 
     async def tell(self, message: M, *, sender: str = EXTERNAL) -> None:
         """Put ``message`` in the actor's mailbox, waiting while it is full."""
-        await self._send(message, sender, None)
+        await self._post.send(self._mailbox, message, sender, None)
 
     def tell_nowait(self, message: M, *, sender: str = EXTERNAL) -> None:
         """Put ``message`` in the mailbox now, or raise :class:`~vramgate.errors.MailboxFull`."""
-        self._cell.offer_nowait(message, sender)
+        self._post.send_nowait(self._mailbox, message, sender)
 
     async def ask(self, message: M, *, timeout: float, sender: str = EXTERNAL) -> Message:
         """Send ``message`` and wait for the actor's reply.
@@ -49,11 +50,13 @@ class ActorRef(Generic[M]):
         :class:`~vramgate.errors.ActorStopped` when the actor stops before answering, and
         :class:`~vramgate.errors.ActorCrashed` when the message was quarantined as a dead letter.
         """
-        return await self._cell.system._ask(self, message, timeout, sender)
+        return await self._post.ask(self._mailbox, message, timeout, sender)
 
     def statistics(self) -> ActorStatistics:
         """A snapshot of this actor: mailbox use, waiting senders, restarts, messages handled."""
-        return self._cell.statistics()
+        return self._statistics()
 
-    async def _send(self, message: Any, sender: str, correlation_id: int | None) -> None:
-        await self._cell.deliver(message, sender, correlation_id)
+    @property
+    def mailbox(self) -> Mailbox:
+        """The actor's mailbox (for the runtime)."""
+        return self._mailbox

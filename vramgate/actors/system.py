@@ -2,51 +2,33 @@
 
 from __future__ import annotations
 
-import collections
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.lowlevel import checkpoint
 
 from vramgate._version import __version__
+from vramgate.actors._backend import current
 from vramgate.actors._cell import ActorFactory, Cell
+from vramgate.actors._post import Mailbox, Post
 from vramgate.actors.actor import Actor
-from vramgate.actors.envelope import (
-    ActorStatistics,
-    DeadLetter,
-    Envelope,
-    RestartPolicy,
-    SystemStatistics,
-)
+from vramgate.actors.envelope import ActorStatistics, DeadLetter, RestartPolicy, SystemStatistics
+from vramgate.actors.recorder import Recorder
 from vramgate.actors.ref import ActorRef
 from vramgate.clock import Clock, MonotonicClock
-from vramgate.errors import ActorStopped, AskTimeout
-from vramgate.messages import LogHeader, Message
+from vramgate.errors import ActorStopped
+from vramgate.messages import LogHeader
 from vramgate.messages.log import CoreSpec
-
-if TYPE_CHECKING:
-    from vramgate.actors.recorder import Recorder
 
 log = logging.getLogger("vramgate.actors")
 
 
 class UnknownActor(ActorStopped, LookupError):
     """No actor of that name was spawned in this system."""
-
-
-class _AskSlot:
-    __slots__ = ("correlation_id", "error", "event", "reply", "target")
-
-    def __init__(self, correlation_id: int, target: Cell) -> None:
-        self.correlation_id = correlation_id
-        self.target = target
-        self.event = anyio.Event()
-        self.reply: Message | None = None
-        self.error: BaseException | None = None
 
 
 class ActorSystem:
@@ -73,21 +55,16 @@ class ActorSystem:
         config: dict[str, Any] | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else MonotonicClock()
-        self._now: Callable[[], float] = self.clock.now
         self._recorder = recorder
         self._note = note
         self._config = dict(config or {})
-        self._seq = 0
-        self._corr = 0
-        self._in_flight = 0
-        self._idle_event: anyio.Event | None = None
         self._cells: dict[str, Cell] = {}
         self._order: list[Cell] = []
-        self._pending: dict[int, _AskSlot] = {}
-        self._dead: collections.deque[DeadLetter] = collections.deque(maxlen=dead_letter_capacity)
-        self._dead_total = 0
-        self._late_replies = 0
+        self._post = Post(
+            self.clock.now, recorder, mailbox_of=self._mailbox_of, dead_letter_capacity=dead_letter_capacity
+        )
         self._tg: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
         self._state = "new"
 
     # ------------------------------------------------------------------ public API
@@ -109,12 +86,21 @@ class ActorSystem:
             raise ActorStopped(f"cannot spawn {name!r}: the actor system is {self._state}")
         if not name or name in self._cells:
             raise ValueError(f"actor name {name!r} is empty or already used")
-        cell = Cell(self, name, actor, mailbox_size, supervision if supervision is not None else RestartPolicy())
+        cell = Cell(
+            name,
+            actor,
+            mailbox_size,
+            supervision if supervision is not None else RestartPolicy(),
+            post=self._post,
+            clock=self.clock,
+            lookup=self.ref,
+            start_soon=self.start_soon,
+        )
         self._cells[name] = cell
         self._order.append(cell)
         if self._state == "running":
             cell.open()
-            self._start_task(cell.run)
+            self.start_soon(cell.run)
         return cell.ref
 
     def ref(self, name: str | ActorRef[Any]) -> ActorRef[Any]:
@@ -134,18 +120,19 @@ class ActorSystem:
     @property
     def dead_letters(self) -> tuple[DeadLetter, ...]:
         """The most recent dead letters (bounded; :meth:`statistics` has the total)."""
-        return tuple(self._dead)
+        return tuple(self._post.dead)
 
     def statistics(self) -> SystemStatistics:
         """A snapshot of the system and each actor."""
+        post = self._post
         return SystemStatistics(
             state=self._state,
             actors=tuple(cell.statistics() for cell in self._order),
-            last_seq=self._seq,
-            in_flight=self._in_flight,
-            pending_asks=len(self._pending),
-            late_replies=self._late_replies,
-            dead_letters=self._dead_total,
+            last_seq=post.seq,
+            in_flight=post.in_flight,
+            pending_asks=len(post.pending),
+            late_replies=post.late_replies,
+            dead_letters=post.dead_total,
         )
 
     def actor_statistics(self, name: str) -> ActorStatistics:
@@ -166,30 +153,23 @@ class ActorSystem:
 
         Call it from outside the actors.
         """
-        await checkpoint()
-        while self._in_flight > 0:
-            if self._idle_event is None:
-                self._idle_event = anyio.Event()
-            await self._idle_event.wait()
+        await self._post.wait_idle()
+
+    def start_soon(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``func`` as a task of the system's task group (it is cancelled when the system stops at once)."""
+        if self._tg is None:
+            raise ActorStopped("the actor system is not running")
+        self._tg.start_soon(func)
+
+    #: The former name of :meth:`start_soon`, still called by the gate.
+    _start_task = start_soon
 
     async def __aenter__(self) -> ActorSystem:
         if self._state != "new":
             raise RuntimeError(f"an actor system runs once; this one is {self._state}")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        self._state = "running"
-        try:
-            if self._recorder is not None:
-                self._recorder.start(self.header())
-            for cell in self._order:
-                cell.open()
-            for cell in list(self._order):
-                await tg.start(cell.run)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            await self._exit_task_group(type(exc), exc, exc.__traceback__)
-            raise
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self._running())
+        self._stack = stack
         return self
 
     async def __aexit__(
@@ -198,32 +178,31 @@ class ActorSystem:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        tg = self._tg
-        assert tg is not None
-        if exc is None:
-            try:
-                await self.stop()
-            except BaseException as stop_exc:
-                exc_type, exc, tb = type(stop_exc), stop_exc, stop_exc.__traceback__
-                tg.cancel_scope.cancel()
-        else:
-            tg.cancel_scope.cancel()
-        suppressed = await self._exit_task_group(exc_type, exc, tb)
-        if exc is not None and not suppressed:
-            raise exc
-        return suppressed
+        stack = self._stack
+        assert stack is not None
+        self._stack = None
+        return bool(await stack.__aexit__(exc_type, exc, tb))
 
-    async def _exit_task_group(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        """Leave the task group; an exception group holding one real error is raised as that error."""
-        tg = self._tg
-        assert tg is not None
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        """The system's lifetime: its task group, the actors started in order, a graceful stop at the end."""
         try:
-            return await tg.__aexit__(exc_type, exc, tb)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._state = "running"
+                self._post.primitives = current()
+                try:
+                    if self._recorder is not None:
+                        self._recorder.start(self.header())
+                    for cell in self._order:
+                        cell.open()
+                    for cell in list(self._order):
+                        await tg.start(cell.run)
+                    yield
+                except BaseException:
+                    tg.cancel_scope.cancel()
+                    raise
+                await self.stop()
         except BaseException as group:
             single = _single_error(group)
             if single is not None and single is not group:
@@ -250,100 +229,23 @@ class ActorSystem:
                 await cell.finished.wait()
         if scope.cancelled_caught and self._tg is not None:
             self._tg.cancel_scope.cancel()
-        self._fail_asks(lambda slot: True, ActorStopped("the actor system stopped"))
+        self._post.fail_asks(lambda slot: True, ActorStopped("the actor system stopped"))
 
     # ------------------------------------------------------------------ runtime internals
 
-    def _start_task(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        if self._tg is None:
-            raise ActorStopped("the actor system is not running")
-        self._tg.start_soon(func)
-
-    def _message_done(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight <= 0 and self._idle_event is not None:
-            self._idle_event.set()
-            self._idle_event = None
-
-    def _dead_letter(self, letter: DeadLetter) -> None:
-        self._dead_total += 1
-        self._dead.append(letter)
-        log.warning(
-            "dead letter #%d %s -> %s (%s): %s %s",
-            letter.envelope.seq,
-            letter.envelope.sender,
-            letter.envelope.recipient,
-            type(letter.envelope.message).__name__,
-            letter.reason,
-            letter.error,
-        )
-
-    def _fail_asks(self, which: Callable[[_AskSlot], bool], error: BaseException) -> None:
-        for corr, slot in list(self._pending.items()):
-            if which(slot):
-                del self._pending[corr]
-                slot.error = error
-                slot.event.set()
-
-    def _actor_stopped(self, cell: Cell, *, graceful: bool) -> None:
-        self._fail_asks(
-            lambda slot: slot.target is cell,
-            ActorStopped(f"actor {cell.name!r} stopped before it answered"),
-        )
+    def _mailbox_of(self, name: str) -> Mailbox | None:
+        cell = self._cells.get(name)
+        return cell.mailbox if cell is not None else None
 
     def _closed(self) -> None:
         self._state = "stopped"
-        self._fail_asks(lambda slot: True, ActorStopped("the actor system stopped"))
+        self._post.fail_asks(lambda slot: True, ActorStopped("the actor system stopped"))
+        unfinished: list[int] = []
         for cell in self._order:
-            if cell.send_stream is not None:
-                cell.send_stream.close()
-            if cell.receive_stream is not None:
-                cell.receive_stream.close()
-            cell.state = "stopped"
+            unfinished.extend(cell.unfinished())
+            cell.mailbox.stop()
         if self._recorder is not None:
-            self._recorder.close()
-
-    async def _ask(self, ref: ActorRef[Any], message: Message, timeout: float, sender: str) -> Message:  # noqa: ASYNC109
-        self._corr += 1
-        corr = self._corr
-        slot = _AskSlot(corr, ref._cell)
-        self._pending[corr] = slot
-        try:
-            with anyio.fail_after(timeout):
-                await ref._send(message, sender, corr)
-                await slot.event.wait()
-        except TimeoutError:
-            raise AskTimeout(
-                f"actor {ref.name!r} did not answer {type(message).__name__} within {timeout:g} s"
-            ) from None
-        finally:
-            self._pending.pop(corr, None)
-        if slot.error is not None:
-            raise slot.error
-        assert slot.reply is not None
-        return slot.reply
-
-    async def _reply(self, replier: str, env: Envelope, message: Message) -> None:
-        corr = env.correlation_id
-        if corr is None:
-            target = self._cells.get(env.sender)
-            if target is not None and target.state in ("running", "stopping"):
-                await target.ref._send(message, replier, None)
-                return
-        self._seq += 1
-        reply = Envelope(self._seq, self._now(), replier, env.sender, message, corr)
-        if self._recorder is not None:
-            self._recorder.record(reply)
-        if corr is None:
-            self._dead_letter(DeadLetter(reply, f"no actor {env.sender!r} to reply to"))
-        else:
-            slot = self._pending.pop(corr, None)
-            if slot is None:
-                self._late_replies += 1
-            else:
-                slot.reply = message
-                slot.event.set()
-        await checkpoint()
+            self._recorder.close(sorted(unfinished))
 
 
 def _single_error(exc: BaseException) -> BaseException | None:

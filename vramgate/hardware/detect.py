@@ -19,7 +19,7 @@ from vramgate.hardware.cuda import TorchProbe, TorchUnavailable
 from vramgate.hardware.host import HostProbe
 from vramgate.hardware.nvml import NvmlProbe, NvmlUnavailable
 from vramgate.hardware.probe import Probe, ProbeReading, combine
-from vramgate.hardware.simulated import SimulatedGpu, SimulatedProbe, _Now
+from vramgate.hardware.simulated import Now, SimulatedGpu, SimulatedProbe
 from vramgate.messages.resources import ResourceSample
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog, GpuSpec
 
@@ -83,7 +83,7 @@ def detect(
     nvml: bool | Any = True,
     torch: bool | Literal["auto"] | Any = "auto",
     host: bool = True,
-    clock: _Now | None = None,
+    clock: Now | None = None,
     catalog: GpuCatalog = DEFAULT_GPU_CATALOG,
     context_overhead_mb: int | None = None,
 ) -> DeviceSet:

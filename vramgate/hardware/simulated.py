@@ -28,7 +28,9 @@ from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog, GpuSpec
 DEFAULT_CONTEXT_OVERHEAD_MB = 512
 
 
-class _Now(Protocol):
+class Now(Protocol):
+    """Anything that tells the time (a :class:`~vramgate.clock.Clock` will do)."""
+
     def now(self) -> float: ...
 
 
@@ -89,7 +91,7 @@ class SimulatedGpu:
         spec_or_name: GpuSpec | str,
         *,
         index: int = 0,
-        clock: _Now | None = None,
+        clock: Now | None = None,
         context_overhead_mb: int = DEFAULT_CONTEXT_OVERHEAD_MB,
         catalog: GpuCatalog = DEFAULT_GPU_CATALOG,
         uuid: str | None = None,

@@ -88,10 +88,13 @@ class LogClosed(Message, frozen=True):
     """The last record of a run whose log was closed cleanly (sender and recipient ``"log"``).
 
     A run that ends without it was cut short (a crash, a kill): outputs its cores would still have sent are
-    not a divergence then.
+    not a divergence then. ``unfinished`` lists the records delivered to a mailbox that their actor had not
+    finished handling when the system stopped at once (a cancellation, a stop past its timeout, a crash that
+    stopped it): what a replay's cores produce for them was never sent, so it is not expected in the log.
     """
 
     records: int
+    unfinished: tuple[int, ...] = ()
 
 
 class ActorFailed(Message, frozen=True):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from vramgate.messages.plans import OptimizationSuggestion, QualityImpact, ResourceRequirement, Value
 from vramgate.messages.requests import OptimizationLevel
-from vramgate.policy._search import Candidate, Quality, _Search
+from vramgate.policy._search import Candidate, Quality, Search
 
 
 def fmt_mb(mb: float) -> str:
@@ -64,7 +64,7 @@ def _impact(fraction_lost: float, low: float, medium: float) -> QualityImpact:
     return "high"
 
 
-def _steps(search: _Search, cand: Candidate, layers: int, experts: int = 1) -> list[_Step]:
+def _steps(search: Search, cand: Candidate, layers: int, experts: int = 1) -> list[_Step]:
     space = search.space
     base = space.base
     opts = base.options
@@ -149,7 +149,7 @@ def _steps(search: _Search, cand: Candidate, layers: int, experts: int = 1) -> l
 
 
 def suggestions(
-    search: _Search, cand: Candidate, layers: int, *, experts: int = 1
+    search: Search, cand: Candidate, layers: int, *, experts: int = 1
 ) -> tuple[OptimizationSuggestion, ...]:
     """The changes from the search's base to ``cand``, each with its marginal saving and cost.
 

@@ -168,7 +168,7 @@ class Budget:
 class Result:
     best: Candidate | None
     closest: Candidate | None
-    evaluator: _Search
+    evaluator: Search
 
     @property
     def evaluations(self) -> int:
@@ -179,7 +179,7 @@ Key = tuple[Quality, int, int]
 
 
 @dataclass(slots=True)
-class _Search:
+class Search:
     space: Space
     estimate: EstimateFn
     budget: Budget
@@ -427,7 +427,7 @@ def _closeness(c: Candidate, budget: Budget) -> tuple[int, int, int, float, floa
 
 def search(space: Space, estimate: EstimateFn, budget: Budget) -> Result:
     """Run the search; ``best`` is the plan to use (``None``: nothing fits), ``closest`` the nearest miss."""
-    s = _Search(space, estimate, budget)
+    s = Search(space, estimate, budget)
     base_q = space.base_quality
     r = s.requirement(base_q, 0, 0)
     fits_as_asked = r is not None and budget.fits(r)

@@ -284,3 +284,9 @@ def validate_params(params: RunParams, profile: ModelProfile) -> None:
 
 
 __all__ = ["Estimator", "nearest_frames", "resolve_options", "validate_params"]
+
+
+def copy_estimator(estimator: Estimator) -> Estimator:
+    """An estimator with the same catalogs, constants and learned state (VRAM and times), learning on its own."""
+    learned = LearnedCorrections(state=estimator.learned.state())
+    return Estimator(estimator.models, estimator.gpus, estimator.constants, learned)

@@ -15,7 +15,6 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -24,9 +23,6 @@ from vramgate.messages.codec import Codec
 from vramgate.messages.estimation import CorrectionLearned, ProfileGpuHistory, TimeFactor
 from vramgate.messages.lifecycle import Outcome
 from vramgate.policy.timing import TimeCorrections
-
-if TYPE_CHECKING:
-    from vramgate.policy.estimate import Estimator
 
 #: Version of the persisted state; bump it when an old file could no longer be read as before.
 LEARNED_SCHEMA_VERSION = 1
@@ -254,11 +250,3 @@ def open_corrections(path: str | Path) -> LearnedCorrections | None:
     if not target.exists():
         return None
     return load_corrections(target)
-
-
-def copy_estimator(estimator: Estimator) -> Estimator:
-    """An estimator with the same catalogs, constants and learned state (VRAM and times), learning on its own."""
-    from vramgate.policy.estimate import Estimator
-
-    learned = LearnedCorrections(state=estimator.learned.state())
-    return Estimator(estimator.models, estimator.gpus, estimator.constants, learned)

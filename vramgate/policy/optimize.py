@@ -34,8 +34,8 @@ from vramgate.policy import _explain
 from vramgate.policy._search import (
     Budget,
     Candidate,
+    Search,
     Space,
-    _Search,
     frame_ladder,
     placement_ladder,
     search,
@@ -312,9 +312,7 @@ class Optimizer:
             sizes=sizes,
         )
 
-    def _plan(
-        self, evaluator: _Search, cand: Candidate, *, fits: bool, spec: GpuSpec, budget: Budget, rid: str
-    ) -> Plan:
+    def _plan(self, evaluator: Search, cand: Candidate, *, fits: bool, spec: GpuSpec, budget: Budget, rid: str) -> Plan:
         space = evaluator.space
         params = evaluator.params(cand.quality, cand.mask, cand.placement)
         lim = self.limits(params.model)

@@ -9,9 +9,8 @@ import msgspec
 
 from vramgate.errors import InvalidParameter
 from vramgate.policy.admission_config import Placement
-from vramgate.policy.estimate import Estimator
+from vramgate.policy.estimate import Estimator, copy_estimator
 from vramgate.policy.gpus import GpuSpec
-from vramgate.policy.learning import copy_estimator
 from vramgate.policy.optimize import Optimizer
 from vramgate.simulate._truth import Truth
 from vramgate.simulate.engine import Policy, Simulation
