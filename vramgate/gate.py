@@ -219,7 +219,14 @@ class Gate:
         ticket.holds_slot = True
         system = self._system
         assert system is not None
-        system._start_task(lambda: self._pipeline(ticket))
+
+        async def pipeline() -> None:
+            # Nobody awaits this task: when the gate closes under it, the ticket has ended (rejected, the gate is
+            # shutting down) and the task ends with it instead of failing the gate's task group.
+            with suppress(ActorStopped):
+                await self._pipeline(ticket)
+
+        system._start_task(pipeline)
         return ticket
 
     @asynccontextmanager

@@ -257,6 +257,10 @@ async def test_every_answer_the_server_gives_is_documented() -> None:
     async with serving(app_for(sim_config(queue_limit=1), runner=runner)) as client:
         document = (await client.get("/openapi.json")).json()
         post, one = "/v1/generations", "/v1/generations/{request_id}"
+        huge = {"model": "t2v-A14B", "width": 1280, "height": 720, "frames": 81, "max_level": "none"}
+        rejected = await client.post(post, json=huge)
+        assert rejected.status_code == 422
+        conforms(document, post, "post", rejected)
         running = await client.post(post, json=SMALL)
         conforms(document, post, "post", running)
         await wait_state(client, running.json()["request_id"], {"running"})

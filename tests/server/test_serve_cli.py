@@ -75,3 +75,11 @@ def test_the_warning_is_given_only_when_other_names_would_be_refused(
     assert (warning is not None) == warns
     if warning is not None:
         assert host in warning
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "61", "soon"])
+def test_a_bad_position_timeout_is_exit_2_naming_the_option(value: str) -> None:
+    code, output = serve("--position-timeout", value)
+    assert code == 2
+    assert "--position-timeout" in output
+    assert "Traceback" not in output

@@ -38,6 +38,15 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
 @click.option("--log", "log_path", default=None, type=OutputFile(), help="Record every message to this JSON Lines log.")
 @click.option("--max-body-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1))
 @click.option(
+    "--position-timeout",
+    "position_timeout_s",
+    default=1.0,
+    show_default=True,
+    type=FiniteFloat(0.0, 60.0),
+    help="How long a POST waits for the gate to queue, admit or reject the request before it answers (seconds); "
+    "0 answers once the request is kept, before the gate decides.",
+)
+@click.option(
     "--store",
     "store_path",
     default="vramgate.sqlite",
@@ -63,6 +72,7 @@ def command(
     min_run_s: float,
     log_path: str | None,
     max_body_bytes: int,
+    position_timeout_s: float,
     store_path: str,
     allow_hosts: tuple[str, ...],
 ) -> None:
@@ -101,6 +111,7 @@ def command(
             time_scale=time_scale,
             min_run_s=min_run_s,
             max_body_bytes=max_body_bytes,
+            position_timeout_s=position_timeout_s,
             store_path=store_path,
         )
         app = create_app(config, settings=settings)

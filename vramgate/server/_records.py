@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 from vramgate.messages import Message, RequestEnded, RunProgress
 from vramgate.server._public import client_reason, error_reason
@@ -44,7 +45,8 @@ class Record:
         #: the server is shutting down and keeps it queued in the store for its next start
         self.kept = False
         self._seq = 0
-        self._changed = anyio.Event()
+        # Created only when someone waits: most records are never waited on, and each event moves them.
+        self._changed: anyio.Event | None = None
 
     def push(self, event: Message) -> None:
         self._seq += 1
@@ -54,33 +56,44 @@ class Record:
             self.events.append((self._seq, event))
         if isinstance(event, RequestEnded):
             self.finish(event)
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._notify()
 
     def finish(self, ended: RequestEnded) -> None:
         """Freeze the status at the terminal event and let go of the ticket."""
         if self.final is None:
             self.final = status(self, ended=ended)
             self.ticket = None
-            self._changed.set()
+            self._notify()
 
     def keep(self) -> None:
         """Shutting down: the request stays queued in the store; followers stop here (:meth:`follow` returns)."""
         self.kept = True
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._notify()
 
     @property
     def done(self) -> bool:
         return self.final is not None
 
+    def _notify(self) -> None:
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
+
     async def wait_changed(self) -> None:
-        await self._changed.wait()
+        """Wait for the next event (at once, once the request ended)."""
+        if self.final is not None:
+            await anyio.lowlevel.checkpoint()
+            return
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = anyio.Event()
+        await changed.wait()
 
     async def wait_ended(self) -> GenerationStatus:
         """Wait for the request's final status."""
         while self.final is None:
-            await self._changed.wait()
+            await self.wait_changed()
         return self.final
 
     @property
@@ -101,7 +114,7 @@ class Record:
                         return
             if self.final is not None or self.kept:
                 return
-            await self._changed.wait()
+            await self.wait_changed()
 
 
 def status(record: Record, *, ended: RequestEnded | None = None) -> GenerationStatus:

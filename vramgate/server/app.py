@@ -38,7 +38,7 @@ from vramgate.clock import Clock
 from vramgate.config import LOOPBACK_HOSTS, GateConfig, ServerConfig
 from vramgate.errors import ActorStopped, BadRequest, DecodeError, InvalidParameter, QueueFull
 from vramgate.hardware import DeviceSet
-from vramgate.messages import RequestEnded, RunFinished
+from vramgate.messages import RequestEnded, RequestRejected, RunFinished
 from vramgate.policy.learning import open_corrections
 from vramgate.server._public import client_event
 from vramgate.server._records import Record
@@ -75,6 +75,38 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def _error(status: int, error: str, detail: str, **extra: Any) -> Response:
     headers = extra.pop("headers", None)
     return _json(ErrorBody(error=error, detail=detail, **extra), status, headers)
+
+
+#: The status of a POST that the gate rejected before it answered, by the rejection's code: the request itself
+#: cannot run here (422, like bad input), the queue had no room (429), or the server cannot take work now (503).
+REJECTED_STATUS: dict[str, int] = {
+    "does_not_fit": 422,
+    "bad_request": 422,
+    "queue_full": 429,
+    "shutting_down": 503,
+    "device_lost": 503,
+}
+
+
+def rejection(rejected: RequestRejected) -> Response:
+    """The answer to a POST whose request the gate rejected: the rejection's code as ``error``, its reason, and
+    what the request would need (VRAM per GPU, host RAM, the smallest GPU it fits). The request is kept: its
+    ``request_id`` answers at ``/v1/generations/{id}`` with the same reason."""
+    requirement = rejected.best_plan.requirement if rejected.best_plan is not None else None
+    headers = None
+    if rejected.code == "queue_full" and rejected.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(rejected.retry_after_s)))}
+    return _error(
+        REJECTED_STATUS.get(rejected.code, 422),
+        rejected.code,
+        rejected.reason,
+        request_id=rejected.request_id,
+        needed_mb=rejected.needed_mb,
+        needed_ram_mb=requirement.ram_mb if requirement is not None else None,
+        smallest_gpu=rejected.smallest_gpu,
+        retry_after_s=rejected.retry_after_s,
+        headers=headers,
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -190,14 +222,19 @@ def create_app(
         except (ActorStopped, StoreError) as error:
             return _error(503, "unavailable", str(error))
         rid = submitted.request_id
-        entry = await service.find(rid)
-        assert entry is not None  # kept in the store before this answer
-        current = service.status(entry)
+        if submitted.rejected is not None:
+            return rejection(submitted.rejected)
+        state, position = submitted.state, submitted.position
+        if submitted.replayed:
+            entry = await service.find(rid)
+            assert entry is not None  # kept in the store before its first answer
+            current = service.status(entry)
+            state, position = current.state, current.position
         return _json(
             Accepted(
                 request_id=rid,
-                state=current.state,
-                position=current.position,
+                state=state,
+                position=position,
                 status_url=f"/v1/generations/{rid}",
                 events_url=f"/v1/generations/{rid}/events",
             ),

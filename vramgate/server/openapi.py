@@ -86,10 +86,20 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
         },
         "responses": {
             "200": _body(Accepted, "a retry with the same `Idempotency-Key` and body: the request it made before"),
-            "202": _body(Accepted, "accepted: the server's id for the request, its state and queue position"),
+            "202": _body(
+                Accepted,
+                "accepted and kept: the server's id for the request and its state (`queued` with the position it "
+                "was queued at, or `running`). The server waits up to `position_timeout_s` (1 s) for the gate to "
+                "queue, admit or reject it; a server that answers at once (`position_timeout_s = 0`) answers when "
+                "the request is kept, usually in state `preflight`: a rejection the gate decides after that shows "
+                "at `status_url` (`state: rejected`, its reason) and as `RequestRejected` on `events_url`",
+            ),
             "413": _error("the body is larger than the server accepts", {"error": "too_large", "detail": "..."}),
             "422": _error(
-                "not a valid request: `path` names the field",
+                "not a valid request (`path` names the field); or the gate rejected it before the answer, "
+                "`error` its code (`does_not_fit`: it fits no GPU or host here, `needed_mb` VRAM per GPU, "
+                "`needed_ram_mb` host RAM, `smallest_gpu`); a rejected request keeps its `request_id`, which "
+                "answers at `/v1/generations/{request_id}` with the same reason",
                 {"error": "invalid_request", "detail": "Expected `int`, got `str`", "path": "$.width"},
             ),
             "429": _error(
@@ -97,7 +107,11 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
                 {"error": "queue_full", "detail": "...", "retry_after_s": 12.5},
                 headers=_RETRY_AFTER,
             ),
-            "503": _error("the gate is closing", {"error": "unavailable", "detail": "..."}),
+            "503": _error(
+                "the gate is closing (`unavailable`), or rejected the request for that reason (`shutting_down`, "
+                "`device_lost`, with its `request_id`)",
+                {"error": "unavailable", "detail": "..."},
+            ),
         },
     },
     ("/v1/generations", "get"): {

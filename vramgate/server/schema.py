@@ -96,12 +96,18 @@ class ServerShutdown(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Every error answer: a code, a sentence, and for bad input the field path (``$.width``)."""
+    """Every error answer: a code, a sentence, and for bad input the field path (``$.width``). A request the gate
+    rejected has its ``request_id`` (it answers at ``/v1/generations/{id}``) and what it would need: VRAM per GPU
+    (``needed_mb``), host RAM (``needed_ram_mb``) and the smallest GPU it fits."""
 
     error: str
     detail: str
     path: str | None = None
     retry_after_s: float | None = None
+    request_id: str | None = None
+    needed_mb: int | None = None
+    needed_ram_mb: int | None = None
+    smallest_gpu: str | None = None
 
 
 class DeviceView(msgspec.Struct, frozen=True, kw_only=True):

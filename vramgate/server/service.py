@@ -38,7 +38,7 @@ from vramgate.config import GateConfig
 from vramgate.errors import ActorStopped, BadRequest, QueueFull, VramgateError
 from vramgate.gate import CANCELLED_RUN, Gate, open_gate
 from vramgate.hardware import DeviceSet
-from vramgate.messages import GenerationRequest, Message, RequestEnded
+from vramgate.messages import GenerationRequest, Message, RequestEnded, RequestRejected
 from vramgate.server._records import Record, status
 from vramgate.server.runners import Runner, RunnerKind, make_runner, timed_config
 from vramgate.server.schema import DevicesBody, GenerationStatus, Health, SampleView, Status
@@ -96,11 +96,16 @@ class IdempotencyConflict(BadRequest):
         )
 
 
-class Submission(msgspec.Struct, frozen=True):
-    """What :meth:`GenerationService.submit` did: the request, and whether it was accepted before (a retry)."""
+class Submission(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`GenerationService.submit` did: the request, whether it was accepted before (a retry), and for
+    a new one where it stood when the answer was made: its state, the position it was queued at, and the gate's
+    rejection when the gate had already rejected it."""
 
     request_id: str
     replayed: bool
+    state: Status = "preflight"
+    position: int | None = None
+    rejected: RequestRejected | None = None
 
 
 class GenerationService:
@@ -139,7 +144,9 @@ class GenerationService:
 
     async def submit(self, body: bytes, *, client: str = "", key: str | None = None) -> Submission:
         """Decode ``body``, queue it without waiting and keep it in the store; then wait (at most
-        ``position_timeout_s``) until it left preflight. Raises the typed reason; nothing is kept then.
+        ``position_timeout_s``; not at all when it is 0) until the gate queued, admitted or rejected it. Raises
+        the typed reason; nothing is kept then. A request the gate rejected is kept too (its id answers, with the
+        reason); the submission carries the rejection.
 
         With an idempotency ``key`` (scoped by ``client``), a request already accepted with that key is returned
         instead (``replayed``) when the body asks for the same; another body is :class:`IdempotencyConflict`.
@@ -148,21 +155,22 @@ class GenerationService:
             raise ActorStopped("the server is shutting down")
         request = self.gate.decode_request(body)
         self.gate.estimator.resolve(request)  # unknown model, unsupported task: InvalidParameter naming the field
-        digest = fingerprint(request)
         if key is None:
-            record = await self._accept(request, client, None, digest)
+            record = await self._accept(request, client, None, "")
         else:
+            digest = fingerprint(request)
             async with self._keyed:
                 held = await self.store.find_key(client, key)
                 if held is not None:
                     if held.fingerprint != digest:
                         raise IdempotencyConflict(key, held.request_id)
-                    return Submission(held.request_id, True)
+                    return Submission(request_id=held.request_id, replayed=True)
                 record = await self._accept(request, client, key, digest)
-        with anyio.move_on_after(self.settings.position_timeout_s):
-            while record.ticket is not None and record.ticket.state == "preflight":
-                await record.wait_changed()
-        return Submission(record.request_id, False)
+        if self.settings.position_timeout_s > 0:
+            with anyio.move_on_after(self.settings.position_timeout_s):
+                while record.ticket is not None and record.ticket.state == "preflight":
+                    await record.wait_changed()
+        return standing_of(record)
 
     async def _accept(self, request: GenerationRequest, client: str, key: str | None, digest: str) -> Record:
         # Shielded: once the gate took the request, it is stored and driven even if the client went away.
@@ -416,6 +424,26 @@ async def open_service(
                 with anyio.CancelScope(shield=True):
                     await service.drain()
                 tg.cancel_scope.cancel()
+
+
+def standing_of(record: Record) -> Submission:
+    """A new request's :class:`Submission`: where it stands now, read from its ticket (no queue walk)."""
+    ticket = record.ticket
+    if ticket is None:  # it ended
+        final = record.final
+        assert final is not None
+        rejected = None
+        if final.state == "rejected":
+            rejected = next((e for _, e in reversed(record.events) if isinstance(e, RequestRejected)), None)
+        return Submission(request_id=record.request_id, replayed=False, state=final.state, rejected=rejected)
+    state: Status
+    if ticket.ended is not None:
+        state = ticket.ended.state
+    else:
+        state = "running" if ticket.state == "admitted" else "queued" if ticket.state == "queued" else "preflight"
+    return Submission(
+        request_id=record.request_id, replayed=False, state=state, position=ticket.position, rejected=ticket.rejected
+    )
 
 
 def ended_event(record: Record) -> RequestEnded | None:

@@ -2,8 +2,12 @@
 
 :class:`RequestStore` is the interface (a server can plug PostgreSQL behind it); :class:`SqliteStore` is the
 embedded default: one SQLite file in WAL mode (``synchronous=NORMAL``: a committed write survives the process
-being killed). Its calls run in a worker thread, in order; those made while a batch runs share the next batch (one
-transaction). ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file; it
+being killed). Its calls run in order, in batches: the calls made in one turn of the event loop (and those made
+while a batch runs) share one transaction, one commit, and each caller hears back once its batch committed. A
+batch runs on the event loop, since a commit in WAL mode appends to the log and syncs nothing (a thread hop per
+batch cost more than the batch, and under load the thread waited for a CPU); what syncs the file, copying the log
+into the database (a checkpoint, every :data:`CHECKPOINT_WRITES` writes), runs in a worker thread while the next
+calls wait. ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file; it
 keeps the latest :data:`MEMORY_KEEP_ENDED` requests to end (``keep_ended``), and every one that has not ended, so
 that it does not grow for the life of the process. A store file keeps everything.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar, cast
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from vramgate.errors import ConfigError, DecodeError, SystemFault
@@ -33,12 +39,16 @@ from vramgate.messages import GenerationRequest
 from vramgate.server.schema import TERMINAL, GenerationStatus, Status
 
 T = TypeVar("T")
+log = logging.getLogger("vramgate.server")
 
 #: Version of the tables; a store written by another version is refused rather than misread.
 STORE_SCHEMA_VERSION = 1
 MEMORY = ":memory:"
 #: How many ended requests an in-memory store keeps by default (those that ended last); unfinished ones are all kept.
 MEMORY_KEEP_ENDED = 10_000
+#: A store file's write-ahead log is checkpointed (in a worker thread) after this many calls; SQLite's own
+#: checkpoint, which would sync the file inside a commit on the event loop, is off.
+CHECKPOINT_WRITES = 2000
 
 
 class StoreError(SystemFault):
@@ -130,16 +140,17 @@ _STATES: frozenset[str] = frozenset({"preflight", "queued", "running"} | TERMINA
 
 
 class _Call:
-    """One call waiting for the worker thread, and what it returned or raised."""
+    """One call waiting for its batch, and what it returned or raised; ``event`` is its batch's (set once the
+    batch committed)."""
 
     __slots__ = ("args", "error", "event", "function", "result")
 
-    def __init__(self, function: Callable[..., object], args: tuple[object, ...]) -> None:
+    def __init__(self, function: Callable[..., object], args: tuple[object, ...], event: anyio.Event) -> None:
         self.function = function
         self.args = args
         self.result: object = None
         self.error: Exception | None = None
-        self.event = anyio.Event()
+        self.event = event
 
 
 class SqliteStore:
@@ -155,6 +166,8 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._pending: list[_Call] = []
         self._flushing = False
+        self._since_checkpoint = 0
+        self._batch_done: anyio.Event | None = None  # the pending calls' batch: set once it committed
         self._request_encoder = msgspec.json.Encoder()
 
     @classmethod
@@ -224,19 +237,25 @@ class SqliteStore:
     # ------------------------------------------------------------------ in the worker thread
 
     async def _call(self, function: Callable[..., T], *args: object) -> T:
-        """Run ``function(*args)`` in the worker thread, in call order. Calls made while a batch runs go in the
-        next batch: one thread hop and one transaction (one commit) for all of them."""
-        call = _Call(function, args)
+        """Run ``function(*args)`` in call order, in a batch with the calls made in the same turn of the event
+        loop (and those made while a batch runs): one transaction, one commit for all of them."""
+        if not self._pending or self._batch_done is None:
+            self._batch_done = anyio.Event()
+        call = _Call(function, args, self._batch_done)
         self._pending.append(call)
         if not self._flushing:
             self._flushing = True
             try:
                 with anyio.CancelScope(shield=True):  # the batch is everyone's: it runs to the end
+                    await anyio.lowlevel.checkpoint()  # the other calls of this turn of the event loop join it
                     while self._pending:
                         batch, self._pending = self._pending, []
-                        await anyio.to_thread.run_sync(self._run_batch, batch)
-                        for done in batch:
-                            done.event.set()
+                        self._run_batch(batch)
+                        batch[0].event.set()
+                        self._since_checkpoint += len(batch)
+                        if self._since_checkpoint >= CHECKPOINT_WRITES and self.path != MEMORY:
+                            self._since_checkpoint = 0
+                            await anyio.to_thread.run_sync(self._checkpoint)
             finally:
                 self._flushing = False
         await call.event.wait()
@@ -264,6 +283,14 @@ class SqliteStore:
                     call.error = StoreError(f"{self.path}: {error}")
                 if self._db.in_transaction:
                     self._db.rollback()
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file and sync it (in a worker thread)."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as error:  # the log keeps the writes; the next checkpoint tries again
+                log.warning("%s: checkpoint failed: %s", self.path, error)
 
     def _put(self, row: StoredRequest) -> StoredRequest:
         status = msgspec.json.encode(row.status) if row.status is not None else None
@@ -331,6 +358,7 @@ def _prepare(db: sqlite3.Connection, where: str) -> None:
     if where != MEMORY:
         db.execute("PRAGMA locking_mode=EXCLUSIVE")  # one server per store: a second one is refused, not mixed in
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in a worker thread (SqliteStore._call)
     db.execute("PRAGMA synchronous=NORMAL")
     version = db.execute("PRAGMA user_version").fetchone()[0]
     tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
