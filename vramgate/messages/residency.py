@@ -20,7 +20,10 @@ from vramgate.messages.requests import ParamDtype
 
 
 class ModelLoaded(Message, frozen=True):
-    """A process holds a model's weights loaded on a device (declared again, the entry's figures are updated)."""
+    """A process holds a model's weights loaded on a device (declared again, the entry's figures are updated).
+
+    ``evictable``: whether its holder carries out eviction orders (a model that is not is never ordered out).
+    """
 
     device: int
     model: str
@@ -29,6 +32,7 @@ class ModelLoaded(Message, frozen=True):
     owner: Ident = ""
     dtype: ParamDtype = "bf16"
     components: tuple[str, ...] = ()
+    evictable: bool = True
 
 
 class ModelUnloaded(Message, frozen=True):
@@ -76,6 +80,7 @@ class ResidentModel(Message, frozen=True):
     last_used: Seconds = 0.0
     leases: int = 0
     evicting: bool = False
+    evictable: bool = True
 
 
 class HostLedgerStatistics(Message, frozen=True):
