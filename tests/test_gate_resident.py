@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
+import msgspec
 import psutil
 import pytest
 
@@ -215,3 +217,38 @@ async def test_the_devices_endpoint_shows_resident_models_and_the_host_ledger() 
     assert [(m["model"], m["vram_mb"], m["leases"]) for m in ledger["resident"]] == [("ti2v-5B", 23_060, 0)]
     assert body["host"]["capacity_mb"] == 65536
     assert body["host"]["resident_mb"] == 512
+
+
+async def test_a_recorded_run_with_loads_evictions_and_host_ram_replays_identically(tmp_path: Path) -> None:
+    from vramgate.replay import read_log, replay
+
+    log = tmp_path / "resident.jsonl"
+    gpus: list[SimulatedGpu] = []
+
+    def unload(order: EvictModel) -> None:
+        gpus[order.device].free("expert")
+
+    clock = ManualClock()
+    devices = detect(("H100-80GB",), nvml=False, torch=False, clock=clock)
+    config = msgspec.structs.replace(_config("64GiB"), log_path=str(log))
+    async with open_gate(config, clock=clock, devices=devices, on_evict=unload) as gate:
+        gpus.extend(devices.simulated)
+        gpus[0].allocate("expert", 50_000)
+        await gate.declare_loaded("t2v-A14B", device=0, vram_mb=50_000, ram_mb=1024)
+        first = await gate.submit(SMALL)  # needs the expert out
+        second = await gate.submit(SMALL)
+        await _until(clock, lambda: first.lease is not None)
+        assert first.lease is not None
+        async with gate.hold(first.lease):
+            pass
+        await _until(clock, lambda: second.lease is not None)
+        assert second.lease is not None
+        async with gate.hold(second.lease):
+            pass
+        await gate.wait_idle()
+    _, records = read_log(log)
+    kinds = {type(record.message).__name__ for record in records}
+    assert {"ModelLoaded", "EvictModel", "ModelUnloaded"} <= kinds
+    result = replay(log)
+    assert result.identical, result.divergence
+    assert result.outputs > 0
