@@ -343,7 +343,9 @@ class DeviceLedger(Ledger):
         stale = self._stale_after_s
         if stale is not None and (self.sample_at is None or now - self.sample_at > stale):
             return 0
-        headroom = self.headroom_mb()
+        headroom = self.capacity_mb - self.margin_mb - self.others_mb - self.reserved_mb - self.resident_mb
+        if self._unloaded:
+            headroom -= self.unloading_mb
         return headroom if headroom > 0 else 0
 
     def _check_fits(self, lease_id: str, mb: int, now: float) -> None:
