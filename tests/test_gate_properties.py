@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.lowlevel
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vramgate.clock import ManualClock
@@ -25,6 +25,7 @@ from vramgate.messages import (
     EvictModel,
     GenerationRequest,
     LeaseReleased,
+    LeaseShrunk,
     Message,
     RequestAdmitted,
     RequestEnded,
@@ -80,7 +81,7 @@ class Ledger:
     violations: list[str] = field(default_factory=list)
 
     def __call__(self, event: Message) -> None:
-        if isinstance(event, RequestAdmitted):
+        if isinstance(event, RequestAdmitted | LeaseShrunk):
             self.active[event.lease_id] = (event.devices, event.reservation_mb)
             self.ram[event.lease_id] = event.ram_mb
         elif isinstance(event, LeaseReleased):
@@ -166,6 +167,12 @@ async def _client(gate: Gate, client: Client, request: GenerationRequest) -> Non
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The server loads the model of a running lease where it runs: the lease shrinks to its working memory.
+@example(
+    gpus=("RTX4090-24GB", "H100-80GB"),
+    ram_budget="256GiB",
+    ops=[("submit", 0, 0), ("cancel", 0, 0), ("submit", 0, 0), ("cancel", 0, 0), ("load", 1, "ti2v-5B")],
+)
 @given(
     gpus=st.sampled_from([("RTX4090-24GB", "H100-80GB"), ("RTX4090-24GB",)]),
     ram_budget=st.sampled_from(["256GiB", "48GiB"]),

@@ -65,7 +65,7 @@ from vramgate.messages.estimation import CorrectionLearned, EstimateRequirement,
 from vramgate.messages.gate import DeviceStatistics, GateStatistics
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.messages.quote import Quote
-from vramgate.messages.residency import EvictModel
+from vramgate.messages.residency import EvictModel, LeaseShrunk
 from vramgate.policy._standing import Standing
 from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
@@ -659,6 +659,8 @@ class Gate:
             self._tickets.pop(ticket.request_id, None)
             if message.state in ("completed", "failed", "cancelled", "timed_out"):
                 self._counts[message.state] += 1
+        elif isinstance(message, LeaseShrunk) and ticket.lease is not None:
+            ticket.lease.reservation_mb = message.reservation_mb  # its weights became resident
         elif isinstance(message, RequestQueued | LeaseReleased | RunProgress | RunFinished):
             pass
 

@@ -16,6 +16,7 @@ from vramgate.messages import (
     Component,
     EvictModel,
     HostSample,
+    LeaseShrunk,
     ModelLoaded,
     ModelUnloaded,
     Plan,
@@ -137,7 +138,9 @@ def test_weights_loaded_during_a_run_move_from_its_reservation_to_resident() -> 
     d = make()
     (grant,) = admitted(d.send(ask("r1", resident_plan()), 0.0))
     assert grant.reservation_mb == EXPERT_MB + WORK_MB
-    d.send(loaded(), 1.0)  # the run loaded the expert and the server keeps it
+    out = d.send(loaded(), 1.0)  # the run loaded the expert and the server keeps it
+    (shrunk,) = [e for e in out if isinstance(e, LeaseShrunk)]
+    assert (shrunk.lease_id, shrunk.reservation_mb, shrunk.resident_mb) == (grant.lease_id, WORK_MB, EXPERT_MB)
     device = d.core.statistics().devices[0]
     assert (device.reserved_mb, device.resident_mb, device.resident[0].leases) == (WORK_MB, EXPERT_MB, 1)
     (second,) = admitted(d.send(ask("r2", resident_plan()), 2.0))

@@ -69,6 +69,7 @@ from vramgate.messages.requests import (
 from vramgate.messages.residency import (
     EvictModel,
     HostLedgerStatistics,
+    LeaseShrunk,
     ModelLoaded,
     ModelUnloaded,
     ResidentModel,
@@ -100,6 +101,7 @@ __all__ = [
     "HostLedgerStatistics",
     "HostSample",
     "LeaseReleased",
+    "LeaseShrunk",
     "LogClosed",
     "LogHeader",
     "LogStatistics",

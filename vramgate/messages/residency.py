@@ -61,6 +61,18 @@ class EvictModel(Message, frozen=True):
     reason: str = ""
 
 
+class LeaseShrunk(Message, frozen=True):
+    """A running lease's weights became resident (its process declared them loaded where it runs): from now it
+    reserves only ``reservation_mb`` on each of ``devices`` and ``ram_mb`` of host RAM."""
+
+    request_id: Ident
+    lease_id: Ident
+    devices: tuple[int, ...]
+    reservation_mb: MB
+    ram_mb: MB = 0
+    resident_mb: MB = 0
+
+
 class ResidentModel(Message, frozen=True):
     """A model resident on a device, as statistics show it and snapshots keep it.
 

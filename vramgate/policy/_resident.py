@@ -131,9 +131,10 @@ class Residency:
         entry = per.get(pos)
         if entry is None:
             entry = per[pos] = _Entry(message, pos, now)
-        else:
+        else:  # declared again: new figures; an eviction it did not carry out is off
             entry.loaded = message
             entry.last_used = max(entry.last_used, now)
+            entry.evicting = False
         self._ledgers[pos].load(entry.ledger_key, message.vram_mb, now)
         host_key = f"{message.device}|{entry.ledger_key}"
         if message.ram_mb:

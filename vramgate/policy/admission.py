@@ -71,7 +71,7 @@ from vramgate.messages.lifecycle import (
     TerminalState,
 )
 from vramgate.messages.plans import Plan
-from vramgate.messages.residency import ModelLoaded, ModelUnloaded
+from vramgate.messages.residency import LeaseShrunk, ModelLoaded, ModelUnloaded
 from vramgate.messages.resources import ResourceSample
 from vramgate.policy._placement import (
     UNUSABLE,
@@ -616,7 +616,7 @@ class AdmissionCore:
             self._device_lost(message, now, out)
             dirty = True
         elif isinstance(message, ModelLoaded):
-            dirty = self._loaded(message, now) or dirty
+            dirty = self._loaded(message, now, out) or dirty
         elif isinstance(message, ModelUnloaded):
             dirty = self._unloaded(message, now) or dirty
         elif not isinstance(message, AdmissionTick):
@@ -812,7 +812,7 @@ class AdmissionCore:
 
     # ------------------------------------------------------------------ resident models
 
-    def _loaded(self, message: ModelLoaded, now: float) -> bool:
+    def _loaded(self, message: ModelLoaded, now: float, out: list[Message]) -> bool:
         """Count a declared load; a running lease of that process and model on that device that reserved the
         weights uses the resident ones from now, and its reservation shrinks by them."""
         entry = self._resident.load(message, now)
@@ -838,6 +838,16 @@ class AdmissionCore:
                     self._host.release(lease.lease_id, now)
             self._resident.adopt(lease.lease_id, entry, now)
             self._ends = None
+            out.append(
+                LeaseShrunk(
+                    request_id=lease.request_id,
+                    lease_id=lease.lease_id,
+                    devices=lease.devices,
+                    reservation_mb=lease.placement.need_mb,
+                    ram_mb=lease.ram_mb,
+                    resident_mb=taken,
+                )
+            )
         self._regroup()
         return True
 
