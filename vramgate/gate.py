@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import anyio
 import msgspec
 
+from vramgate._residency import EvictHandler, GateResidency
 from vramgate._ticket import Lease, RequestCancelled, RequestFailed, Ticket
 from vramgate.actors import Actor, ActorSystem, Envelope, Recorder
 from vramgate.actors.admission import AdmissionActor, admission_actor
@@ -65,6 +66,7 @@ from vramgate.messages.estimation import CorrectionLearned, EstimateRequirement,
 from vramgate.messages.gate import DeviceStatistics, GateStatistics
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.messages.quote import Quote
+from vramgate.messages.residency import EvictModel, LeaseShrunk
 from vramgate.policy._standing import Standing
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import GpuCatalog
@@ -118,7 +120,12 @@ class Gate:
         clock: Clock,
         estimator: Estimator,
         backend: Backend | None = None,
+        on_evict: EvictHandler | None = None,
     ) -> None:
+        #: Resident models: what the server declared loaded, and who carries out evictions.
+        self.residency = GateResidency(self, on_evict)
+        self.declare_loaded = self.residency.declare_loaded
+        self.declare_unloaded = self.residency.declare_unloaded
         self.config = config
         self.clock = clock
         self.devices = devices
@@ -357,6 +364,8 @@ class Gate:
             queue_stalled_s=max(0.0, self.clock.now() - stall[0]) if stall is not None else None,
             stall_reason=stall[1] if stall is not None else "",
             log=self._recorder.statistics() if self._recorder is not None else None,
+            host=core_stats.host if core_stats is not None else None,
+            evictions=core_stats.evictions if core_stats is not None else 0,
             **self._counts,
         )
 
@@ -617,6 +626,8 @@ class Gate:
         elif isinstance(message, CleanupReport):
             self._counts["cleanups"] += 1
             self._cleanup_freed_mb += message.freed_mb
+        elif isinstance(message, EvictModel):
+            await self.residency.carry_out(message)
         rid = getattr(message, "request_id", None)
         ticket = self._tickets.get(rid) if isinstance(rid, str) else None
         if ticket is not None:
@@ -642,8 +653,14 @@ class Gate:
             self._tickets.pop(ticket.request_id, None)
             if message.state in ("completed", "failed", "cancelled", "timed_out"):
                 self._counts[message.state] += 1
+        elif isinstance(message, LeaseShrunk) and ticket.lease is not None:
+            ticket.lease.reservation_mb = message.reservation_mb  # its weights became resident
         elif isinstance(message, RequestQueued | LeaseReleased | RunProgress | RunFinished):
             pass
+
+    async def _tell_admission(self, message: Message) -> None:
+        if self._admission is not None:
+            await self._require_system().ref(ADMISSION).tell(message, sender=ROUTER)
 
     async def _save_learned(self) -> None:
         """Write what the estimator learned to ``learned_path`` (atomically, in a worker thread)."""
@@ -859,6 +876,7 @@ async def open_gate(
     estimator: Estimator | None = None,
     recorder: Recorder | None = None,
     backend: Backend | None = None,
+    on_evict: EvictHandler | None = None,
 ) -> AsyncIterator[Gate]:
     """Start a gate: detect (or take) the devices, start the actors, and stop them all on exit.
 
@@ -867,6 +885,7 @@ async def open_gate(
     clock, and ``recorder`` to record every message (``config.log_path`` does the same with a file). ``backend``
     does the effects on the devices (pins, peaks, caches, telling an OOM apart); by default
     :func:`~vramgate.hardware.backend.select_backend` picks it from the devices and ``[devices] use_real_gpus``.
+    ``on_evict`` carries out admission's eviction orders of resident models (see :mod:`vramgate._residency`).
     """
     config = config if config is not None else GateConfig()
     clock = clock if clock is not None else MonotonicClock()
@@ -885,7 +904,7 @@ async def open_gate(
         estimator = estimator if estimator is not None else _estimator(config)
         if backend is None:
             backend = select_backend(devices.simulated, real_gpus=config.devices.use_real_gpus)
-        gate = Gate(config, devices, first, clock=clock, estimator=estimator, backend=backend)
+        gate = Gate(config, devices, first, clock=clock, estimator=estimator, backend=backend, on_evict=on_evict)
         if recorder is None and config.log_path is not None:
             recorder = Recorder(config.log_path, max_bytes=config.log_max_bytes, backups=config.log_backups)
         gate._recorder = recorder

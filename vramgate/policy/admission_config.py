@@ -55,6 +55,8 @@ class AdmissionConfig(Section, frozen=True):
     min_retry_after_s: Seconds = 0.1
     #: Host RAM the runs may use in total (offloaded weights live there); default what the host has.
     ram_budget: Size | None = None
+    #: Safety margin of the host RAM ledger; default as a device's of the host's RAM.
+    ram_margin: Size | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +64,7 @@ class AdmissionConfig(Section, frozen=True):
             raise ValueError(f"admission.placement: {self.placement!r} is not one of {', '.join(PLACEMENTS)}")
         check_size(self.margin, "admission.margin")
         check_size(self.ram_budget, "admission.ram_budget")
+        check_size(self.ram_margin, "admission.ram_margin")
 
     def margin_mb(self, capacity_mb: int) -> int:
         """The safety margin of a device of ``capacity_mb``: ``margin``, else the larger of 1 GiB and
@@ -69,6 +72,10 @@ class AdmissionConfig(Section, frozen=True):
         if self.margin is not None:
             return parse_size_mb(self.margin, field="admission.margin")
         return default_margin_mb(capacity_mb, fraction=self.margin_fraction)
+
+    def ram_margin_mb(self) -> int | None:
+        """``ram_margin`` in MiB, or ``None`` when it is not set."""
+        return None if self.ram_margin is None else parse_size_mb(self.ram_margin, field="admission.ram_margin")
 
     def ram_budget_mb(self) -> int | None:
         """``ram_budget`` in MiB, or ``None`` when it is not set."""
