@@ -177,9 +177,12 @@ def _shell(
     time_scale: float,
     min_run_s: float,
     catalog: GpuCatalog,
+    host_ledger: bool = True,
 ) -> AdmissionShell:
     def make() -> AdmissionCore:
-        return AdmissionCore(devices, config, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog)
+        return AdmissionCore(
+            devices, config, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog, host_ledger=host_ledger
+        )
 
     return AdmissionShell(make(), events_to=events_to, rebuild=make)
 
@@ -203,6 +206,7 @@ def admission_actor(
         "time_scale": time_scale,
         "min_run_s": min_run_s,
         "events_to": events_to,
+        "host_ledger": True,
     }
     return AdmissionActor(shell, tick_s=tick_s, config=recorded)
 
@@ -217,8 +221,11 @@ def build_core(header: LogHeader, spec: CoreSpec) -> AdmissionShell:
     time_scale = float(config.get("time_scale", timing.get("time_scale", 1.0)))
     min_run_s = float(config.get("min_run_s", timing.get("min_run_s", 0.0)))
     _, gpus = from_header(header.config).catalogs()
+    # a log without ``host_ledger`` was recorded before host RAM was reserved
+    host_ledger = bool(config.get("host_ledger", False))
+    events_to = str(config["events_to"])
     return _shell(
-        devices, admission, str(config["events_to"]), time_scale=time_scale, min_run_s=min_run_s, catalog=gpus
+        devices, admission, events_to, time_scale=time_scale, min_run_s=min_run_s, catalog=gpus, host_ledger=host_ledger
     )
 
 

@@ -134,6 +134,7 @@ def estimator_actor(
         "events_to": events_to,
         "max_plans": max_plans,
         "learned": msgspec.to_builtins(estimator.learned.state()),
+        "prices_loads": estimator.prices_loads,
     }
     if publish_to:
         config["publish_to"] = list(publish_to)
@@ -148,7 +149,9 @@ def build_core(header: LogHeader, spec: CoreSpec) -> EstimatorCore:
     state = msgspec.convert(config.get("learned", {}), LearnedState)
     events_to = config.get("events_to")
     models, gpus = from_header(header.config).catalogs()
-    estimator = Estimator(models, gpus, learned=LearnedCorrections(state=state))
+    # a log without ``prices_loads`` was recorded before estimates priced cold starts
+    prices_loads = bool(config.get("prices_loads", False))
+    estimator = Estimator(models, gpus, learned=LearnedCorrections(state=state), prices_loads=prices_loads)
     return EstimatorCore(
         estimator,
         events_to=str(events_to) if events_to else None,

@@ -128,25 +128,38 @@ def optimizer_actor(estimator: EstimatorLike | None = None, *, config: Mapping[s
     if isinstance(estimator, Estimator):
         state = estimator.learned.state()
         recorded.setdefault("learned", msgspec.to_builtins(state))
-        estimator = Estimator(estimator.models, estimator.gpus, estimator.constants, LearnedCorrections(state=state))
+        estimator = Estimator(
+            estimator.models,
+            estimator.gpus,
+            estimator.constants,
+            LearnedCorrections(state=state),
+            prices_loads=estimator.prices_loads,
+        )
     return CoreActor(OptimizerCore(Optimizer(estimator)), kind=KIND, config=recorded)
 
 
 def build_core(
-    config: Mapping[str, Any], header: Mapping[str, Any] | None = None, *, learns_lessons: bool = False
+    config: Mapping[str, Any],
+    header: Mapping[str, Any] | None = None,
+    *,
+    learns_lessons: bool = False,
+    prices_loads: bool = True,
 ) -> OptimizerCore:
     """Rebuild an optimizer core from its recorded config (for replay): the built-in catalogs with the entries the
     log header's config records (:mod:`vramgate.policy.registered`), the recorded corrections."""
     models, gpus = from_header(header or {}).catalogs()
     state = msgspec.convert(config["learned"], LearnedState) if "learned" in config else LearnedState()
-    optimizer = Optimizer(Estimator(models, gpus, learned=LearnedCorrections(state=state)))
+    learned = LearnedCorrections(state=state)
+    optimizer = Optimizer(Estimator(models, gpus, learned=learned, prices_loads=prices_loads))
     return OptimizerCore(optimizer, learns_lessons=learns_lessons)
 
 
 def _from_header(header: LogHeader, spec: CoreSpec) -> OptimizerCore:
     estimator = header.core("estimator")
+    # the estimator's recorded config says how old the log is: whether lessons were published, loads priced
     legacy = estimator is not None and not estimator.config.get("publish_to")
-    return build_core(spec.config, header.config, learns_lessons=legacy)
+    prices_loads = estimator is None or bool(estimator.config.get("prices_loads", False))
+    return build_core(spec.config, header.config, learns_lessons=legacy, prices_loads=prices_loads)
 
 
 register_core_kind(KIND, _from_header)

@@ -179,6 +179,8 @@ class Residency:
 
     def ram_need(self, plan: Plan, owner: str, positions: Sequence[int]) -> int:
         """The host RAM a plan reserves on ``positions``: its ``ram_mb`` less what a resident model keeps."""
+        if not self._host.bounds:  # a host RAM ledger that reserves nothing (replaying an older log)
+            return 0
         need = plan.requirement.ram_mb
         if not self._by_key or len(positions) != 1:
             return need

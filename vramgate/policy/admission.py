@@ -210,6 +210,7 @@ class AdmissionCore:
         catalog: GpuCatalog = DEFAULT_GPU_CATALOG,
         time_scale: float = 1.0,
         min_run_s: float = 0.0,
+        host_ledger: bool = True,
     ) -> None:
         if not (time_scale > 0 and math.isfinite(time_scale)):
             raise ConfigError(f"time_scale={time_scale!r} must be a positive finite number")
@@ -240,6 +241,7 @@ class AdmissionCore:
             self.config.ram_margin_mb(),
             others_decay_s=self.config.others_decay_s,
             permanent_after_s=self.config.permanent_after_s,
+            bounds=host_ledger,
         )
         self._resident = Residency(self._ledgers, self._host, self._position)
         self._spread = self.config.placement == "spread"

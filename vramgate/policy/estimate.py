@@ -47,8 +47,13 @@ class Estimator:
         gpus: GpuCatalog = DEFAULT_GPU_CATALOG,
         constants: Calibration | None = None,
         learned: LearnedCorrections | None = None,
+        *,
+        prices_loads: bool = True,
     ) -> None:
         self.models = models
+        #: whether a requirement carries the time a cold start adds (``load_time_s``); off only to replay logs
+        #: recorded before estimates had it
+        self.prices_loads = prices_loads
         self.gpus = gpus
         self.constants = constants if constants is not None else Calibration.default()
         self.learned = learned if learned is not None else LearnedCorrections()
@@ -174,7 +179,7 @@ class Estimator:
             world_size=params.options.gpus,
             confidence=self._confidence(profile, spec, b),
             correction=factor,
-            load_time_s=cold_load_seconds(derived),
+            load_time_s=cold_load_seconds(derived) if self.prices_loads else 0.0,
         )
         return self.learned.times.apply(requirement, profile.name)  # the time corrected, with its interval
 
@@ -291,4 +296,6 @@ __all__ = ["Estimator", "nearest_frames", "resolve_options", "validate_params"]
 def copy_estimator(estimator: Estimator) -> Estimator:
     """An estimator with the same catalogs, constants and learned state (VRAM and times), learning on its own."""
     learned = LearnedCorrections(state=estimator.learned.state())
-    return Estimator(estimator.models, estimator.gpus, estimator.constants, learned)
+    return Estimator(
+        estimator.models, estimator.gpus, estimator.constants, learned, prices_loads=estimator.prices_loads
+    )

@@ -34,7 +34,10 @@ class HostLedger(Ledger):
         *,
         others_decay_s: float = 10.0,
         permanent_after_s: float = 600.0,
+        bounds: bool = True,
     ) -> None:
+        #: whether it bounds admission at all (off only to replay logs recorded before host RAM was reserved)
+        self.bounds = bounds
         self._configured_capacity = capacity_mb
         self._configured_margin = margin_mb
         capacity = capacity_mb if capacity_mb is not None else 0
@@ -53,7 +56,7 @@ class HostLedger(Ledger):
     @property
     def known(self) -> bool:
         """Whether the host's RAM is known (configured or sampled): only then does it bound admission."""
-        return self.capacity_mb > 0
+        return self.bounds and self.capacity_mb > 0
 
     def free_mb(self, now: float) -> int:
         """What host RAM reservations can take now (``UNBOUNDED_MB`` while the host's RAM is unknown)."""
