@@ -21,7 +21,8 @@ from vramgate.messages import EvictModel, ModelLoaded, ModelUnloaded, ParamDtype
 from vramgate.messages.codec import codec_for
 
 if TYPE_CHECKING:
-    from vramgate.gate import Gate
+    from vramgate.messages import Message
+    from vramgate.policy.models import ModelCatalog
 
 #: What carries out an eviction order: unload the model (sync or async).
 EvictHandler = Callable[[EvictModel], Awaitable[None] | None]
@@ -32,8 +33,18 @@ _DTYPES = ("fp32", "bf16", "fp16", "fp8")
 class GateResidency:
     """What a gate's server declared loaded, and who carries out admission's eviction orders."""
 
-    def __init__(self, gate: Gate, on_evict: EvictHandler | None) -> None:
-        self._gate = gate
+    def __init__(
+        self,
+        models: ModelCatalog,
+        devices: Callable[[], Sequence[int]],
+        tell_admission: Callable[[Message], Awaitable[None]],
+        on_evict: EvictHandler | None,
+    ) -> None:
+        #: the model catalog (declarations name models as plans do), the devices admission manages, and how a
+        #: declaration reaches admission
+        self._models = models
+        self._devices = devices
+        self._tell_admission = tell_admission
         self._on_evict = on_evict
         self._declared: dict[tuple[int, str, str, str], ModelLoaded] = {}
         self.evicted = 0
@@ -56,7 +67,7 @@ class GateResidency:
     ) -> ModelLoaded:
         """The :class:`ModelLoaded` for a declaration, validated: a known model (by its profile's name, as plans
         name it), a device admission manages, and figures that decode."""
-        name = self._gate.estimator.models.get(model).name
+        name = self._models.get(model).name
         self._check_device(device)
         if dtype not in _DTYPES:
             raise InvalidParameter("dtype", dtype, "not a weights dtype", valid="/".join(_DTYPES))
@@ -90,7 +101,7 @@ class GateResidency:
         message = self.loaded_message(
             model, device=device, vram_mb=vram_mb, ram_mb=ram_mb, dtype=dtype, components=components, owner=owner
         )
-        await self._gate._tell_admission(message)
+        await self._tell_admission(message)
         self._declared[_key(message)] = message
         return message
 
@@ -99,14 +110,14 @@ class GateResidency:
     ) -> bool:
         """Declare that the server unloaded ``model`` from ``device``; ``False`` when it was not declared loaded.
         The memory counts free once a sample taken after now shows it."""
-        name = self._gate.estimator.models.get(model).name
+        name = self._models.get(model).name
         self._check_device(device)
         key = (device, owner, name, dtype)
         if key not in self._declared:
             return False
         del self._declared[key]
         message = ModelUnloaded(device=device, model=name, owner=owner, dtype=dtype, reason=reason[:500])
-        await self._gate._tell_admission(message)
+        await self._tell_admission(message)
         return True
 
     async def carry_out(self, order: EvictModel) -> None:
@@ -123,7 +134,7 @@ class GateResidency:
         )
 
     def _check_device(self, device: int) -> None:
-        indices = [d.index for d in self._gate.device_configs]
+        indices = list(self._devices())
         if device not in indices:
             raise InvalidParameter("device", device, "admission manages no such device", valid=str(indices))
 

@@ -123,7 +123,9 @@ class Gate:
         on_evict: EvictHandler | None = None,
     ) -> None:
         #: Resident models: what the server declared loaded, and who carries out evictions.
-        self.residency = GateResidency(self, on_evict)
+        self.residency = GateResidency(
+            estimator.models, lambda: [d.index for d in self.device_configs], self._tell_admission, on_evict
+        )
         self.declare_loaded = self.residency.declare_loaded
         self.declare_unloaded = self.residency.declare_unloaded
         self.config = config
