@@ -16,7 +16,7 @@ from vramgate.messages.trace import Arrival
 from vramgate.policy.calibration import Calibration
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuSpec
-from vramgate.simulate import encode_trace, parse_devices, simulate
+from vramgate.simulate import encode_trace, load_trace, parse_devices, simulate
 from vramgate.simulate._model import Job
 from vramgate.simulate._weights import SimulatedHost, WeightStore, owner_of
 from vramgate.simulate.engine import Simulation
@@ -24,6 +24,7 @@ from vramgate.simulate.run import policy_names
 
 from ._helpers import StartAll, small, trace
 
+ROOT = Path(__file__).resolve().parents[2]
 H100 = DEFAULT_GPU_CATALOG.get("H100-80GB")
 H200 = DEFAULT_GPU_CATALOG.get("H200-141GB")
 ESTIMATOR = Estimator()
@@ -193,6 +194,20 @@ def test_vramgate_keeps_weights_resident_and_the_core_is_not_blocked_by_idle_one
     assert (warm.loads, cold.loads) == (2, 3)
     assert warm.load_gpu_s < cold.load_gpu_s
     assert list(sim.weights.resident(0)) == [key(small(2, **I2V))]
+
+
+def test_the_model_switching_trace_vramgate_against_vramgate_cold() -> None:
+    switching = load_trace(ROOT / "bench" / "traces" / "switch-2xh100.jsonl")
+    devices = parse_devices("2xH100-80GB")
+    warm, _ = simulate(switching, devices, "vramgate")
+    cold, _ = simulate(switching, devices, "vramgate-cold")
+    for result in (warm, cold):
+        assert result.completed == result.requests == len(switching.arrivals)
+        assert (result.failed, result.leaked_leases, result.oom_events, result.overcommits) == (0, 0, 0, 0)
+        assert result.host_oom_kills == 0
+    assert cold.loads == cold.runs
+    assert warm.loads < cold.loads
+    assert warm.load_gpu_s < 0.75 * cold.load_gpu_s
 
 
 def test_all_includes_vramgate_cold_and_json_has_the_load_columns(tmp_path: Path) -> None:
