@@ -97,16 +97,19 @@ class WeightStore:
 
     def idle_mb(self, device: int) -> int:
         """MiB of resident weights no run uses on ``device`` (what making room may evict)."""
-        return sum(r.mb for r in self.models[device].values() if r.users == 0)
+        models = self.models[device]
+        return sum(r.mb for r in models.values() if not r.needs) if models else 0
 
     def make_room(self, device: int, mb: int) -> list[str]:
         """Evict idle models on ``device``, least recently used first, until ``mb`` MiB are free; nothing when even
         evicting every idle model would not make it fit. Returns the keys evicted."""
+        models = self.models[device]
+        if not models:
+            return []
         gpu = self.gpus[device]
         short = mb - gpu.free_mb
         if short <= 0 or gpu.lost:
             return []
-        models = self.models[device]
         if sum(r.mb for r in models.values() if r.users == 0) < short:
             return []
         evicted: list[str] = []
