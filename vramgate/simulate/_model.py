@@ -9,11 +9,10 @@ from vramgate.messages.requests import GenerationRequest
 
 # Milestone kinds of a run, in the order they happen at equal progress.
 NO_START = 0  # the run could not start (its weights or host RAM did not fit): it ends at once
-LOADED = 1  # its weights are loaded; it computes from here
-ALLOC = 2
-SPIKE = 3
-CRASH = 4
-DONE = 5
+ALLOC = 1  # also: its weights are loaded (a run's memory rises once it computes)
+SPIKE = 2
+CRASH = 3
+DONE = 4
 
 
 @dataclass(eq=False, slots=True)
@@ -77,6 +76,5 @@ class Run:
     weights_on: tuple[int, ...] = ()  # the devices whose weights it acquired
     keep_weights: bool = False
     load_work: float = 0.0  # work (seconds at full speed) spent loading, before it computes
-    loaded_at: float | None = None
     ram_mb: int = 0  # host RAM it holds
     no_start: tuple[str, str] | None = None  # the outcome and reason it ends with at once, when it cannot start

@@ -6,9 +6,10 @@
   only in part (a plan that keeps more of the model on the GPU than the one that loaded it), loads what is
   missing first. A resident model holds what its runs need, the most any of them needs, never more: what none of
   them needs goes (an idle model is cut down to what the next run of it needs), so that resident weights never
-  hold more than the runs using them reserved. A run started with ``keep_weights`` leaves them resident when it
-  ends (a server's process keeps its pipeline); otherwise they are freed once no run uses them (a process per
-  run, as with ``generate.py``).
+  hold more than the runs using them reserved. A run that finds its weights still being loaded by another run
+  shares that load without waiting for it (optimistic by at most one load). A run started with ``keep_weights``
+  leaves them resident when it ends (a server's process keeps its pipeline); otherwise they are freed once no run
+  uses them (a process per run, as with ``generate.py``).
 * Making room: before this system takes memory on a device (a load, a pin, a run's allocation), idle resident
   models are evicted, least recently used first, when that makes the allocation fit (never when it would not).
 * A load reads the weights from the host's page cache over the GPU's host link (the catalog's figure times the
@@ -149,7 +150,7 @@ class WeightStore:
         return max(0, missing)
 
     def loaded(self, device: int, key: str) -> None:
-        """The load of ``key`` on ``device`` finished."""
+        """A run of ``key`` on ``device`` began to compute: its load is done."""
         found = self.models[device].get(key)
         if found is not None:
             found.loaded = True

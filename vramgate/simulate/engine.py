@@ -40,7 +40,7 @@ from vramgate.hardware.simulated import SimulatedGpu
 from vramgate.messages.plans import RunParams
 from vramgate.messages.resources import DeviceSample
 from vramgate.policy.gpus import GpuSpec
-from vramgate.simulate._model import ALLOC, CRASH, DONE, LOADED, NO_START, SPIKE, Job, JobFaults, Run
+from vramgate.simulate._model import ALLOC, CRASH, DONE, NO_START, SPIKE, Job, JobFaults, Run
 from vramgate.simulate._truth import EstimatorLike, Truth
 from vramgate.simulate._weights import SimulatedHost, WeightStore
 from vramgate.simulate.faults import FaultPlan, FaultSpec
@@ -313,10 +313,6 @@ class Simulation:
             load = run.load_work
             run.work = load + compute
             milestones = run.milestones
-            if load > 0.0:
-                milestones.append((load, LOADED))
-            else:
-                run.loaded_at = now
             milestones.append((load + self.ramp_fraction * compute, ALLOC))
             jf = job.faults
             if jf.spike_at is not None:
@@ -591,11 +587,9 @@ class Simulation:
         run.done = target
         run.updated = self.now
         run.next += 1
-        if kind == LOADED:
-            run.loaded_at = self.now
+        if kind == ALLOC:
             for d in run.weights_on:
                 self.weights.loaded(d, run.weights_key)
-        elif kind == ALLOC:
             if not self._allocate(run, run.true_peak_mb - run.weights_mb):
                 return
         elif kind == SPIKE:

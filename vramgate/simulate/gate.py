@@ -184,7 +184,7 @@ class VramgatePolicy:
     def _learn(self, run: Run, now: float) -> None:
         """Teach the estimator the time of a run that ended well; plans made before it moved are dropped."""
         estimator = self.optimizer.estimator
-        computed = now - (run.loaded_at if run.loaded_at is not None else run.started)  # the estimate has no load
+        computed = (now - run.started) * (1.0 - run.load_work / run.work)  # the time less its load: estimates have none
         if not isinstance(estimator, Estimator) or computed <= 0.0:
             return
         plan = self._plan_of(run)
@@ -254,7 +254,8 @@ class VramgatePolicy:
             if version != sent[i] or (sent_at[i] <= due and version == current[i]):
                 sent[i] = version
                 sent_at[i] = now
-                changed.append(without_idle_weights(sim.sample(i), sim.sample_reclaimable_mb(i)))
+                idle = sim.sample_reclaimable_mb(i)
+                changed.append(without_idle_weights(sim.sample(i), idle) if idle else sim.sample(i))
         if ages:
             self._refresh_due = min(sent_at) + refresh
         if not changed:
