@@ -1,7 +1,8 @@
 """Property: whatever clients do (submit, cancel at any await, fail, finish), while outside consumers come and go,
-samples go stale and devices are lost, the gate never over-commits a device, leaks no lease, ends every
+samples go stale, devices are lost and the server loads and unloads resident models (and carries out
+evictions), the gate never over-commits a device or the host's RAM, leaks no lease or resident entry, ends every
 request in exactly one terminal state, and never wedges: nothing waits while a device that could take it sits
-idle, and no request waits for memory that never comes free."""
+idle (or idle but for models it may evict), and no request waits for memory that never comes free."""
 
 from __future__ import annotations
 
@@ -19,7 +20,17 @@ from vramgate.config import AdmissionSettings, CleanupConfig, DevicesConfig, Gat
 from vramgate.errors import VramgateError
 from vramgate.gate import Gate, open_gate
 from vramgate.hardware import SimulatedOutOfMemory, detect
-from vramgate.messages import GenerationRequest, LeaseReleased, Message, RequestAdmitted, RequestEnded, RunOptions
+from vramgate.hardware.simulated import SimulatedGpu
+from vramgate.messages import (
+    EvictModel,
+    GenerationRequest,
+    LeaseReleased,
+    Message,
+    RequestAdmitted,
+    RequestEnded,
+    RunOptions,
+)
+from vramgate.policy.ledger import default_margin_mb
 
 pytestmark = pytest.mark.anyio
 
@@ -35,6 +46,9 @@ REQUESTS = (
     GenerationRequest(model="ti2v-5B", width=832, height=480, frames=17, steps=4),
 )
 
+#: What a server holds of each model once loaded: the estimator's weights of a ti2v-5B plan, one A14B expert.
+RESIDENT_MB = {"ti2v-5B": 23_060, "t2v-A14B": 27_648}
+
 operations = st.one_of(
     st.tuples(st.just("submit"), st.integers(0, len(REQUESTS) - 1), st.integers(-5, 5)),
     st.tuples(st.just("cancel"), st.integers(0, 15), st.just(0)),
@@ -42,6 +56,9 @@ operations = st.one_of(
     st.tuples(st.just("outside"), st.integers(0, 1), st.integers(0, 30_000)),
     st.tuples(st.just("advance"), st.integers(1, 40), st.just(0)),
     st.tuples(st.just("lose"), st.integers(0, 1), st.just(0)),
+    # the server loads (or unloads) the weights of one of the requests' models on a device
+    st.tuples(st.just("load"), st.integers(0, 1), st.sampled_from(list(RESIDENT_MB))),
+    st.tuples(st.just("unload"), st.integers(0, 1), st.sampled_from(list(RESIDENT_MB))),
 )
 
 
@@ -58,13 +75,16 @@ class Ledger:
     """The test's own account of granted reservations, from the gate's events."""
 
     active: dict[str, tuple[tuple[int, ...], int]] = field(default_factory=dict)
+    ram: dict[str, int] = field(default_factory=dict)
     ended: dict[str, list[str]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
 
     def __call__(self, event: Message) -> None:
         if isinstance(event, RequestAdmitted):
             self.active[event.lease_id] = (event.devices, event.reservation_mb)
+            self.ram[event.lease_id] = event.ram_mb
         elif isinstance(event, LeaseReleased):
+            self.ram.pop(event.lease_id, None)
             if self.active.pop(event.lease_id, None) is None:
                 self.violations.append(f"released unknown lease {event.lease_id}")
         elif isinstance(event, RequestEnded):
@@ -75,7 +95,12 @@ def _check(gate: Gate, ledger: Ledger) -> None:
     admission = gate._admission
     assert admission is not None
     admission.admission.check_invariants()
-    devices = [d.ledger for d in gate.statistics().devices]
+    stats = gate.statistics()
+    devices = [d.ledger for d in stats.devices]
+    # Eviction under way: a request may wait for what is being ordered out, or unloaded and not yet sampled.
+    evicting = any(m.evicting for d in devices for m in d.resident) or any(d.unloading_mb for d in devices)
+    # A request may also wait for host RAM, beside an idle device.
+    host_free = None if stats.host is None or stats.host.capacity_mb is None else stats.host.free_mb
     for ticket in list(gate._tickets.values()):
         if ticket.state != "queued" or ticket.plan is None:
             continue
@@ -85,19 +110,34 @@ def _check(gate: Gate, ledger: Ledger) -> None:
         assert any(need <= d.capacity_mb - d.margin_mb - d.permanent_mb for d in mine), (
             f"{ticket.request_id} waits for {need} MiB that never comes free"
         )
-        # ... and it does not wait while such a device that admits sits idle with room for it.
+        # ... and it does not wait while such a device that admits sits idle with room for it, or with room once
+        # the idle resident models there are evicted (unless an eviction is under way).
         for d in mine:
-            assert d.leases or d.blocked or need > d.free_mb, (
+            idle_models = sum(m.vram_mb for m in d.resident if m.leases == 0 and m.evictable)
+            short_of_ram = host_free is not None and ticket.plan.requirement.ram_mb > host_free
+            roomy = need <= d.free_mb + idle_models and not (evicting and need > d.free_mb)
+            assert d.leases or d.blocked or short_of_ram or not roomy, (
                 f"{ticket.request_id} waits for {need} MiB while device {d.index} is idle with {d.free_mb} MiB free"
+                f" and {idle_models} MiB of idle models"
             )
     for device in gate.device_configs:
         reserved = sum(mb for devices, mb in ledger.active.values() if device.index in devices)
         assert reserved + device.effective_margin_mb <= device.capacity_mb, f"over-commit on {device.index}"
-    for stats in gate.statistics().devices:
-        ledger_stats = stats.ledger
+    for device_stats in stats.devices:
+        ledger_stats = device_stats.ledger
         assert ledger_stats.reserved_mb == sum(
             mb for devices, mb in ledger.active.values() if ledger_stats.index in devices
         )
+    # Host RAM: never over-committed, and the ledger holds exactly what the running leases were granted.
+    host = stats.host
+    assert host is not None
+    assert host.reserved_mb == sum(ledger.ram.values())
+    if host.capacity_mb is not None:
+        assert host.reserved_mb + host.margin_mb <= host.capacity_mb, "host RAM over-committed"
+    # No leaked resident entry: admission holds what the server declared, each used by running leases only.
+    declared = {(m.device, m.model) for m in gate.residency.declared}
+    assert {(m.device, m.model) for d in devices for m in d.resident} == declared
+    assert sum(m.leases for d in devices for m in d.resident) <= len(ledger.active)
 
 
 async def _client(gate: Gate, client: Client, request: GenerationRequest) -> None:
@@ -128,23 +168,31 @@ async def _client(gate: Gate, client: Client, request: GenerationRequest) -> Non
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     gpus=st.sampled_from([("RTX4090-24GB", "H100-80GB"), ("RTX4090-24GB",)]),
+    ram_budget=st.sampled_from(["256GiB", "48GiB"]),
     ops=st.lists(operations, min_size=1, max_size=30),
 )
-async def test_gate_never_over_commits_nor_wedges(gpus: tuple[str, ...], ops: list[tuple[str, int, int]]) -> None:
+async def test_gate_never_over_commits_nor_wedges(
+    gpus: tuple[str, ...], ram_budget: str, ops: list[tuple[str, int, int | str]]
+) -> None:
     clock = ManualClock()
     devices = detect(gpus, nvml=False, torch=False, host=False, clock=clock)
     config = GateConfig(
         devices=DevicesConfig(use_real_gpus=False),
         monitor=MonitorConfig(interval_s=0.5),
-        admission=AdmissionSettings(ram_budget="256GiB", queue_limit=8, stale_after_s=2.0),
+        admission=AdmissionSettings(ram_budget=ram_budget, queue_limit=8, stale_after_s=2.0),
         cleanup=CleanupConfig(after_run=False),
     )
     ledger = Ledger()
     clients: list[Client] = []
-    async with open_gate(config, clock=clock, devices=devices) as gate:
+
+    def evict(order: EvictModel) -> None:  # the server unloads what admission orders out
+        devices.simulated[order.device].free(f"resident:{order.model}")
+
+    async with open_gate(config, clock=clock, devices=devices, on_evict=evict) as gate:
         gate.add_listener(ledger)
         async with anyio.create_task_group() as tg:
             for op, a, b in ops:
+                model = b if isinstance(b, str) else ""
                 if op == "submit":
                     client = Client()
                     clients.append(client)
@@ -164,6 +212,12 @@ async def test_gate_never_over_commits_nor_wedges(gpus: tuple[str, ...], ops: li
                     clock.advance(a / 10)
                 elif op == "lose":
                     devices.simulated[a % len(gpus)].lose()
+                elif op == "load":
+                    await _load(gate, devices.simulated[a % len(gpus)], model)
+                elif op == "unload":
+                    sim = devices.simulated[a % len(gpus)]
+                    if await gate.declare_unloaded(model, device=sim.index):
+                        sim.free(f"resident:{model}")
                 for _ in range(5):
                     await anyio.lowlevel.checkpoint()
                 await gate.wait_idle()
@@ -172,12 +226,28 @@ async def test_gate_never_over_commits_nor_wedges(gpus: tuple[str, ...], ops: li
                 client.scope.cancel()
         await gate.wait_idle()
         _check(gate, ledger)
+        for loaded in gate.residency.declared:
+            await gate.declare_unloaded(loaded.model, device=loaded.device)
+        await gate.wait_idle()
+        assert all(stats.ledger.resident == () for stats in gate.statistics().devices)
         assert not ledger.violations
         assert ledger.active == {}
         assert all(stats.ledger.reserved_mb == 0 for stats in gate.statistics().devices)
         assert gate.statistics().tickets == 0
     assert len(ledger.ended) == len(clients)
     assert all(len(states) == 1 for states in ledger.ended.values()), ledger.ended
+
+
+async def _load(gate: Gate, sim: SimulatedGpu, model: str) -> None:
+    """The server loads ``model`` on ``sim`` when it fits there and is not loaded yet, and declares it."""
+    mb = RESIDENT_MB[model]
+    owner = f"resident:{model}"
+    if sim.lost or any(m.model == model and m.device == sim.index for m in gate.residency.declared):
+        return
+    if mb > sim.free_mb - default_margin_mb(sim.total_mb):
+        return
+    sim.allocate(owner, mb)
+    await gate.declare_loaded(model, device=sim.index, vram_mb=mb)
 
 
 def _fields(request: GenerationRequest) -> dict[str, object]:

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from vramgate.errors import ActorStopped, BadRequest, DoesNotFit, QueueFull, VramgateError, WaitTimeout
+from vramgate.errors import (
+    ActorStopped,
+    BadRequest,
+    DoesNotFit,
+    HostRamDoesNotFit,
+    QueueFull,
+    VramgateError,
+    WaitTimeout,
+)
 from vramgate.messages import (
     GenerationRequest,
     Message,
@@ -254,6 +262,10 @@ class Ticket:
                 return QueueFull(rejected.retry_after_s or 1.0, queue_length=self._gate.queue_length)
             if rejected.code == "shutting_down":
                 return ActorStopped(f"request {self.request_id}: {rejected.reason}")
+            if rejected.code == "host_ram_does_not_fit":
+                return HostRamDoesNotFit(
+                    rejected.reason, needed_ram_mb=rejected.needed_ram_mb, available_ram_mb=rejected.available_ram_mb
+                )
             return DoesNotFit(rejected.reason, needed_mb=rejected.needed_mb, smallest_gpu=rejected.smallest_gpu)
         return RequestFailed(f"request {self.request_id} ended {ended.state}: {ended.reason}")
 

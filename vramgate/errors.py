@@ -103,6 +103,18 @@ class DoesNotFit(CapacityError):
         super().__init__(reason)
 
 
+class HostRamDoesNotFit(DoesNotFit):
+    """The request needs more host RAM than the host can ever give (code ``host_ram_does_not_fit``).
+
+    ``needed_ram_mb`` is the host RAM its plan needs, ``available_ram_mb`` the most the host ledger can give.
+    """
+
+    def __init__(self, reason: str, *, needed_ram_mb: int | None = None, available_ram_mb: int | None = None):
+        self.needed_ram_mb = needed_ram_mb
+        self.available_ram_mb = available_ram_mb
+        super().__init__(reason)
+
+
 class QueueFull(CapacityError):
     """The admission queue is full. Try again after ``retry_after_s`` seconds."""
 

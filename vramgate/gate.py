@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import msgspec
 
+from vramgate._residency import EvictHandler, GateResidency
 from vramgate._ticket import Lease, RequestCancelled, RequestFailed, Ticket
 from vramgate.actors import Actor, ActorSystem, Envelope, Recorder
 from vramgate.actors.admission import AdmissionActor, admission_actor
@@ -64,6 +65,7 @@ from vramgate.messages.estimation import CorrectionLearned, EstimateRequirement,
 from vramgate.messages.gate import DeviceStatistics, GateStatistics
 from vramgate.messages.optimization import OptimizePlan, PlanDoesNotFit, ShrinkPlan
 from vramgate.messages.quote import Quote
+from vramgate.messages.residency import EvictModel
 from vramgate.policy._standing import Standing
 from vramgate.policy.admission import AdmissionConfig
 from vramgate.policy.estimate import Estimator
@@ -124,7 +126,12 @@ class Gate:
         *,
         clock: Clock,
         estimator: Estimator,
+        on_evict: EvictHandler | None = None,
     ) -> None:
+        #: Resident models: what the server declared loaded, and who carries out evictions.
+        self.residency = GateResidency(self, on_evict)
+        self.declare_loaded = self.residency.declare_loaded
+        self.declare_unloaded = self.residency.declare_unloaded
         self.config = config
         self.clock = clock
         self.devices = devices
@@ -363,6 +370,8 @@ class Gate:
             queue_stalled_s=max(0.0, self.clock.now() - stall[0]) if stall is not None else None,
             stall_reason=stall[1] if stall is not None else "",
             log=self._recorder.statistics() if self._recorder is not None else None,
+            host=core_stats.host if core_stats is not None else None,
+            evictions=core_stats.evictions if core_stats is not None else 0,
             **self._counts,
         )
 
@@ -623,6 +632,8 @@ class Gate:
         elif isinstance(message, CleanupReport):
             self._counts["cleanups"] += 1
             self._cleanup_freed_mb += message.freed_mb
+        elif isinstance(message, EvictModel):
+            await self.residency.carry_out(message)
         rid = getattr(message, "request_id", None)
         ticket = self._tickets.get(rid) if isinstance(rid, str) else None
         if ticket is not None:
@@ -650,6 +661,10 @@ class Gate:
                 self._counts[message.state] += 1
         elif isinstance(message, RequestQueued | LeaseReleased | RunProgress | RunFinished):
             pass
+
+    async def _tell_admission(self, message: Message) -> None:
+        if self._admission is not None:
+            await self._require_system().ref(ADMISSION).tell(message, sender=ROUTER)
 
     async def _save_learned(self) -> None:
         """Write what the estimator learned to ``learned_path`` (atomically, in a worker thread)."""
@@ -885,6 +900,7 @@ def _admission_config(config: GateConfig) -> AdmissionConfig:
         backfill=settings.backfill,
         time_scale=config.run.time_scale,
         min_run_s=config.run.min_seconds,
+        host_ram_mb=parse_size_mb(settings.ram_budget, field="admission.ram_budget") if settings.ram_budget else None,
     )
 
 
@@ -896,12 +912,14 @@ async def open_gate(
     devices: DeviceSet | None = None,
     estimator: Estimator | None = None,
     recorder: Recorder | None = None,
+    on_evict: EvictHandler | None = None,
 ) -> AsyncIterator[Gate]:
     """Start a gate: detect (or take) the devices, start the actors, and stop them all on exit.
 
     ``config`` defaults to :class:`~vramgate.config.GateConfig` (real GPUs, no simulated ones). Pass ``devices``
     (from :func:`vramgate.hardware.detect`) to manage simulated GPUs built by the caller, ``clock`` for a virtual
     clock, and ``recorder`` to record every message (``config.log_path`` does the same with a file).
+    ``on_evict`` carries out admission's eviction orders of resident models (see :mod:`vramgate._residency`).
     """
     config = config if config is not None else GateConfig()
     clock = clock if clock is not None else MonotonicClock()
@@ -918,7 +936,7 @@ async def open_gate(
     try:
         first = await anyio.to_thread.run_sync(devices.sample, clock.now())
         estimator = estimator if estimator is not None else _estimator(config)
-        gate = Gate(config, devices, first, clock=clock, estimator=estimator)
+        gate = Gate(config, devices, first, clock=clock, estimator=estimator, on_evict=on_evict)
         if recorder is None and config.log_path is not None:
             recorder = Recorder(config.log_path, max_bytes=config.log_max_bytes, backups=config.log_backups)
         gate._recorder = recorder

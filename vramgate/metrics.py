@@ -135,6 +135,7 @@ class GateMetrics:
             "reserved": "Memory reserved by running leases",
             "others": "Memory used by everything but this gate's leases",
             "margin": "Safety margin kept free",
+            "resident": "Model weights resident on the device (loaded by the server, kept between runs)",
             "measured_used": "Used memory in the latest sample",
         }
         for name, text in gauges.items():
@@ -148,6 +149,27 @@ class GateMetrics:
         for device in stats.devices:
             leases.add_metric([str(device.ledger.index), device.ledger.gpu], float(device.ledger.leases))
         yield leases
+        models = GaugeMetricFamily(
+            f"{ns}_resident_model_bytes",
+            "Weights of a model resident on a device",
+            labels=[*labels, "model", "owner", "dtype"],
+        )
+        for device in stats.devices:
+            for model in device.ledger.resident:
+                key = [str(device.ledger.index), device.ledger.gpu, model.model, model.owner, model.dtype]
+                models.add_metric(key, float(model.vram_mb * MIB))
+        yield models
+        host = stats.host
+        if host is not None and host.capacity_mb is not None:
+            for name, value in (
+                ("capacity", host.capacity_mb),
+                ("free", host.free_mb),
+                ("reserved", host.reserved_mb),
+                ("resident", host.resident_mb),
+                ("others", host.others_mb),
+                ("margin", host.margin_mb),
+            ):
+                yield GaugeMetricFamily(f"{ns}_host_ram_{name}_bytes", f"Host RAM ledger: {name}", value=value * MIB)
         yield GaugeMetricFamily(f"{ns}_queue_length", "Requests waiting for admission", value=stats.queue_length)
         yield GaugeMetricFamily(f"{ns}_queue_limit", "Most requests that may wait", value=stats.queue_limit)
         yield GaugeMetricFamily(f"{ns}_running", "Leases held", value=stats.running)
@@ -162,6 +184,7 @@ class GateMetrics:
             "oom_retries": ("Re-planned retries after an out-of-memory error", stats.oom_retries),
             "cleanups": ("Cleanups run", stats.cleanups),
             "cleanup_freed_bytes": ("Memory freed by cleanups", stats.cleanup_freed_mb * MIB),
+            "evictions": ("Resident models admission ordered out to make room", stats.evictions),
         }
         for name, (text, value) in counters.items():
             yield CounterMetricFamily(f"{ns}_{name}", text, value=float(value))

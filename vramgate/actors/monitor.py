@@ -27,7 +27,7 @@ from vramgate.errors import ActorStopped, InvalidParameter, MailboxFull
 from vramgate.hardware.detect import DeviceSet, read_probe
 from vramgate.hardware.history import SampleHistory
 from vramgate.hardware.probe import Probe, ProbeReading, combine
-from vramgate.messages import Message, ResourceSample
+from vramgate.messages import HostSample, Message, ResourceSample
 from vramgate.messages.monitor import (
     GetHistory,
     GetLatestSample,
@@ -68,8 +68,9 @@ class _Call:
 def memory_view(sample: ResourceSample) -> ResourceSample:
     """The sample as admission and cleanup read it: each device's identity and memory figures, and the time.
 
-    Temperatures, power, utilization, per-process lists, the host and warnings are left out (they change at
-    every tick on a real machine and decide nothing there).
+    Temperatures, power, utilization, per-process lists, the host's CPU and disk, and warnings are left out
+    (they change at every tick on a real machine and decide nothing there); the host's RAM is kept, its use
+    rounded up and this process's share down to 64 MiB (the host RAM ledger reads them; a safe side each).
     """
     devices = tuple(
         msgspec.structs.replace(
@@ -83,7 +84,26 @@ def memory_view(sample: ResourceSample) -> ResourceSample:
         )
         for device in sample.devices
     )
-    return ResourceSample(at=sample.at, devices=devices, mapping=sample.mapping)
+    host = sample.host
+    ram = None
+    if host is not None:
+        used = min(host.ram_total_mb, -(-host.ram_used_mb // _RAM_STEP_MB) * _RAM_STEP_MB)
+        rss = host.process_rss_mb
+        ram = HostSample(
+            ram_total_mb=host.ram_total_mb,
+            ram_available_mb=host.ram_total_mb - used,
+            ram_used_mb=used,
+            swap_total_mb=0,
+            swap_used_mb=0,
+            cpu_count=host.cpu_count,
+            cgroup_limit_mb=host.cgroup_limit_mb,
+            process_rss_mb=None if rss is None else rss // _RAM_STEP_MB * _RAM_STEP_MB,
+        )
+    return ResourceSample(at=sample.at, devices=devices, host=ram, mapping=sample.mapping)
+
+
+#: The step host RAM figures are rounded to in :func:`memory_view`.
+_RAM_STEP_MB = 64
 
 
 class MonitorActor(Actor[Message]):

@@ -87,6 +87,7 @@ class HostProbe:
         self._cgroup_root = cgroup_root
         self._cpu_count = cpu_count()
         self._cpu_primed = False
+        self._process = psutil.Process()
         # A container's memory limit is fixed for its life: only a limit below the host's RAM is read again.
         cgroup = cgroup_memory(cgroup_root)
         self._cgroup_limited = cgroup is not None and cgroup[0] < psutil.virtual_memory().total
@@ -126,6 +127,11 @@ class HostProbe:
         cpu_percent = percent if self._cpu_primed else None
         self._cpu_primed = True
         disk_free, disk_total = self._disk(warnings)
+        try:
+            rss_mb: int | None = to_mb(self._process.memory_info().rss)
+        except psutil.Error as error:
+            warnings.append(f"host: cannot read this process's resident set: {error}")
+            rss_mb = None
         host = HostSample(
             ram_total_mb=to_mb(total),
             ram_available_mb=to_mb(available),
@@ -138,6 +144,7 @@ class HostProbe:
             disk_path=str(self.disk_path),
             disk_free_mb=disk_free,
             disk_total_mb=disk_total,
+            process_rss_mb=rss_mb,
         )
         return ProbeReading(probe=self.name, host=host, warnings=tuple(warnings))
 

@@ -5,6 +5,8 @@ offloading with the plan's resident blocks, VAE tiling, the transformer's dtype,
 CPU - and returns an :class:`AppliedPlan` saying what it did and what it could not do. :func:`run_in_lease`
 applies the lease's plan, runs the pipeline in a worker thread, forwards each step to ``lease.progress``,
 measures the peak and reports it with the outcome (``ok``, ``oom``, ``error``, ``cancelled``) exactly once.
+:func:`declare_pipeline` declares a pipeline the server keeps loaded as a resident model, with its weights
+measured per component (:func:`pipeline_memory`), so that each run reserves only its working memory.
 
 torch, diffusers and accelerate are imported when called: install the extra with
 ``pip install -e '.[diffusers]'`` from a clone.
@@ -24,6 +26,7 @@ import msgspec
 
 from vramgate.errors import InvalidParameter
 from vramgate.integrations import _diffusers_placement as _place
+from vramgate.integrations._diffusers_resident import PipelineMemory, declare_pipeline, pipeline_memory
 from vramgate.integrations._torch_peak import is_cuda, is_oom, observed_peak, reset_peak
 from vramgate.messages import ObservedPeak, Outcome, Plan, RunnerName, RunOptions, RunParams
 
@@ -37,9 +40,12 @@ __all__ = [
     "LeaseLike",
     "LeaseRun",
     "NotApplied",
+    "PipelineMemory",
     "apply_plan",
+    "declare_pipeline",
     "lease_device",
     "observed_peak",
+    "pipeline_memory",
     "request_options",
     "run_in_lease",
     "torch_device",

@@ -66,6 +66,13 @@ from vramgate.messages.requests import (
     Task,
     level_index,
 )
+from vramgate.messages.residency import (
+    EvictModel,
+    HostLedgerStatistics,
+    ModelLoaded,
+    ModelUnloaded,
+    ResidentModel,
+)
 from vramgate.messages.resources import (
     Backend,
     DeviceSample,
@@ -88,7 +95,9 @@ __all__ = [
     "Codec",
     "Component",
     "DeviceSample",
+    "EvictModel",
     "GenerationRequest",
+    "HostLedgerStatistics",
     "HostSample",
     "LeaseReleased",
     "LogClosed",
@@ -97,6 +106,8 @@ __all__ = [
     "LogRecord",
     "LoraSpec",
     "Message",
+    "ModelLoaded",
+    "ModelUnloaded",
     "ObservedPeak",
     "OptimizationLevel",
     "OptimizationSuggestion",
@@ -115,6 +126,7 @@ __all__ = [
     "RequestQueued",
     "RequestRejected",
     "RequirementEstimated",
+    "ResidentModel",
     "ResolvedOptions",
     "ResourceRequirement",
     "ResourceSample",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from vramgate.messages._base import MB, Message
 from vramgate.messages.admission import DeviceLedgerStatistics
 from vramgate.messages.log import LogStatistics
+from vramgate.messages.residency import HostLedgerStatistics
 
 
 class DeviceStatistics(Message, frozen=True):
@@ -23,7 +24,8 @@ class GateStatistics(Message, frozen=True):
     ``queue_stalled_s``: how long requests have waited while no lease runs on any device the first of them could
     use (the queue is not moving), ``None`` when it is empty or moving; ``stall_reason`` what that request
     waits for. ``log`` is the message log's recorder (``None`` without one); ``log.degraded`` says recording
-    stopped (a full disk, say) while the gate goes on.
+    stopped (a full disk, say) while the gate goes on. ``host`` is admission's host RAM ledger; each device's
+    ``ledger.resident`` lists the models resident there, and ``evictions`` counts the evictions ordered.
     """
 
     devices: tuple[DeviceStatistics, ...]
@@ -49,3 +51,5 @@ class GateStatistics(Message, frozen=True):
     queue_stalled_s: float | None = None
     stall_reason: str = ""
     log: LogStatistics | None = None
+    host: HostLedgerStatistics | None = None
+    evictions: int = 0

@@ -12,7 +12,9 @@ from vramgate.messages.requests import GenerationRequest
 
 Outcome = Literal["ok", "oom", "error", "cancelled"]
 TerminalState = Literal["completed", "rejected", "failed", "cancelled", "timed_out"]
-RejectCode = Literal["bad_request", "does_not_fit", "queue_full", "shutting_down", "device_lost"]
+RejectCode = Literal[
+    "bad_request", "does_not_fit", "queue_full", "shutting_down", "device_lost", "host_ram_does_not_fit"
+]
 
 
 class RequestAccepted(Message, frozen=True):
@@ -45,7 +47,11 @@ class RequestQueued(Message, frozen=True):
 
 
 class RequestAdmitted(Message, frozen=True):
-    """A lease was granted: ``reservation_mb`` on each of ``devices`` is held for this run until it is released."""
+    """A lease was granted: ``reservation_mb`` on each of ``devices`` is held for this run until it is released.
+
+    ``ram_mb`` is its host RAM reservation. ``reservation_mb`` leaves out the plan's weights already resident
+    there (``resident_mb`` of them): the run uses them without reserving them again.
+    """
 
     request_id: Ident
     lease_id: Ident
@@ -53,12 +59,15 @@ class RequestAdmitted(Message, frozen=True):
     reservation_mb: MB
     plan: Plan
     waited_s: Seconds = 0.0
+    ram_mb: MB = 0
+    resident_mb: MB = 0
 
 
 class RequestRejected(Message, frozen=True):
     """The request cannot run. ``needed_mb`` and ``smallest_gpu`` say what it would take.
 
-    ``retry_after_s`` (for ``queue_full``) estimates when the queue will have room again.
+    ``retry_after_s`` (for ``queue_full``) estimates when the queue will have room again. ``needed_ram_mb``
+    (for ``host_ram_does_not_fit``) is the host RAM it needs and ``available_ram_mb`` the most the host can give.
     """
 
     request_id: Ident
@@ -68,6 +77,8 @@ class RequestRejected(Message, frozen=True):
     smallest_gpu: str | None = None
     best_plan: Plan | None = None
     retry_after_s: Seconds | None = None
+    needed_ram_mb: MB | None = None
+    available_ram_mb: MB | None = None
 
 
 class RunProgress(Message, frozen=True):

@@ -28,7 +28,9 @@ class ResourceRequirement(Message, frozen=True):
 
     ``confidence`` is in [0, 1]; ``correction`` is the learned observed/predicted factor applied to ``vram_mb``.
     ``time_low_s`` / ``time_high_s``: the interval the time is expected within (``None``: only the point is known;
-    :mod:`vramgate.policy.timing` gives it).
+    :mod:`vramgate.policy.timing` gives it). ``load_time_s`` is its own term, not in the time: what a cold start
+    adds to it by reading the weights from disk (the time assumes them loaded, as the published timings do); a
+    device where the model is resident saves it (see :mod:`vramgate.policy._resident`).
     """
 
     vram_mb: MB
@@ -42,6 +44,7 @@ class ResourceRequirement(Message, frozen=True):
     correction: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
     time_low_s: Seconds | None = None
     time_high_s: Seconds | None = None
+    load_time_s: Seconds = 0.0
 
 
 class ResolvedOptions(Message, frozen=True):

@@ -51,7 +51,11 @@ class DeviceSample(Message, frozen=True):
 
 
 class HostSample(Message, frozen=True):
-    """The host: RAM (bounded by the container's cgroup limit when it is lower), swap, CPU and disk."""
+    """The host: RAM (bounded by the container's cgroup limit when it is lower), swap, CPU and disk.
+
+    ``process_rss_mb`` is the resident set of the process that took the sample (the one that runs the leases):
+    the host RAM ledger tells its own runs' memory from others' with it, as a device's does with ``torch``.
+    """
 
     ram_total_mb: MB
     ram_available_mb: MB
@@ -64,6 +68,7 @@ class HostSample(Message, frozen=True):
     disk_path: str = ""
     disk_free_mb: MB | None = None
     disk_total_mb: MB | None = None
+    process_rss_mb: MB | None = None
 
 
 class ResourceSample(Message, frozen=True):

@@ -75,3 +75,10 @@ def load_seconds(o: ResolvedOptions, d: Derived) -> float:
         te_full = d.text_encoder_bytes + d.image_encoder_bytes
         read += te_full / o.gpus if o.t5_fsdp else te_full
     return read / DISK_READ_BYTES_PER_S
+
+
+def cold_load_seconds(d: Derived) -> float:
+    """Seconds a cold start spends reading the weights from the checkpoint at :data:`DISK_READ_BYTES_PER_S`:
+    every expert as stored, the text (and image) encoder and the VAE. A resident model saves it."""
+    stored = d.experts * d.expert_params * d.checkpoint_bytes
+    return (stored + d.text_encoder_bytes + d.image_encoder_bytes + d.vae_bytes) / DISK_READ_BYTES_PER_S

@@ -17,11 +17,18 @@ UNUSABLE = -(1 << 60)
 
 
 class Placement(NamedTuple):
-    """Where a request goes: device positions (ascending), the plan and its reservation on each of them."""
+    """Where a request goes: device positions (ascending), the plan and its reservation on each of them;
+    ``extra_s`` is the time loading its weights adds there (they are resident on another device)."""
 
     positions: tuple[int, ...]
     plan: Plan
     need_mb: int
+    extra_s: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """The plan's estimated time here, with the load it needs here."""
+        return self.plan.requirement.estimated_time_seconds + self.extra_s
 
 
 class Shadow(NamedTuple):
@@ -33,12 +40,19 @@ class Shadow(NamedTuple):
 
 
 class Group(NamedTuple):
-    """The devices (ascending positions) that resolved to one plan, with what the plan needs on each."""
+    """The devices (ascending positions) that resolved to one plan, with what the plan needs on each (less the
+    weights resident there) and the time loading its weights adds there (``extra_s``)."""
 
     plan: Plan
     need_mb: int
     world: int
     positions: tuple[int, ...]
+    extra_s: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """The plan's estimated time on these devices, with the load it needs there."""
+        return self.plan.requirement.estimated_time_seconds + self.extra_s
 
 
 #: Groups of plans shared by every device, by (plan id, devices); each entry holds its plan, so the id stays its own.
@@ -87,7 +101,8 @@ def place_groups(groups: Sequence[Group], avail: Sequence[int], *, spread: bool)
     """:func:`place` for a request's :func:`groups_of`."""
     best: Placement | None = None
     best_score: tuple[int, tuple[int, ...]] | None = None
-    for plan, need, world, candidates in groups:
+    for group in groups:
+        plan, need, world, candidates = group.plan, group.need_mb, group.world, group.positions
         if world == 1:
             # The common case: the one device with the least (best fit) or most (spread) slack, lowest first.
             chosen_pos = -1
@@ -103,7 +118,7 @@ def place_groups(groups: Sequence[Group], avail: Sequence[int], *, spread: bool)
             score: tuple[int, tuple[int, ...]] = (-chosen_slack if spread else chosen_slack, (chosen_pos,))
             if best_score is None or score < best_score:
                 best_score = score
-                best = Placement((chosen_pos,), plan, need)
+                best = Placement((chosen_pos,), plan, need, group.extra_s)
             continue
         positions = [pos for pos in candidates if avail[pos] >= need]
         if len(positions) < world:
@@ -118,7 +133,7 @@ def place_groups(groups: Sequence[Group], avail: Sequence[int], *, spread: bool)
         score = (total, ordered)
         if best_score is None or score < best_score:
             best_score = score
-            best = Placement(ordered, plan, need)
+            best = Placement(ordered, plan, need, group.extra_s)
     return best
 
 
@@ -205,8 +220,9 @@ def earliest_finish(
     best_score: tuple[float, float, int, int, tuple[int, ...]] | None = None
     idle: Choice | None = None
     idle_score: tuple[float, float, int, int, tuple[int, ...]] | None = None
-    for plan, need, world, candidates in groups:
-        duration = run_seconds(plan.requirement.estimated_time_seconds)
+    for group in groups:
+        plan, need, world, candidates = group.plan, group.need_mb, group.world, group.positions
+        duration = run_seconds(group.seconds)
         options: list[tuple[float, float, int, int, int]] = []  # (finish, start, 0 if it fits now, slack, position)
         for pos in candidates:
             slack = avail[pos] - need
@@ -229,7 +245,11 @@ def earliest_finish(
             positions = tuple(sorted(o[4] for o in chosen))
             score = (max(o[0] for o in chosen), max(o[1] for o in chosen), waits, sum(o[3] for o in chosen), positions)
             choice = Choice(
-                Placement(positions, plan, need), score[1], score[0], {o[4]: o[3] for o in chosen}, not waits
+                Placement(positions, plan, need, group.extra_s),
+                score[1],
+                score[0],
+                {o[4]: o[3] for o in chosen},
+                not waits,
             )
             if not ready_only:
                 if best_score is None or score < best_score:
@@ -244,6 +264,6 @@ def earliest_finish(
 def relative_cost(choice: Choice, groups: Sequence[Group], run_seconds: Callable[[float], float] = float) -> float:
     """The GPU-seconds of a request's run where ``choice`` starts it over the fewest any of its plans takes (1 on
     its fastest devices; more where it is slower)."""
-    best = min((run_seconds(g.plan.requirement.estimated_time_seconds) * g.world for g in groups), default=math.inf)
+    best = min((run_seconds(g.seconds) * g.world for g in groups), default=math.inf)
     spent = (choice.finish - choice.start) * len(choice.placement.positions)
     return spent / best if best > 0 else 1.0

@@ -71,6 +71,7 @@ from vramgate.messages.lifecycle import (
     TerminalState,
 )
 from vramgate.messages.plans import Plan
+from vramgate.messages.residency import ModelLoaded, ModelUnloaded
 from vramgate.messages.resources import ResourceSample
 from vramgate.policy._placement import (
     UNUSABLE,
@@ -78,7 +79,6 @@ from vramgate.policy._placement import (
     Placement,
     Shadow,
     earliest_finish,
-    groups_of,
     place_groups,
     relative_cost,
     releases_of,
@@ -86,8 +86,10 @@ from vramgate.policy._placement import (
 )
 from vramgate.policy._plans import PlanResolver, Reoptimizer
 from vramgate.policy._queue import DeadlineHeap, Key, SortedKeys
+from vramgate.policy._resident import Residency, ram_weights_mb, weights_mb
 from vramgate.policy._standing import Standing, waiting_reason
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
+from vramgate.policy.host_ledger import HostLedger
 from vramgate.policy.ledger import DeviceConfig, DeviceLedger
 from vramgate.policy.timing import time_high_s
 
@@ -101,7 +103,8 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     ``permanent_after_s``: others' use that has not come free once in this long counts as never leaving.
     ``time_scale`` and ``min_run_s``: a run is expected to last its plan's estimated time times ``time_scale``, at
     least ``min_run_s`` (a server whose runs are compressed or simulated says so); expected ends, the backfill
-    and ``retry_after`` use it.
+    and ``retry_after`` use it. ``host_ram_mb`` bounds the host RAM ledger below what samples report (``None``:
+    the host's RAM as sampled); ``host_margin_mb`` is its safety margin (``None``: as a device's default).
     """
 
     queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
@@ -116,6 +119,8 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     min_retry_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
     time_scale: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
     min_run_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    host_ram_mb: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    host_margin_mb: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -130,6 +135,8 @@ class AdmissionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             ("min_retry_after_s", self.min_retry_after_s >= 0),
             ("time_scale", self.time_scale > 0 and math.isfinite(self.time_scale)),
             ("min_run_s", self.min_run_s >= 0 and math.isfinite(self.min_run_s)),
+            ("host_ram_mb", self.host_ram_mb is None or self.host_ram_mb > 0),
+            ("host_margin_mb", self.host_margin_mb is None or self.host_margin_mb >= 0),
         )
         for name, ok in checks:
             if not ok:
@@ -151,8 +158,11 @@ class _Waiting:
         "key",
         "message",
         "min_mb",
+        "owner",
         "plans",
         "priority",
+        "ram_max",
+        "ram_mb",
         "request_id",
         "seq",
     )
@@ -177,12 +187,23 @@ class _Waiting:
         self.key = key
         self.seq = key[2]
         self.plans = plans
-        self.groups = groups
+        self.owner = message.owner
         given = [p.requirement for p in plans if p is not None]
-        #: The least any of its plans needs per GPU, and the longest any of them may run (the top of its time
-        #: interval when it has one): backfilling lets it pass the protected request only if it ends before.
-        self.min_mb = min((r.vram_mb for r in given), default=0)
+        #: The longest any of its plans may run (the top of its time interval when it has one): backfilling lets
+        #: it pass the protected request only if it ends before.
         self.expected_s = max((time_high_s(r) for r in given), default=0.0)
+        #: The least host RAM any of its plans needs.
+        self.ram_mb = min((r.ram_mb for r in given), default=0)
+        self.ram_max = max((r.ram_mb for r in given), default=0)
+        self.groups = groups
+        self.min_mb = 0
+        self.regroup(groups)
+
+    def regroup(self, groups: tuple[Group, ...]) -> None:
+        """Take the groups anew (resident weights changed what it needs where)."""
+        self.groups = groups
+        #: The least any of its plans needs per GPU.
+        self.min_mb = min((g.need_mb for g in groups), default=0)
 
 
 class _Lease:
@@ -195,7 +216,9 @@ class _Lease:
         "expected_end",
         "late_end",
         "lease_id",
+        "owner",
         "placement",
+        "ram_mb",
         "request_id",
         "seq",
     )
@@ -210,7 +233,11 @@ class _Lease:
         devices: tuple[int, ...],
         expected_s: float,
         late_s: float,
+        owner: str = "",
+        ram_mb: int = 0,
     ) -> None:
+        self.owner = owner
+        self.ram_mb = ram_mb
         self.lease_id = lease_id
         self.request_id = request_id
         self.placement = placement
@@ -253,6 +280,13 @@ class AdmissionCore:
             for d in self._devices
         ]
         self._plans = PlanResolver(self._devices, self._ledgers, catalog, reoptimize)
+        self._host = HostLedger(
+            self.config.host_ram_mb,
+            self.config.host_margin_mb,
+            others_decay_s=self.config.others_decay_s,
+            permanent_after_s=self.config.permanent_after_s,
+        )
+        self._resident = Residency(self._ledgers, self._host, self._position)
         self._spread = self.config.placement == "spread"
         self._earliest = self.config.placement == "earliest_finish"
         self._queue: SortedKeys = SortedKeys()
@@ -356,8 +390,11 @@ class AdmissionCore:
                 blocked=ledger.blocked(now),
                 permanent_mb=ledger.permanent_mb,
                 attainable_mb=ledger.attainable_mb,
+                resident_mb=ledger.resident_mb,
+                unloading_mb=ledger.unloading_mb,
+                resident=self._resident.on(pos),
             )
-            for ledger in self._ledgers
+            for pos, ledger in enumerate(self._ledgers)
         )
         admitted = self._counts["admitted"]
         return AdmissionStatistics(
@@ -368,6 +405,8 @@ class AdmissionCore:
             mean_wait_s=self._wait_total / admitted if admitted else 0.0,
             max_wait_s=self._wait_max,
             stalled_since=self._stalled_since,
+            host=self._host.statistics(now),
+            evictions=self._resident.evictions,
             **self._counts,
         )
 
@@ -387,6 +426,11 @@ class AdmissionCore:
         assert len(self._queue) == len(self._waiting) == len(self._by_seq)
         assert not (self._waiting.keys() & self._lease_of_request.keys())
         assert len(self._queue) <= self.config.queue_limit
+        assert self._host.reserved_mb == sum(lease.ram_mb for lease in self._leases.values())
+        assert self._host.leases == sum(1 for lease in self._leases.values() if lease.ram_mb)
+        for entry in self._resident.entries():
+            assert entry.users <= self._leases.keys(), (entry.ledger_key, entry.users)
+            assert self._ledgers[entry.pos].resident_of(entry.ledger_key) == entry.loaded.vram_mb
 
     # ================================================================== snapshot and restore
 
@@ -401,6 +445,8 @@ class AdmissionCore:
                 plan=lease.placement.plan,
                 admitted_at=max(0.0, lease.admitted_at),
                 cancel_requested=lease.cancel_requested,
+                ram_mb=lease.ram_mb,
+                owner=lease.owner,
             )
             for lease in sorted(self._leases.values(), key=lambda lease: lease.seq)
         )
@@ -411,6 +457,7 @@ class AdmissionCore:
             waiting=waiting,
             lease_counter=self._lease_counter,
             taken_at=None if taken_at is None else max(0.0, taken_at),
+            resident=self._resident.snapshot(),
         )
 
     def restore(self, snapshot: AdmissionSnapshot, now: float) -> list[Message]:
@@ -428,6 +475,7 @@ class AdmissionCore:
         self._now = now
         out: list[Message] = []
         seen: set[str] = set()
+        self._resident.restore(snapshot.resident)
         for item in snapshot.leases:
             self._restore_lease(item, seen)
         self._lease_counter = max(self._lease_counter, snapshot.lease_counter)
@@ -455,6 +503,9 @@ class AdmissionCore:
         if not positions or len(set(positions)) != len(positions):
             raise InvalidParameter("devices", item.devices, "a lease needs one or more distinct devices")
         placement = Placement(tuple(sorted(positions)), item.plan, item.reservation_mb)
+        if item.reservation_mb < item.plan.requirement.vram_mb and len(positions) == 1:
+            _, extra = self._resident.discount(item.plan, item.owner, positions[0])
+            placement = placement._replace(extra_s=extra)
         number = item.lease_id.removeprefix("lease-")
         seq = int(number) if number.isdigit() else 0
         self._lease_counter = max(self._lease_counter, seq)
@@ -465,12 +516,19 @@ class AdmissionCore:
             item.admitted_at,
             seq,
             self._lease_devices(placement),
-            self.config.run_seconds(item.plan.requirement.estimated_time_seconds),
-            self.config.run_seconds(time_high_s(item.plan.requirement)),
+            self.config.run_seconds(placement.seconds),
+            self.config.run_seconds(time_high_s(item.plan.requirement) + placement.extra_s),
+            item.owner,
+            item.ram_mb,
         )
         lease.cancel_requested = item.cancel_requested
         for pos in placement.positions:
             self._ledgers[pos].restore(item.lease_id, item.reservation_mb, item.admitted_at)
+        if item.ram_mb:
+            self._host.restore(item.lease_id, item.ram_mb, item.admitted_at)
+        self._resident.use(
+            item.lease_id, item.plan, item.owner, placement.positions, item.reservation_mb, item.admitted_at
+        )
         self._leases[item.lease_id] = lease
         self._lease_of_request[item.request_id] = item.lease_id
         self._ends = None
@@ -481,13 +539,41 @@ class AdmissionCore:
             self._reject(out, message.request_id, "bad_request", "the request has no plan")
             return None
         plans = self._plans.resolve(message)
-        problem = self._plans.never_fits(plans, message)
+        problem = self._plans.never_fits(plans, message) or self._host_never_fits(
+            message.request_id, plans, message.owner
+        )
         if problem is not None:
             out.append(problem)
             self._counts["rejected"] += 1
             self._end(out, message.request_id, "rejected", problem.reason)
             return None
         return plans
+
+    def _host_never_fits(self, request_id: str, plans: Sequence[Plan | None], owner: str) -> RequestRejected | None:
+        """The rejection of a request whose every plan needs more host RAM than the host can ever give."""
+        attainable = self._host.attainable_or_none()
+        given = [p for p in plans if p is not None]
+        if attainable is None or not given:
+            return None
+        # A resident model's RAM the request would use counts for it; other resident models can be evicted.
+        held = self._resident.ram_held
+        best = min(given, key=lambda p: p.requirement.ram_mb - held(p, owner))
+        need = best.requirement.ram_mb - held(best, owner)
+        if need <= attainable:
+            return None
+        return RequestRejected(
+            request_id=request_id,
+            code="host_ram_does_not_fit",
+            reason=(
+                f"the smallest plan needs {best.requirement.ram_mb:,} MiB of host RAM; the host can give at most "
+                f"{attainable:,} MiB (capacity {self._host.capacity_mb:,} less the margin {self._host.margin_mb:,}"
+                f" and {self._host.permanent_mb:,} MiB that others never gave back)"
+            ),
+            needed_mb=best.requirement.vram_mb,
+            best_plan=best,
+            needed_ram_mb=best.requirement.ram_mb,
+            available_ram_mb=attainable,
+        )
 
     def _restore_waiting(self, message: SubmitRequest, now: float, out: list[Message]) -> None:
         request_id = message.request_id
@@ -501,7 +587,8 @@ class AdmissionCore:
         self._seq += 1
         key = (self.config.aging * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
-        self._enqueue(_Waiting(request_id, message.priority, arrival, deadline, key, plans, groups_of(plans), message))
+        groups = self._resident.groups(plans, message.owner)
+        self._enqueue(_Waiting(request_id, message.priority, arrival, deadline, key, plans, groups, message))
 
     def _submit_of(self, waiting: _Waiting) -> SubmitRequest:
         message = waiting.message
@@ -528,10 +615,16 @@ class AdmissionCore:
         elif isinstance(message, DeviceLost):
             self._device_lost(message, now, out)
             dirty = True
+        elif isinstance(message, ModelLoaded):
+            dirty = self._loaded(message, now) or dirty
+        elif isinstance(message, ModelUnloaded):
+            dirty = self._unloaded(message, now) or dirty
         elif not isinstance(message, AdmissionTick):
             raise InvalidParameter("message", type(message).__name__, "admission does not handle this message")
         if dirty and self._queue:
             self._schedule(now, out)
+        if self._queue and self._resident:
+            self._evict(now, out)
         self._note_stall(now)
         return out
 
@@ -546,11 +639,16 @@ class AdmissionCore:
         if plans is None:
             return
         arrival = message.arrival if message.arrival is not None else now
-        groups = groups_of(plans)
+        groups = self._resident.groups(plans, message.owner)
         if not self._queue:
-            found = self._place(groups, self._free(now), now)
-            if found is not None:
-                self._admit(out, request_id, found, now, arrival, backfilled=False)
+            host_free = self._host.free_mb(now)
+            startable = groups
+            if any(p is not None and p.requirement.ram_mb > host_free for p in plans):
+                ram = self._resident.ram_need
+                startable = tuple(g for g in groups if ram(g.plan, message.owner, g.positions[:1]) <= host_free)
+            found = self._place(startable, self._free(now), now) if startable else None
+            if found is not None and self._host_fits(found, message.owner, host_free):
+                self._admit(out, request_id, found, now, arrival, backfilled=False, owner=message.owner)
                 return
         elif len(self._queue) >= self.config.queue_limit:
             retry = self.retry_after(now)
@@ -590,6 +688,9 @@ class AdmissionCore:
         self._ends = None
         for pos in lease.placement.positions:
             self._ledgers[pos].release(lease.lease_id, now)
+        if lease.ram_mb:
+            self._host.release(lease.lease_id, now)
+        self._resident.done(lease.lease_id, now)
         out.append(
             LeaseReleased(
                 request_id=lease.request_id,
@@ -664,15 +765,22 @@ class AdmissionCore:
                 continue
             ledger = ledgers[pos]
             was_lost = ledger.lost
-            before = (ledger.others_mb, ledger.capacity_mb)
+            before = (ledger.others_mb, ledger.capacity_mb, ledger.unloading_mb)
             attainable = ledger.attainable_mb
             if was_lost or not ledger.admits(pass_at):
                 changed = True
             ledger.observe(device, at)
-            if ledger.lost != was_lost or (ledger.others_mb, ledger.capacity_mb) != before:
+            if ledger.lost != was_lost or (ledger.others_mb, ledger.capacity_mb, ledger.unloading_mb) != before:
                 changed = True
                 newly_lost = newly_lost or ledger.lost
             shrunk = shrunk or ledger.attainable_mb < attainable
+        host = self._host
+        if message.host is not None:
+            before = (host.others_mb, host.capacity_mb, host.unloading_mb)
+            attainable = host.attainable_mb
+            host.observe(message.host, at)
+            changed = changed or (host.others_mb, host.capacity_mb, host.unloading_mb) != before
+            shrunk = shrunk or host.attainable_mb < attainable
         if (newly_lost or shrunk) and self._waiting:
             self._reject_unplaceable(out)
         return changed
@@ -694,6 +802,83 @@ class AdmissionCore:
             out.append(rejection)
             self._counts["rejected"] += 1
             self._end(out, waiting.request_id, "rejected", rejection.reason)
+        for waiting in list(self._waiting.values()):
+            host_rejection = self._host_never_fits(waiting.request_id, waiting.plans, waiting.owner)
+            if host_rejection is not None:
+                self._dequeue(waiting)
+                out.append(host_rejection)
+                self._counts["rejected"] += 1
+                self._end(out, waiting.request_id, "rejected", host_rejection.reason)
+
+    # ------------------------------------------------------------------ resident models
+
+    def _loaded(self, message: ModelLoaded, now: float) -> bool:
+        """Count a declared load; a running lease of that process and model on that device that reserved the
+        weights uses the resident ones from now, and its reservation shrinks by them."""
+        entry = self._resident.load(message, now)
+        if entry is None:
+            raise InvalidParameter("device", message.device, "no such device", valid=str(sorted(self._position)))
+        key = entry.key
+        for lease in self._leases.values():
+            placement = lease.placement
+            plan = placement.plan
+            if (
+                placement.positions != (entry.pos,)
+                or plan.requirement.world_size != 1
+                or (lease.owner, plan.params.model, plan.params.options.dit_dtype) != key
+                or self._resident.uses(lease.lease_id)
+            ):
+                continue
+            taken = self._ledgers[entry.pos].shrink(lease.lease_id, min(message.vram_mb, weights_mb(plan)), now)
+            lease.placement = placement._replace(need_mb=placement.need_mb - taken)
+            if lease.ram_mb:
+                ram = self._host.shrink(lease.lease_id, min(message.ram_mb, ram_weights_mb(plan)), now)
+                lease.ram_mb -= ram
+                if not lease.ram_mb:
+                    self._host.release(lease.lease_id, now)
+            self._resident.adopt(lease.lease_id, entry, now)
+            self._ends = None
+        self._regroup()
+        return True
+
+    def _unloaded(self, message: ModelUnloaded, now: float) -> bool:
+        if not self._resident.unload(message, now):
+            return False
+        self._regroup()
+        return True
+
+    def _regroup(self) -> None:
+        resident = self._resident
+        for waiting in self._waiting.values():
+            waiting.regroup(resident.groups(waiting.plans, waiting.owner))
+
+    def _evict(self, now: float, out: list[Message]) -> None:
+        """Order idle resident models out for the first waiting request (of the first ``1 + backfill_depth``) that
+        fits nowhere now but would then; nothing more while what is ordered out already makes room for it."""
+        ledgers = self._ledgers
+        free = self._free(now)
+        usable = [ledger.admits(now) for ledger in ledgers]
+        host_free = self._host.free_mb(now)
+        by_seq = self._by_seq
+        for key in islice(self._queue, 0, 1 + self.config.backfill_depth):
+            waiting = by_seq[key[2]]
+            orders = self._resident.evict_for(
+                waiting.request_id, waiting.groups, waiting.owner, free, usable, host_free
+            )
+            if orders is not None:
+                out.extend(orders)
+                return
+
+    def _host_groups(self, waiting: _Waiting, allowed: int) -> tuple[Group, ...]:
+        """``waiting``'s groups whose host RAM fits within ``allowed`` MiB (it can start now only with those)."""
+        if waiting.ram_max <= allowed:
+            return waiting.groups
+        need = self._resident.ram_need
+        return tuple(g for g in waiting.groups if need(g.plan, waiting.owner, g.positions[:1]) <= allowed)
+
+    def _host_fits(self, placed: Placement, owner: str, allowed: int) -> bool:
+        """Whether the host RAM a placement reserves fits within ``allowed`` MiB."""
+        return self._resident.ram_need(placed.plan, owner, placed.positions) <= allowed
 
     # ================================================================== scheduling
 
@@ -771,12 +956,16 @@ class AdmissionCore:
         behind it that backfilling lets start now, whose time there is the least over its best time anywhere (the
         work a device is comparatively best at; ties go to the head, then to queue order). The head then waits
         for the device it prefers, protected by backfilling."""
+        host_free = self._host.free_mb(now)
+        head_groups = self._host_groups(head, host_free)
+        if not head_groups:
+            return None  # it waits for host RAM
         if not self._earliest:
-            placed = place_groups(head.groups, free, spread=self._spread)
+            placed = place_groups(head_groups, free, spread=self._spread)
             return None if placed is None else (head, placed)
         releases = self._releases(now)
         run_seconds = self.config.run_seconds
-        choice = earliest_finish(head.groups, free, self._later(now), releases, now=now, run_seconds=run_seconds)
+        choice = earliest_finish(head_groups, free, self._later(now), releases, now=now, run_seconds=run_seconds)
         if choice is None or not choice.ready:
             return None
         wanted = choice.preferred
@@ -787,20 +976,24 @@ class AdmissionCore:
         guarded = [min(f, wanted.extra[pos]) if pos in wanted.extra else f for pos, f in enumerate(free)]
         nothing_later = [UNUSABLE] * len(free)
         best = choice
-        best_ratio = relative_cost(choice, head.groups, run_seconds)
+        best_ratio = relative_cost(choice, head_groups, run_seconds)
         picked = head
         by_seq = self._by_seq
+        host_guard = host_free - head.ram_mb  # what the others may take: the head keeps what it needs
         for key in islice(self._queue, 1, 1 + self.config.backfill_depth):
             waiting = by_seq[key[2]]
+            groups = self._host_groups(waiting, host_guard)
+            if not groups:
+                continue
             ends_before = now + run_seconds(waiting.expected_s) <= wanted.start
             room = free if ends_before else guarded
             avail = [mb if ok else UNUSABLE for mb, ok in zip(room, idle, strict=True)]
             if waiting.min_mb > max(avail):
                 continue
-            found = earliest_finish(waiting.groups, avail, nothing_later, releases, now=now, run_seconds=run_seconds)
+            found = earliest_finish(groups, avail, nothing_later, releases, now=now, run_seconds=run_seconds)
             if found is None:
                 continue
-            ratio = relative_cost(found, waiting.groups, run_seconds)
+            ratio = relative_cost(found, groups, run_seconds)
             if ratio < best_ratio:
                 best, best_ratio, picked = found, ratio, waiting
         return picked, best.placement
@@ -843,8 +1036,18 @@ class AdmissionCore:
                     break
                 # The head, or a request behind it that took an idle device the head would have taken.
                 starter, placed = start
+                if not self._host_fits(placed, starter.owner, self._host.free_mb(now)):
+                    break  # it waits for host RAM
                 self._dequeue(starter)
-                self._admit(out, starter.request_id, placed, now, starter.arrival, backfilled=starter is not head)
+                self._admit(
+                    out,
+                    starter.request_id,
+                    placed,
+                    now,
+                    starter.arrival,
+                    backfilled=starter is not head,
+                    owner=starter.owner,
+                )
                 for pos in placed.positions:
                     free[pos] -= placed.need_mb
         if not self._queue:
@@ -864,11 +1067,14 @@ class AdmissionCore:
         protected: Shadow | None = None
         guarded: list[int] = []
         top_guarded = 0
+        # Host RAM a candidate that runs past the protected start may use: what the protected request leaves.
+        host_spare = 0
         for waiting in candidates:
             if waiting.min_mb > top:
                 continue
             if protected is None:
                 protector, protected = self._protector(free, now)
+                host_spare = self._host.free_mb(now) - (protector.ram_mb if protector is not None else 0)
                 # What a candidate that runs past the protected start may use: on its devices, only the spare.
                 extra = protected.extra
                 guarded = [min(f, extra[pos]) if pos in extra else f for pos, f in enumerate(free)]
@@ -879,11 +1085,20 @@ class AdmissionCore:
             ends_before = mine or now + self.config.run_seconds(waiting.expected_s) <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
-            found = self._place(waiting.groups, free if ends_before else guarded, now, free)
+            host_allowed = self._host.free_mb(now) if ends_before else host_spare
+            groups = self._host_groups(waiting, host_allowed)
+            if not groups:
+                continue
+            found = self._place(groups, free if ends_before else guarded, now, free)
             if found is None:
                 continue
+            ram = self._resident.ram_need(found.plan, waiting.owner, found.positions)
+            if ram > host_allowed:
+                continue
+            if not ends_before:
+                host_spare -= ram
             self._dequeue(waiting)
-            self._admit(out, waiting.request_id, found, now, waiting.arrival, backfilled=True)
+            self._admit(out, waiting.request_id, found, now, waiting.arrival, backfilled=True, owner=waiting.owner)
             for pos in found.positions:
                 free[pos] -= found.need_mb
                 guarded[pos] = min(guarded[pos], free[pos])
@@ -954,6 +1169,14 @@ class AdmissionCore:
         free = self._free(now) if free is None else free
         ahead = self._queue.rank(waiting.key) if ahead < 0 else ahead
         reason = waiting_reason(waiting.plans, self._ledgers, free, now, ahead)
+        host_free = self._host.free_mb(now)
+        if waiting.ram_mb > host_free:
+            host = self._host
+            reason += (
+                f"; waiting for {waiting.ram_mb - host_free:,} MiB of host RAM: held by {host.leases} running "
+                f"lease{'s' if host.leases != 1 else ''}, {host.resident_mb:,} MiB of resident models and "
+                f"{host.others_mb:,} MiB of others"
+            )
         if self._earliest and place_groups(waiting.groups, free, spread=False) is not None:
             choice = earliest_finish(
                 waiting.groups,
@@ -985,12 +1208,24 @@ class AdmissionCore:
         del self._by_seq[waiting.seq]
 
     def _admit(
-        self, out: list[Message], request_id: str, found: Placement, now: float, arrival: float, *, backfilled: bool
+        self,
+        out: list[Message],
+        request_id: str,
+        found: Placement,
+        now: float,
+        arrival: float,
+        *,
+        backfilled: bool,
+        owner: str = "",
     ) -> None:
         self._lease_counter += 1
         lease_id = f"lease-{self._lease_counter}"
+        ram = self._resident.ram_need(found.plan, owner, found.positions)
+        if ram:
+            self._host.reserve(lease_id, ram, now)
         for pos in found.positions:
             self._ledgers[pos].reserve(lease_id, found.need_mb, now)
+        resident_mb = self._resident.use(lease_id, found.plan, owner, found.positions, found.need_mb, now)
         lease = _Lease(
             lease_id,
             request_id,
@@ -998,8 +1233,10 @@ class AdmissionCore:
             now,
             self._lease_counter,
             self._lease_devices(found),
-            self.config.run_seconds(found.plan.requirement.estimated_time_seconds),
-            self.config.run_seconds(time_high_s(found.plan.requirement)),
+            self.config.run_seconds(found.seconds),
+            self.config.run_seconds(time_high_s(found.plan.requirement) + found.extra_s),
+            owner,
+            ram,
         )
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id
@@ -1018,6 +1255,8 @@ class AdmissionCore:
                 reservation_mb=found.need_mb,
                 plan=found.plan,
                 waited_s=waited,
+                ram_mb=ram,
+                resident_mb=resident_mb,
             )
         )
 

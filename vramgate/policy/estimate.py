@@ -14,6 +14,7 @@ from vramgate.messages.lifecycle import RunFinished
 from vramgate.messages.plans import Component, Plan, ResolvedOptions, ResourceRequirement, RunParams
 from vramgate.messages.requests import GenerationRequest, OptimizationLevel, RunOptions
 from vramgate.policy._derived import MIB, Derived, derive
+from vramgate.policy._host_ram import cold_load_seconds
 from vramgate.policy._physics import Breakdown, compute
 from vramgate.policy.calibration import Calibration
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog, GpuSpec
@@ -173,6 +174,7 @@ class Estimator:
             world_size=params.options.gpus,
             confidence=self._confidence(profile, spec, b),
             correction=factor,
+            load_time_s=cold_load_seconds(derived),
         )
         return self.learned.times.apply(requirement, profile.name)  # the time corrected, with its interval
 

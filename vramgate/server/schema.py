@@ -6,7 +6,14 @@ from typing import Literal
 
 import msgspec
 
-from vramgate.messages import DeviceSample, HostSample, OptimizationSuggestion, Plan, ResourceSample
+from vramgate.messages import (
+    DeviceSample,
+    HostLedgerStatistics,
+    HostSample,
+    OptimizationSuggestion,
+    Plan,
+    ResourceSample,
+)
 from vramgate.messages.gate import DeviceStatistics
 
 #: What a client sees of a request: the gate's ticket states, with ``admitted`` shown as ``running``, and the
@@ -159,12 +166,14 @@ class SampleView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DevicesBody(msgspec.Struct, frozen=True, kw_only=True):
-    """``GET /v1/devices``: each device's admission ledger and the latest sample of every device and the host."""
+    """``GET /v1/devices``: each device's admission ledger (its resident models too), the latest sample of every
+    device and the host, and the host RAM ledger."""
 
     devices: tuple[DeviceStatistics, ...]
     sample: SampleView
     queue_length: int
     running: int
+    host: HostLedgerStatistics | None = None
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

@@ -294,6 +294,7 @@ class GenerationService:
             sample=SampleView.of(self.gate.latest_sample),
             queue_length=stats.queue_length,
             running=stats.running,
+            host=stats.host,
         )
 
     def health(self) -> Health:
