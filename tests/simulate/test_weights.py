@@ -34,9 +34,10 @@ I2V = {**T2V, "model": "i2v-A14B"}
 
 
 def weights_mb(request: GenerationRequest, gpu: GpuSpec) -> int:
-    """The estimator's weights on the GPU for the request as given (DiT, text encoder, VAE)."""
+    """The estimator's weights on the GPU for the request as given (DiT, LoRA, text encoder, VAE)."""
     requirement = ESTIMATOR.estimate(ESTIMATOR.resolve(request), gpu)
-    return sum(c.vram_mb for c in requirement.components if c.name in ("dit_weights", "text_encoder", "vae_weights"))
+    names = ("dit_weights", "lora", "text_encoder", "vae_weights")
+    return sum(c.vram_mb for c in requirement.components if c.name in names)
 
 
 def ram_mb(request: GenerationRequest, gpu: GpuSpec) -> int:

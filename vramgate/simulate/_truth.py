@@ -16,8 +16,8 @@ import msgspec
 
 from vramgate.messages.plans import ResourceRequirement, RunParams
 from vramgate.messages.requests import GenerationRequest
+from vramgate.policy._resident import WEIGHT_COMPONENTS
 from vramgate.policy.gpus import GpuSpec
-from vramgate.simulate._weights import WEIGHT_COMPONENTS
 
 
 class EstimatorLike(Protocol):

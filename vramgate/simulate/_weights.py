@@ -1,15 +1,15 @@
 """The simulator's truth for model weights and host RAM: what is resident on each device, what a load costs.
 
 * Each device keeps the weights of the models it has loaded (per model and DiT dtype; a run's weights are the
-  estimator's DiT, text encoder and VAE weights on the GPU at its peak), held on the device as this system's
-  memory (owner ``weights:<key>``). A run whose weights are resident uses them; one whose weights are not, or
-  only in part (a plan that keeps more of the model on the GPU than the one that loaded it), loads what is
-  missing first. A resident model holds what its runs need, the most any of them needs, never more: what none of
-  them needs goes (an idle model is cut down to what the next run of it needs), so that resident weights never
-  hold more than the runs using them reserved. A run that finds its weights still being loaded by another run
-  shares that load without waiting for it (optimistic by at most one load). A run started with ``keep_weights``
-  leaves them resident when it ends (a server's process keeps its pipeline); otherwise they are freed once no run
-  uses them (a process per run, as with ``generate.py``).
+  estimator's DiT, LoRA, text encoder and VAE weights on the GPU at its peak, as admission counts them), held on
+  the device as this system's memory (owner ``weights:<key>``). A run whose weights are resident uses them; one
+  whose weights are not, or only in part (a plan that keeps more of the model on the GPU than the one that loaded
+  it), loads what is missing first. A resident model holds what its runs need, the most any of them needs, never
+  more: what none of them needs goes (an idle model is cut down to what the next run of it needs), so that
+  resident weights never hold more than the runs using them reserved. A run that finds its weights still being
+  loaded by another run shares that load without waiting for it (optimistic by at most one load). A run started
+  with ``keep_weights`` leaves them resident when it ends (a server's process keeps its pipeline); otherwise they
+  are freed once no run uses them (a process per run, as with ``generate.py``).
 * Making room: before this system takes memory on a device (a load, a pin, a run's allocation), idle resident
   models are evicted, least recently used first, when that makes the allocation fit (never when it would not).
 * A load reads the weights from the host's page cache over the GPU's host link (the catalog's figure times the
@@ -35,9 +35,6 @@ _MIB = float(1 << 20)
 
 #: The simulated host's RAM per device when none is given: a DGX H100 has 2 TiB for 8 GPUs.
 DEFAULT_HOST_RAM_PER_GPU_MB = 256 * 1024
-
-#: Components of an estimate that are weights (what a load brings onto the device).
-WEIGHT_COMPONENTS = frozenset(("dit_weights", "text_encoder", "vae_weights"))
 
 
 @dataclass(frozen=True, slots=True)

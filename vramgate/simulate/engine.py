@@ -12,9 +12,9 @@ Execution model:
   arrives later and does not fit beside it is refused, and the run's allocations draw from it first; only what
   the run needs above its pin may still run out of memory. A pin that does not fit when the run starts is not
   taken (counted in ``pin_failures``), and the run goes on unprotected.
-* a run's weights (the estimator's DiT, text encoder and VAE weights) are a load before it computes, unless they
-  are resident on its devices (:mod:`vramgate.simulate._weights`): the load occupies the run's devices like its
-  compute does (counted in ``load_gpu_s``), and a run started with ``keep_weights`` leaves them resident; loads
+* a run's weights (the estimator's DiT, LoRA, text encoder and VAE weights) are a load before it computes, unless
+  they are resident on its devices (:mod:`vramgate.simulate._weights`): the load occupies the run's devices like
+  its compute does (counted in ``load_gpu_s``), and a run started with ``keep_weights`` leaves them resident; loads
   and allocations evict idle resident weights, least recently used first, when that makes them fit. Each run holds
   its host RAM peak on the simulated host from its start; one that does not fit is killed at once, as the host's OOM
   killer would (``host_oom_kills``; it ends with outcome ``error``). ``load_weights=False`` leaves weights out (a
