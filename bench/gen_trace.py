@@ -9,9 +9,13 @@ every policy that completes everything queue without bound).
 
 Kinds: ``burst`` (every request within the first ``--span`` seconds), ``mixed`` (steady Poisson arrivals at
 ``--rate`` per hour), ``day`` (24 h of Poisson arrivals whose rate follows a diurnal curve peaking in the
-afternoon, with outside consumers on ``--devices`` devices). Half of the requests pin the flags the Wan2.2 README
-gives for one GPU (``--offload_model True --convert_model_dtype``, plus ``--t5_cpu`` for TI2V-5B), as operators
-do; the rest leave the options to the server.
+afternoon, with outside consumers on ``--devices`` devices), ``switch`` (model switching: Poisson arrivals at
+``--rate`` per hour of short previews, in sessions of one to four requests for the same model, the model drawn
+anew for each session). Half of the requests of the other kinds pin the flags the Wan2.2 README gives for one GPU
+(``--offload_model True --convert_model_dtype``, plus ``--t5_cpu`` for TI2V-5B), as operators do; the rest, and
+every preview, leave the options to the server.
+
+    python bench/gen_trace.py --kind switch --requests 200 --seed 7 --rate 60 > bench/traces/switch-2xh100.jsonl
 """
 
 from __future__ import annotations
@@ -67,6 +71,23 @@ def request(rng: random.Random, index: int) -> GenerationRequest:
     )
 
 
+def preview(rng: random.Random, index: int, model: str) -> GenerationRequest:
+    """A short preview of ``model``: its smallest size, 49 or 81 frames, 20 or 30 steps, options left to the server."""
+    task, sizes = next((task, sizes) for name, task, sizes, _ in MODELS if name == model)
+    width, height = sizes[0]
+    return GenerationRequest(
+        model=model,
+        task=task,  # type: ignore[arg-type]
+        width=width,
+        height=height,
+        frames=rng.choice((49, 81)),
+        steps=rng.choice((20, 30)),
+        request_id=f"req-{index:06d}",
+        priority=rng.choice((0, 0, 1)),
+        max_level="basic",
+    )
+
+
 def diurnal(t: float) -> float:
     """Relative load over a day: low at night, peaks around 11:00 and 16:00."""
     hour = (t / 3600.0) % 24.0
@@ -100,15 +121,24 @@ def generate(kind: str, *, requests: int, seed: int, rate: float, span: float, d
                     Outside(at=round(t, 3), device=device, mb=rng.choice((2048, 4096, 6144)), until=round(until, 3))
                 )
                 t = until + rng.uniform(1800.0, 14400.0)
+    elif kind == "switch":
+        t, i = 0.0, 0
+        weights = [m[3] for m in MODELS]
+        while i < requests:
+            model = rng.choices(MODELS, weights=weights)[0][0]
+            for _ in range(min(rng.randint(1, 4), requests - i)):
+                t += rng.expovariate(rate / 3600.0)
+                lines.append(Arrival(at=round(t, 3), request=preview(rng, i, model)))
+                i += 1
     else:
-        raise SystemExit(f"unknown kind {kind!r} (burst, mixed, day)")
+        raise SystemExit(f"unknown kind {kind!r} (burst, mixed, day, switch)")
     lines.sort(key=lambda r: r.at)
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=("burst", "mixed", "day"), required=True)
+    parser.add_argument("--kind", choices=("burst", "mixed", "day", "switch"), required=True)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate", type=float, default=60.0, help="arrivals per hour (mixed; peak for day)")

@@ -7,11 +7,12 @@ checks: vramgate has 0 OOMs and 0 over-commits, completes at least as many reque
 its makespan is within 10 % of the best baseline's that has no OOMs; on the mixed 8-GPU trace its p95 wait is at
 most half of ``serial``'s. The vramgate policy runs twice, with earliest-finish placement (the default) and with
 best fit, side by side; on the mixed traces earliest finish's makespan must be within 1.05x of the speed-aware
-bound and its mean wait below best fit's. For each trace it also prints the offered load: the GPU time of
-vramgate's runs over the devices' time between the first and the last arrival (a steady trace must stay below 1).
-It then measures the
-simulator's speed with the vramgate policy (simulated requests per second of wall time, the best of three runs on
-this shared machine) on a larger generated trace, with the ``serial`` policy's speed measured alongside.
+bound and its mean wait below best fit's. ``vramgate-cold`` (every run loads its weights) runs beside them: vramgate,
+which keeps weights resident, must spend no more GPU time loading. For each trace it also prints the offered load:
+the GPU time of vramgate's runs over the devices' time between the first and the last arrival (a steady trace must
+stay below 1). It then measures the simulator's speed with the vramgate policy (simulated requests per second of
+wall time, the best of three runs on this shared machine) on a larger generated trace, with the ``serial``
+policy's speed measured alongside.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TRACES = (
     ("mixed-8xh100.jsonl", "8xH100-80GB"),
     ("day-diurnal.jsonl", "2xH100-80GB,RTX4090-24GB"),
     ("mixed-hetero.jsonl", "2xH100-80GB,2xRTX4090-24GB"),
+    ("switch-2xh100.jsonl", "2xH100-80GB"),
 )
 PLACEMENTS = ("earliest_finish", "best_fit")
 
@@ -41,8 +43,16 @@ PLACEMENTS = ("earliest_finish", "best_fit")
 def check(name: str, results: list[PolicyResult]) -> list[str]:
     ours = next(r for r in results if r.policy == "vramgate:earliest_finish")
     best_fit = next(r for r in results if r.policy == "vramgate:best_fit")
+    cold = next(r for r in results if r.policy == "vramgate-cold")
     baselines = [r for r in results if not r.policy.startswith("vramgate")]
     failures: list[str] = []
+    print(
+        f"residency: load GPU-s {ours.load_gpu_s:,.0f} ({ours.loads} loads) against {cold.load_gpu_s:,.0f} cold "
+        f"({cold.loads}); makespan {ours.makespan_s:,.0f} s against {cold.makespan_s:,.0f} s; mean wait "
+        f"{ours.mean_wait_s:,.0f} s against {cold.mean_wait_s:,.0f} s"
+    )
+    if ours.load_gpu_s > cold.load_gpu_s:
+        failures.append(f"{name}: load GPU-s {ours.load_gpu_s:.0f} > vramgate-cold's {cold.load_gpu_s:.0f}")
     if name.startswith("mixed"):
         bound = ours.speed_bound_makespan_s
         print(

@@ -39,13 +39,14 @@ def outside(at: float, device: int, mb: int, until: float) -> Outside:
 
 class StartAll:
     """Starts every request at once on device 0 as given, counting ``planned_mb`` as declared (and pinning it with
-    ``pin``)."""
+    ``pin``; with ``keep_weights`` its weights stay resident after it)."""
 
     name = "start-all"
 
-    def __init__(self, planned_mb: int = 0, *, pin: bool = False) -> None:
+    def __init__(self, planned_mb: int = 0, *, pin: bool = False, keep_weights: bool = False) -> None:
         self.planned_mb = planned_mb
         self.pin = pin
+        self.keep_weights = keep_weights
         self.sim: Simulation | None = None
         self.ended: list[tuple[str, str, float]] = []
 
@@ -54,7 +55,7 @@ class StartAll:
 
     def arrive(self, job: Job, now: float) -> None:
         assert self.sim is not None
-        self.sim.start(job, (0,), self.sim.as_given(job), self.planned_mb, pin=self.pin)
+        self.sim.start(job, (0,), self.sim.as_given(job), self.planned_mb, pin=self.pin, keep_weights=self.keep_weights)
 
     def cancel(self, job: Job, now: float) -> None:
         assert self.sim is not None

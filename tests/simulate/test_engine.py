@@ -15,6 +15,7 @@ ESTIMATOR = Estimator()
 
 def run(records: list, policy: StartAll | None = None, **kw: object) -> tuple[Simulation, StartAll]:  # type: ignore[type-arg]
     policy = policy or StartAll()
+    kw.setdefault("load_weights", False)  # compute and memory alone (tests/simulate/test_weights.py has the loads)
     sim = Simulation(trace(*records), [H100], policy, estimator=ESTIMATOR, **kw)  # type: ignore[arg-type]
     sim.run()
     return sim, policy

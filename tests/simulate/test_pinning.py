@@ -23,7 +23,7 @@ TRACES = Path(__file__).resolve().parents[2] / "bench" / "traces"
 
 
 def run(records: list, policy: StartAll) -> Simulation:  # type: ignore[type-arg]
-    sim = Simulation(trace(*records), [H100], policy, estimator=ESTIMATOR)  # type: ignore[arg-type]
+    sim = Simulation(trace(*records), [H100], policy, estimator=ESTIMATOR, load_weights=False)  # type: ignore[arg-type]
     sim.run()
     return sim
 
@@ -84,7 +84,7 @@ def test_a_pin_that_does_not_fit_at_the_start_is_not_taken() -> None:
 
 def test_samples_show_a_pin_as_the_systems_own_memory() -> None:
     policy = StartAll(planned_mb=60_000, pin=True)
-    sim = Simulation(trace(*_race(60_000, 30_000)), [H100], policy, estimator=ESTIMATOR)  # type: ignore[arg-type]
+    sim = Simulation(trace(*_race(60_000, 30_000)), [H100], policy, estimator=ESTIMATOR, load_weights=False)  # type: ignore[arg-type]
     policy.attach(sim)
     job = sim.jobs[0]
     sim.start(job, (0,), sim.as_given(job), 60_000, pin=True)

@@ -24,7 +24,7 @@ from vramgate.messages.codec import encode_json
     "--policy",
     default="all",
     show_default=True,
-    help="vramgate, serial, check-then-run, retry-on-oom, seed, a comma-separated list, or all.",
+    help="vramgate, vramgate-cold, serial, check-then-run, retry-on-oom, seed, a comma-separated list, or all.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the truth noise and the faults.")
 @click.option(
@@ -46,6 +46,12 @@ from vramgate.messages.codec import encode_json
     type=FiniteFloat(0.0, 1.0),
     help="Log-normal sigma of true/estimated time when the trace gives none.",
 )
+@click.option(
+    "--host-ram-gib",
+    default=None,
+    type=click.IntRange(min=1, max=1 << 20),
+    help="The simulated host's RAM in GiB (default: 256 per device).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per policy (JSON Lines).")
 @click.option(
     "--plot",
@@ -62,6 +68,7 @@ def command(
     faults: str | None,
     mem_spread: float,
     time_spread: float,
+    host_ram_gib: int | None,
     as_json: bool,
     plot_path: str | None,
 ) -> None:
@@ -69,6 +76,7 @@ def command(
     from vramgate.policy.estimate import Estimator
     from vramgate.simulate import load_trace, parse_devices, parse_faults
     from vramgate.simulate._truth import Truth
+    from vramgate.simulate._weights import SimulatedHost
     from vramgate.simulate.report import render_table
     from vramgate.simulate.run import policy_names, simulate
 
@@ -80,6 +88,7 @@ def command(
         names = policy_names(policy)
         estimator = Estimator()
         truth = Truth(estimator, specs[0], mem_spread=mem_spread, time_spread=time_spread)
+        host = SimulatedHost(ram_mb=host_ram_gib * 1024 if host_ram_gib is not None else None)
         results = []
         for index, name in enumerate(names):
             result, sim = simulate(
@@ -90,6 +99,7 @@ def command(
                 faults=spec,
                 estimator=estimator,
                 truth=truth,
+                host=host,
                 timeline=plot_path is not None and index == 0,
             )
             results.append(result)

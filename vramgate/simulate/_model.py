@@ -8,10 +8,11 @@ from vramgate.messages.plans import RunParams
 from vramgate.messages.requests import GenerationRequest
 
 # Milestone kinds of a run, in the order they happen at equal progress.
-ALLOC = 0
-SPIKE = 1
-CRASH = 2
-DONE = 3
+NO_START = 0  # the run could not start (its weights or host RAM did not fit): it ends at once
+ALLOC = 1  # also: its weights are loaded (a run's memory rises once it computes)
+SPIKE = 2
+CRASH = 3
+DONE = 4
 
 
 @dataclass(eq=False, slots=True)
@@ -70,3 +71,10 @@ class Run:
     end: float | None = None
     outcome: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    weights_key: str = ""  # the resident weights it uses (see vramgate.simulate._weights)
+    weights_mb: int = 0  # on each of its devices
+    weights_on: tuple[int, ...] = ()  # the devices whose weights it acquired
+    keep_weights: bool = False
+    load_work: float = 0.0  # work (seconds at full speed) spent loading, before it computes
+    ram_mb: int = 0  # host RAM it holds
+    no_start: tuple[str, str] | None = None  # the outcome and reason it ends with at once, when it cannot start

@@ -16,6 +16,7 @@ import msgspec
 
 from vramgate.messages.plans import ResourceRequirement, RunParams
 from vramgate.messages.requests import GenerationRequest
+from vramgate.policy._resident import WEIGHT_COMPONENTS
 from vramgate.policy.gpus import GpuSpec
 
 
@@ -35,6 +36,7 @@ class Truth:
         self.time_spread = time_spread
         self._given: dict[GenerationRequest, RunParams] = {}
         self._estimates: dict[tuple[RunParams, str], tuple[int, float]] = {}
+        self._footprints: dict[tuple[RunParams, str], tuple[int, int]] = {}
         self._gpus: dict[str, GpuSpec] = {reference.name: reference}
 
     def as_given(self, request: GenerationRequest) -> RunParams:
@@ -52,6 +54,16 @@ class Truth:
         if found is None:
             requirement = self.estimator.estimate(params, gpu)
             found = self._estimates[key] = (requirement.vram_mb, requirement.estimated_time_seconds)
+            weights = sum(c.vram_mb for c in requirement.components if c.name in WEIGHT_COMPONENTS)
+            self._footprints[key] = (weights, requirement.ram_mb)
+        return found
+
+    def footprint(self, params: RunParams, gpu: GpuSpec) -> tuple[int, int]:
+        """The estimator's weights on each GPU at the peak (MiB) and host RAM peak (MiB) for ``params`` on ``gpu``."""
+        found = self._footprints.get((params, gpu.name))
+        if found is None:
+            self.estimate(params, gpu)
+            found = self._footprints[(params, gpu.name)]
         return found
 
     def ratios(

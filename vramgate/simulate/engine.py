@@ -12,6 +12,13 @@ Execution model:
   arrives later and does not fit beside it is refused, and the run's allocations draw from it first; only what
   the run needs above its pin may still run out of memory. A pin that does not fit when the run starts is not
   taken (counted in ``pin_failures``), and the run goes on unprotected.
+* a run's weights (the estimator's DiT, LoRA, text encoder and VAE weights) are a load before it computes, unless
+  they are resident on its devices (:mod:`vramgate.simulate._weights`): the load occupies the run's devices like
+  its compute does (counted in ``load_gpu_s``), and a run started with ``keep_weights`` leaves them resident; loads
+  and allocations evict idle resident weights, least recently used first, when that makes them fit. Each run holds
+  its host RAM peak on the simulated host from its start; one that does not fit is killed at once, as the host's OOM
+  killer would (``host_oom_kills``; it ends with outcome ``error``). ``load_weights=False`` leaves weights out (a
+  run's whole peak is its own allocation, and it computes at once), for tests that time compute alone.
 
 The engine is plain synchronous code: a heap of events ordered by (time, sequence number), so the same trace,
 policy, seed and faults always give the same events in the same order. Policies see the devices only through
@@ -33,8 +40,9 @@ from vramgate.hardware.simulated import SimulatedGpu
 from vramgate.messages.plans import RunParams
 from vramgate.messages.resources import DeviceSample
 from vramgate.policy.gpus import GpuSpec
-from vramgate.simulate._model import ALLOC, CRASH, DONE, SPIKE, Job, JobFaults, Run
+from vramgate.simulate._model import ALLOC, CRASH, DONE, NO_START, SPIKE, Job, JobFaults, Run
 from vramgate.simulate._truth import EstimatorLike, Truth
+from vramgate.simulate._weights import SimulatedHost, WeightStore
 from vramgate.simulate.faults import FaultPlan, FaultSpec
 from vramgate.simulate.trace import Trace
 
@@ -76,8 +84,12 @@ class Counters:
     __slots__ = (
         "core_crashes",
         "device_losses",
+        "disk_loads",
         "failed_samples",
         "faults",
+        "host_oom_kills",
+        "load_gpu_s",
+        "loads",
         "oom_events",
         "outside_denied_mb",
         "overcommits",
@@ -100,6 +112,10 @@ class Counters:
         self.failed_samples = 0
         self.device_losses = 0
         self.core_crashes = 0
+        self.loads = 0
+        self.disk_loads = 0
+        self.load_gpu_s = 0.0
+        self.host_oom_kills = 0
         self.faults: dict[str, int] = {}
 
 
@@ -129,6 +145,8 @@ class Simulation:
         faults: FaultSpec | None = None,
         timeline: bool = False,
         truth: Truth | None = None,
+        host: SimulatedHost | None = None,
+        load_weights: bool = True,
     ) -> None:
         trace.check_devices(len(devices))
         self.trace = trace
@@ -139,6 +157,8 @@ class Simulation:
         self.ramp_fraction = ramp_fraction
         self.truth = truth or Truth(estimator, self.specs[0], mem_spread=mem_spread, time_spread=time_spread)
         self.gpus = [SimulatedGpu(spec, index=i) for i, spec in enumerate(self.specs)]
+        self.weights = WeightStore(self.gpus, host or SimulatedHost())
+        self.load_weights = load_weights
         self.now = 0.0
         self.counters = Counters()
         self.timeline = Timeline(len(devices)) if timeline else None
@@ -152,6 +172,7 @@ class Simulation:
         self._area = [0.0] * len(devices)
         self._area_at = [0.0] * len(devices)
         self._samples: list[DeviceSample] = [gpu.sample() for gpu in self.gpus]
+        self._reclaimable = [0] * len(devices)
         self._sample_version = [0] * len(devices)
         self._mem_version = [0] * len(devices)
         self._fault_rng = random.Random(f"samples:{seed}")
@@ -224,6 +245,11 @@ class Simulation:
         """:meth:`sample_changed` of every device (the engine's own list: read it, do not keep or change it)."""
         return self._sample_version
 
+    def sample_reclaimable_mb(self, index: int) -> int:
+        """MiB of the latest sample of ``index`` that idle resident weights held (this system's memory that making
+        room evicts before anything of this system's would run out of memory)."""
+        return self._reclaimable[index]
+
     def measured_other_mb(self, index: int) -> int:
         """Memory the latest sample shows in use by anything but this system's runs (context, outside); what the
         runs hold, pinned blocks included, is torch's ``reserved``."""
@@ -254,39 +280,55 @@ class Simulation:
         lease_id: str = "",
         level: str = "none",
         pin: bool = False,
+        keep_weights: bool = False,
     ) -> Run:
-        """Start a run of ``job`` with ``params`` on ``devices``; ``planned_mb`` is what the policy counts per GPU.
+        """Start a run of ``job`` with ``params`` on ``devices``; ``planned_mb`` is what the policy counts per GPU,
+        the run's weights included.
 
-        With ``pin``, ``planned_mb`` is pinned on each device at once (see the module documentation)."""
+        The run first loads its weights on the devices where they are not resident (:mod:`._weights`); with
+        ``keep_weights`` they stay resident after it. With ``pin``, ``planned_mb`` less the weights is pinned on
+        each device at once (see the module documentation)."""
         if job.state is not None or (job.run is not None and job.run.alive):
             raise AssertionError(f"{job.request_id}: started while {job.state or 'running'}")
         now = self.now
         spec = self.specs[devices[0]]
         vram, seconds = self.truth.estimate(params, spec)
+        weights_mb, ram_mb = self.truth.footprint(params, spec)
         true_peak = max(1, math.ceil(vram * job.mem_ratio))
-        work = max(1e-6, seconds * job.time_ratio)
+        compute = max(1e-6, seconds * job.time_ratio)
         for d in devices:
             if self._committed[d] + planned_mb + self.measured_other_mb(d) > self.specs[d].memory_mib:
                 self.counters.overcommits += 1
             self._committed[d] += planned_mb
-        milestones: list[tuple[float, int]] = [(self.ramp_fraction * work, ALLOC)]
-        jf = job.faults
-        if jf.spike_at is not None:
-            milestones.append((max(self.ramp_fraction, jf.spike_at) * work, SPIKE))
-        if jf.crash_at is not None:
-            milestones.append((jf.crash_at * work, CRASH))
-        milestones.append((work, DONE))
-        milestones.sort()
-        run = Run(job, devices, params, planned_mb, true_peak, work, now, milestones, lease_id=lease_id, level=level)
+        run = Run(job, devices, params, planned_mb, true_peak, compute, now, [], lease_id=lease_id, level=level)
         run.updated = now
-        if pin and planned_mb > 0:
-            self._pin(run)
+        run.keep_weights = keep_weights
+        run.weights_mb = min(weights_mb, true_peak) if self.load_weights else 0
+        run.weights_key = f"{params.model}:{params.options.dit_dtype}"
+        failure = self._acquire(run, ram_mb)
+        if failure is not None:
+            run.no_start = failure
+            run.milestones.append((0.0, NO_START))
+        else:
+            load = run.load_work
+            run.work = load + compute
+            milestones = run.milestones
+            milestones.append((load + self.ramp_fraction * compute, ALLOC))
+            jf = job.faults
+            if jf.spike_at is not None:
+                milestones.append((load + max(self.ramp_fraction, jf.spike_at) * compute, SPIKE))
+            if jf.crash_at is not None:
+                milestones.append((load + jf.crash_at * compute, CRASH))
+            milestones.append((load + compute, DONE))
+            milestones.sort()
+            if pin and planned_mb > 0:
+                self._pin(run)
         job.run = run
         job.attempts += 1
         if job.first_start is None:
             job.first_start = now
         self.counters.runs += 1
-        self._log(f"start {job.request_id} {devices} {planned_mb} {true_peak} {work!r}")
+        self._log(f"start {job.request_id} {devices} {planned_mb} {true_peak} {run.work!r}")
         for d in devices:
             self._runs[d].append(run)
         self._reschedule(devices)
@@ -440,20 +482,79 @@ class Simulation:
         for run in list(self._runs[device]):
             self._stop(run, "error", reason="device lost")
         self._account(device)
+        self.weights.drop_device(device)
         gpu.lose()
         self._mem_version[device] += 1
         self._push(self.now + duration, _DEVICE_BACK, device)
 
     # ------------------------------------------------------------------ runs
 
+    def _acquire(self, run: Run, ram_mb: int) -> tuple[str, str] | None:
+        """Take the run's host RAM and its weights on each device (loading those not resident); the outcome and
+        reason it ends with at once when either does not fit."""
+        weights = self.weights
+        owner = run.job.request_id
+        if not weights.take_ram(ram_mb):
+            self.counters.host_oom_kills += 1
+            self._log(f"host-oom {owner} {ram_mb}")
+            free = weights.host_capacity_mb - weights.host_used_mb
+            return "error", f"killed by the host's OOM killer: {ram_mb} MiB of host RAM, {free} MiB free"
+        run.ram_mb = ram_mb
+        if run.weights_mb <= 0:
+            return None
+        missing: list[int] = []
+        load_mb = 0
+        acquired: list[int] = []
+        failure: tuple[str, str] | None = None
+        for d in run.devices:
+            self._account(d)
+            try:
+                loads = weights.acquire(d, run.weights_key, run.weights_mb)
+            except CapacityError:
+                self._count_oom(run, d, run.weights_mb)
+                failure = "oom", f"out of memory on device {d} loading the weights"
+                break
+            except SystemFault:
+                failure = "error", f"device {d} is lost"
+                break
+            acquired.append(d)
+            self._mem_version[d] += 1
+            if loads:
+                missing.append(d)
+                load_mb = max(load_mb, loads)
+        run.weights_on = tuple(acquired)
+        if failure is None and missing:
+            run.load_work, from_disk = weights.load_seconds(run.params.model, load_mb, missing)
+            self.counters.loads += 1
+            self.counters.disk_loads += from_disk
+            self._log(f"load {owner} {missing} {run.weights_key} {run.load_work!r}")
+        return failure
+
+    def _grab(self, device: int, owner: str, mb: int, *, pin: bool = False) -> None:
+        """Allocate (or with ``pin``, pin) ``mb`` MiB for ``owner``, evicting idle resident weights when that makes
+        it fit; raises the device's error when it does not."""
+        gpu = self.gpus[device]
+        take = gpu.pin if pin else gpu.allocate
+        try:
+            take(owner, mb)
+        except CapacityError:
+            held = gpu.allocations().get(owner, 0)
+            pinned = gpu.pins().get(owner, 0)
+            grow = max(0, mb - held) if pin else max(held + mb, pinned) - max(held, pinned)
+            if not self.weights.make_room(device, grow):
+                raise
+            self._log(f"evicted {device} for {owner}")
+            take(owner, mb)
+
     def _pin(self, run: Run) -> None:
-        """Pin the run's planned memory on each of its devices: all of them, or none."""
+        """Pin the run's planned memory, less the weights it holds there, on each of its devices: all, or none."""
         owner = run.job.request_id
         pinned: list[int] = []
         for d in run.devices:
             self._account(d)
+            mb = max(0, run.planned_mb - (run.weights_mb if d in run.weights_on else 0))
             try:
-                self.gpus[d].pin(owner, run.planned_mb)
+                self._grab(d, owner, mb, pin=True)
             except (CapacityError, SystemFault):
                 for p in pinned:
                     self.gpus[p].unpin(owner)
@@ -487,7 +588,9 @@ class Simulation:
         run.updated = self.now
         run.next += 1
         if kind == ALLOC:
-            if not self._allocate(run, run.true_peak_mb):
+            for d in run.weights_on:
+                self.weights.loaded(d, run.weights_key)
+            if not self._allocate(run, run.true_peak_mb - run.weights_mb):
                 return
         elif kind == SPIKE:
             self._count_fault("unforeseen_oom")
@@ -497,6 +600,10 @@ class Simulation:
         elif kind == CRASH:
             self._count_fault("run_crash")
             self._stop(run, "error", reason="the run crashed")
+            return
+        elif kind == NO_START:
+            assert run.no_start is not None
+            self._stop(run, run.no_start[0], reason=run.no_start[1])
             return
         else:
             self._stop(run, "ok")
@@ -510,13 +617,9 @@ class Simulation:
         for d in run.devices:
             self._account(d)
             try:
-                self.gpus[d].allocate(owner, mb)
+                self._grab(d, owner, mb)
             except CapacityError:
-                self.counters.oom_events += 1
-                run.job.ooms += 1
-                if self.timeline is not None:
-                    self.timeline.ooms.append((d, self.now))
-                self._log(f"oom {owner} {d} {mb}")
+                self._count_oom(run, d, mb)
                 self._stop(run, "oom", reason=f"out of memory on device {d}")
                 return False
             except SystemFault:
@@ -525,6 +628,13 @@ class Simulation:
             self._mem_version[d] += 1
         run.held_mb += mb
         return True
+
+    def _count_oom(self, run: Run, device: int, mb: int) -> None:
+        self.counters.oom_events += 1
+        run.job.ooms += 1
+        if self.timeline is not None:
+            self.timeline.ooms.append((device, self.now))
+        self._log(f"oom {run.job.request_id} {device} {mb}")
 
     def _stop(self, run: Run, outcome: str, *, reason: str = "") -> None:
         if not run.alive:
@@ -544,10 +654,16 @@ class Simulation:
             if not gpu.lost:
                 gpu.free(owner)
                 gpu.unpin(owner)
+            if d in run.weights_on and self.weights.release(d, run.weights_key, run.weights_mb, keep=run.keep_weights):
+                self._log(f"unload {d} {run.weights_key}")
             self._mem_version[d] += 1
             if self.timeline is not None:
                 self.timeline.bars.append((d, run.started, now, outcome, owner))
-        gpu_s = min(run.done, run.work) * len(run.devices)
+        self.weights.give_ram(run.ram_mb)
+        run.ram_mb = 0
+        load_s = min(run.done, run.load_work) * len(run.devices)
+        self.counters.load_gpu_s += load_s
+        gpu_s = min(run.done, run.work) * len(run.devices) - load_s
         if outcome == "ok":
             self.counters.useful_gpu_s += gpu_s
         else:
@@ -590,6 +706,7 @@ class Simulation:
                     self.wake_at(self.now + 1.0)
                     continue
             self._samples[d] = gpu.sample()
+            self._reclaimable[d] = self.weights.idle_mb(d)
             self._sample_version[d] = self._mem_version[d]
 
     # ------------------------------------------------------------------ results
@@ -609,5 +726,8 @@ class Simulation:
 
     def leaked_allocations(self) -> int:
         """Runs still holding or pinning memory, or still registered on a device, after the simulation (must be 0)."""
-        held = sum(len(gpu.allocations()) + len(gpu.pins()) for gpu in self.gpus)
-        return sum(len(runs) for runs in self._runs) + held
+        held = sum(
+            sum(1 for owner in gpu.allocations() if not owner.startswith("weights:")) + len(gpu.pins())
+            for gpu in self.gpus
+        )
+        return sum(len(runs) for runs in self._runs) + held + self.weights.in_use() + (self.weights.host_used_mb > 0)

@@ -21,6 +21,9 @@ When the admission core crashes (a fault), a new core is built and restored from
 leases it granted and the requests still waiting, in their order), then given the latest samples: no lease and no
 request is lost.
 
+Runs keep their weights resident on their devices (``vramgate-cold``, ``keep_weights=False``: every run loads
+them); how the admission core is told about idle resident weights is :mod:`vramgate.simulate._residency`'s.
+
 Like a gate, the policy learns each GPU's times from the runs that end (``ok``), on its optimizer's estimator
 (:func:`~vramgate.simulate.run.make_policy` gives it a copy of the simulation's, so that the truth, which is
 defined by the uncorrected figures, stays put): later plans carry the corrected time and its narrower interval.
@@ -53,6 +56,7 @@ from vramgate.policy.estimate import Estimator
 from vramgate.policy.ledger import DeviceConfig
 from vramgate.policy.optimize import Optimizer
 from vramgate.simulate._model import Job, Run
+from vramgate.simulate._residency import without_idle_weights
 
 if TYPE_CHECKING:
     from vramgate.simulate.engine import Simulation
@@ -68,11 +72,19 @@ class VramgatePolicy:
     name = "vramgate"
 
     def __init__(
-        self, optimizer: Optimizer, config: AdmissionConfig = SIMULATED_ADMISSION, *, pin: bool = True
+        self,
+        optimizer: Optimizer,
+        config: AdmissionConfig = SIMULATED_ADMISSION,
+        *,
+        pin: bool = True,
+        keep_weights: bool = True,
     ) -> None:
         self.optimizer = optimizer
         self.config = config
         self.pin = pin
+        # With keep_weights, a run's weights stay resident on its devices after it (vramgate-cold: never).
+        self.keep_weights = keep_weights
+        self.name = "vramgate" if keep_weights else "vramgate-cold"
         self._sim: Simulation | None = None
         self._core: AdmissionCore | None = None
         self._devices: tuple[DeviceConfig, ...] = ()
@@ -181,12 +193,11 @@ class VramgatePolicy:
     def _learn(self, run: Run, now: float) -> None:
         """Teach the estimator the time of a run that ended well; plans made before it moved are dropped."""
         estimator = self.optimizer.estimator
-        if not isinstance(estimator, Estimator) or now <= run.started:
+        computed = (now - run.started) * (1.0 - run.load_work / run.work)  # the time less its load: estimates have none
+        if not isinstance(estimator, Estimator) or computed <= 0.0:
             return
         plan = self._plan_of(run)
-        finished = RunFinished(
-            request_id=run.job.request_id, lease_id=run.lease_id, outcome="ok", seconds=now - run.started
-        )
+        finished = RunFinished(request_id=run.job.request_id, lease_id=run.lease_id, outcome="ok", seconds=computed)
         gpu, world = self.sim.specs[run.devices[0]].name, plan.params.options.gpus
         before = estimator.learned.times.interval(plan.params.model, gpu, 1.0, world)
         estimator.observe(finished, plan)
@@ -270,7 +281,8 @@ class VramgatePolicy:
             if version != sent[i] or (sent_at[i] <= due and version == current[i]):
                 sent[i] = version
                 sent_at[i] = now
-                changed.append(sim.sample(i))
+                idle = sim.sample_reclaimable_mb(i)
+                changed.append(without_idle_weights(sim.sample(i), idle) if idle else sim.sample(i))
         if ages:
             self._refresh_due = min(sent_at) + refresh
         if not changed:
@@ -311,6 +323,7 @@ class VramgatePolicy:
                     lease_id=out.lease_id,
                     level=out.plan.level,
                     pin=self.pin,
+                    keep_weights=self.keep_weights,
                 )
                 run.extra["plan"] = out.plan
                 self._runs[out.lease_id] = run

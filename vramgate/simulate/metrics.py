@@ -23,6 +23,9 @@ class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
         exactly one terminal state. ``digest``: SHA-256 of the event sequence. ``outside_denied_mb``: memory outside
     consumers asked for and were refused because it was not free (pinned blocks make more of them refused).
     ``pin_failures``: runs whose planned memory could not be pinned when they started (they ran unprotected).
+    ``load_gpu_s``: GPU-seconds spent loading weights that were not resident (not counted in ``useful_gpu_s`` or
+    ``wasted_gpu_s``); ``loads``: runs that loaded, ``disk_loads`` those that read from disk, not the page cache.
+    ``host_oom_kills``: runs killed because their host RAM did not fit (they end ``failed``).
     """
 
     policy: str
@@ -52,6 +55,10 @@ class PolicyResult(msgspec.Struct, frozen=True, kw_only=True):
     speed_bound_makespan_s: float = 0.0
     outside_denied_mb: int = 0
     pin_failures: int = 0
+    load_gpu_s: float = 0.0
+    loads: int = 0
+    disk_loads: int = 0
+    host_oom_kills: int = 0
     wall_s: float = 0.0
 
     @property
@@ -125,5 +132,9 @@ def collect(sim: Simulation, *, wall_s: float = 0.0) -> PolicyResult:
         digest=sim.digest,
         outside_denied_mb=c.outside_denied_mb,
         pin_failures=c.pin_failures,
+        load_gpu_s=round(c.load_gpu_s, 3),
+        loads=c.loads,
+        disk_loads=c.disk_loads,
+        host_oom_kills=c.host_oom_kills,
         wall_s=wall_s,
     )

@@ -2,7 +2,8 @@
 
 ``failed`` counts every request that ended failed (``failed OOM`` those whose last run ran out of memory, and
 requests still waiting when the trace ended); ``leaked`` counts leases and waiting requests the policy still
-held at the end, and allocations left on the devices.
+held at the end, and allocations left on the devices; ``host OOM`` runs the host's OOM killer ended, ``load GPU-s``
+the GPU time spent loading weights that were not resident.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("failed", "failed"),
     ("failed OOM", "failed_oom"),
     ("OOM events", "oom_events"),
+    ("host OOM", "host_oom_kills"),
     ("wasted GPU-s", "wasted_gpu_s"),
+    ("load GPU-s", "load_gpu_s"),
     ("makespan s", "makespan_s"),
     ("mean wait s", "mean_wait_s"),
     ("p95 wait s", "p95_wait_s"),

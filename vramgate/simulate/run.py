@@ -13,6 +13,7 @@ from vramgate.policy.estimate import Estimator, copy_estimator
 from vramgate.policy.gpus import GpuSpec
 from vramgate.policy.optimize import Optimizer
 from vramgate.simulate._truth import Truth
+from vramgate.simulate._weights import SimulatedHost
 from vramgate.simulate.engine import Policy, Simulation
 from vramgate.simulate.faults import FaultSpec
 from vramgate.simulate.gate import SIMULATED_ADMISSION, VramgatePolicy
@@ -20,19 +21,19 @@ from vramgate.simulate.metrics import PolicyResult, collect
 from vramgate.simulate.policies import CheckThenRunPolicy, RetryOnOomPolicy, SeedPolicy, SerialPolicy
 from vramgate.simulate.trace import Trace
 
-#: Every policy, in the order tables list them.
-POLICIES = ("vramgate", "serial", "check-then-run", "retry-on-oom", "seed")
+#: Every policy, in the order tables list them (``vramgate-cold``: the vramgate policy with no resident weights).
+POLICIES = ("vramgate", "vramgate-cold", "serial", "check-then-run", "retry-on-oom", "seed")
 
 
 def make_policy(name: str, estimator: Estimator, *, placement: Placement | None = None) -> Policy:
     """A fresh policy by name (``placement``: the vramgate policy's, else the admission core's default). The
     vramgate policy learns on a copy of ``estimator``, so that each run of it starts from what ``estimator`` knows."""
-    if name == "vramgate":
+    if name in ("vramgate", "vramgate-cold"):
         optimizer = Optimizer(copy_estimator(estimator))
-        if placement is None:
-            return VramgatePolicy(optimizer)
-        config = msgspec.structs.replace(SIMULATED_ADMISSION, placement=placement)
-        return VramgatePolicy(optimizer, config)
+        config = SIMULATED_ADMISSION
+        if placement is not None:
+            config = msgspec.structs.replace(SIMULATED_ADMISSION, placement=placement)
+        return VramgatePolicy(optimizer, config, keep_weights=name == "vramgate")
     if name == "serial":
         return SerialPolicy()
     if name == "check-then-run":
@@ -70,6 +71,7 @@ def simulate(
     estimator: Estimator | None = None,
     truth: Truth | None = None,
     placement: Placement | None = None,
+    host: SimulatedHost | None = None,
 ) -> tuple[PolicyResult, Simulation]:
     """Run one policy; returns its metrics and the finished simulation (for plots and checks)."""
     estimator = estimator or Estimator()
@@ -84,6 +86,7 @@ def simulate(
         faults=faults,
         timeline=timeline,
         truth=truth,
+        host=host,
     )
     started = time.perf_counter()
     sim.run()
@@ -100,6 +103,7 @@ def compare(
     mem_spread: float = 0.02,
     time_spread: float = 0.1,
     placements: Sequence[Placement] = (),
+    host: SimulatedHost | None = None,
 ) -> list[PolicyResult]:
     """Every policy against the same trace, seed and faults (one shared estimator, so one shared truth); with
     ``placements``, the vramgate policy once with each of them (each result named ``vramgate:<placement>``)."""
@@ -109,7 +113,15 @@ def compare(
     for name in policies:
         for placement in placements if name == "vramgate" and placements else (None,):
             result = simulate(
-                trace, devices, name, seed=seed, faults=faults, estimator=estimator, truth=truth, placement=placement
+                trace,
+                devices,
+                name,
+                seed=seed,
+                faults=faults,
+                estimator=estimator,
+                truth=truth,
+                placement=placement,
+                host=host,
             )[0]
             if placement is not None:
                 result = msgspec.structs.replace(result, policy=f"vramgate:{placement}")
