@@ -72,11 +72,11 @@ class Ledger:
 
 
 def _check(gate: Gate, ledger: Ledger) -> None:
-    admission = gate._admission
+    admission = gate.admission_core
     assert admission is not None
-    admission.admission.check_invariants()
+    admission.check_invariants()
     devices = [d.ledger for d in gate.statistics().devices]
-    for ticket in list(gate._tickets.values()):
+    for ticket in gate.tickets():
         if ticket.state != "queued" or ticket.plan is None:
             continue
         need = ticket.plan.requirement.vram_mb

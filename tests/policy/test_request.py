@@ -233,7 +233,7 @@ def test_the_closest_miss_is_the_rejection() -> None:
     assert rejected.needed_mb > 22_272
     assert rejected.smallest_gpu is not None
     assert rejected.best_plan is not None
-    assert rejected.best_plan.request_id == "big"
+    assert rejected.best_plan.request_id.startswith(":q")  # the plan answered the question, not one request
     assert ended.state == "rejected"
     assert harness.submits() == []
 

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from vramgate.actors.core import CoreActor, Output, Send
-from vramgate.messages import LogHeader, Message
+from vramgate.messages import LeaseReleased, LogHeader, Message
 from vramgate.messages.admission import AdmissionTick
 from vramgate.messages.log import CoreSpec
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
@@ -28,14 +28,21 @@ KIND = "admission"
 
 
 class AdmissionShell:
-    """Adapts :class:`AdmissionCore` (which returns events) to the runtime's core protocol (which routes them)."""
+    """Adapts :class:`AdmissionCore` (which returns events) to the runtime's core protocol (which routes them).
 
-    def __init__(self, core: AdmissionCore, *, events_to: str) -> None:
+    Without ``release_events``, ``LeaseReleased`` is not sent: the ``RequestEnded`` that follows a release says it
+    to a recipient that knows the lease (the gate)."""
+
+    def __init__(self, core: AdmissionCore, *, events_to: str, release_events: bool = True) -> None:
         self.core = core
         self.events_to = events_to
+        self.release_events = release_events
 
     def handle(self, message: Message, now: float) -> Sequence[Output]:
-        return [Send(self.events_to, event) for event in self.core.handle(message, now)]
+        events = self.core.handle(message, now)
+        if not self.release_events:
+            events = [event for event in events if type(event) is not LeaseReleased]
+        return [Send(self.events_to, event) for event in events]
 
 
 class AdmissionActor(CoreActor):
@@ -60,13 +67,15 @@ def admission_actor(
     *,
     events_to: str,
     tick_s: float = 0.5,
+    release_events: bool = True,
 ) -> AdmissionActor:
     """An admission actor for ``devices``; its recorded config rebuilds the same core for replay."""
-    shell = AdmissionShell(AdmissionCore(devices, config), events_to=events_to)
+    shell = AdmissionShell(AdmissionCore(devices, config), events_to=events_to, release_events=release_events)
     recorded = {
         "devices": [msgspec.to_builtins(d) for d in devices],
         "admission": msgspec.to_builtins(config),
         "events_to": events_to,
+        "release_events": release_events,
     }
     return AdmissionActor(shell, tick_s=tick_s, config=recorded)
 
@@ -76,7 +85,10 @@ def build_core(header: LogHeader, spec: CoreSpec) -> AdmissionShell:
     config = spec.config
     devices = msgspec.convert(config["devices"], tuple[DeviceConfig, ...])
     admission = msgspec.convert(config["admission"], AdmissionConfig)
-    return AdmissionShell(AdmissionCore(devices, admission), events_to=str(config["events_to"]))
+    release_events = bool(config.get("release_events", True))
+    return AdmissionShell(
+        AdmissionCore(devices, admission), events_to=str(config["events_to"]), release_events=release_events
+    )
 
 
 register_core_kind(KIND, build_core)

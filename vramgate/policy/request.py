@@ -400,7 +400,8 @@ class RequestCore:
         miss: PlanDoesNotFit | None = None,
         retry_after_s: float | None = None,
     ) -> None:
-        best = msgspec.structs.replace(miss.best_plan, request_id=record.request_id) if miss is not None else None
+        # The closest plan as the optimizer answered the question (identical rejections share it, in the log too).
+        best = miss.best_plan if miss is not None else None
         rejected = RequestRejected(
             request_id=record.request_id,
             code=code,
