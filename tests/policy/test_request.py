@@ -473,3 +473,20 @@ def test_any_message_sequence_ends_each_request_at_most_once(steps: list[tuple[s
             if harness.core.state(rid) in (RequestState.PREFLIGHT, RequestState.PLANNING, RequestState.QUEUED)
         ]
         assert harness.core.room() == 3 - len(waiting)
+
+
+def test_small_lessons_that_add_up_clear_the_cache() -> None:
+    harness = Harness()
+    harness.accept(SMALL, "a")
+    harness.answer()
+    asked = len(harness.asked)
+    factor = 1.0
+    for step in range(4):  # 0.4 % at a time: each alone keeps the cache ...
+        factor *= 1.004
+        harness.feed(CorrectionLearned(model="ti2v-5B", gpu="H100-80GB", factor=factor, runs=step, outcome="ok"))
+        harness.accept(SMALL, f"b{step}")
+        assert len(harness.asked) == asked, step
+    factor *= 1.004  # ... until together they moved it by more than 2 %
+    harness.feed(CorrectionLearned(model="ti2v-5B", gpu="H100-80GB", factor=factor, runs=4, outcome="ok"))
+    harness.accept(SMALL, "c")
+    assert len(harness.asked) == asked + 1

@@ -261,7 +261,8 @@ class RequestCore:
         self._questions: dict[str, tuple[bytes, int]] = {}
         self._shrinking: dict[str, _Oom] = {}
         self._oomed: OrderedDict[str, _Oom] = OrderedDict()
-        self._corrections: dict[tuple[str, str], float] = {}
+        #: each correction: as the latest lesson left it, and as it was when the cached answers were made
+        self._corrections: dict[tuple[str, str], tuple[float, float]] = {}
         self._generation = 0
         self._counter = 0
         self._deadlines: list[tuple[float, int, str]] = []
@@ -664,15 +665,19 @@ class RequestCore:
         self._accept(retry_id, retry, self._now, out, attempt=attempt, root=oom.root)
 
     def _learned(self, message: CorrectionLearned) -> None:
-        """Drop the cached answers when a correction moved by more than half a percent (well inside the margin)."""
+        """Drop the cached answers when a lesson moved a correction by more than half a percent, or the lessons
+        since the answers were cached moved it by more than two (both well inside the margin)."""
         moved = {
             (message.model, message.gpu): message.factor,
             ("time", message.gpu): message.time_factor,
             ("time_high", message.gpu): message.time_factor * message.time_high,
         }
+        stale = False
         for key, factor in moved.items():
-            previous = self._corrections.get(key, 1.0)
-            if abs(factor - previous) > 0.005 * previous:
-                self._corrections[key] = factor
-                self._answers.clear()
-                self._generation += 1  # questions asked before it are not joined, nor their answers kept
+            previous, cached = self._corrections.get(key, (1.0, 1.0))
+            stale = stale or abs(factor - previous) > 0.005 * previous or abs(factor - cached) > 0.02 * cached
+            self._corrections[key] = (factor, cached)
+        if stale:
+            self._corrections = {key: (factor, factor) for key, (factor, _) in self._corrections.items()}
+            self._answers.clear()
+            self._generation += 1  # questions asked before it are not joined, nor their answers kept
