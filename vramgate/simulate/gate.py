@@ -85,6 +85,7 @@ class VramgatePolicy:
             OPTIMIZER: OptimizerCore(optimizer),
         }
         self._budgets: DeviceBudgets | None = None
+        self._budgets_seen: tuple[object, ...] = ()
         self._sim: Simulation | None = None
         self._core: AdmissionCore | None = None
         self._devices: tuple[DeviceConfig, ...] = ()
@@ -122,10 +123,13 @@ class VramgatePolicy:
     def arrive(self, job: Job, now: float) -> None:
         self._jobs[job.request_id] = job
         self._flush(now)  # the ledgers' latest figures decide what the devices offer
-        budgets = device_budgets(self.core.statistics().devices)
-        if budgets != self._budgets:
-            self._budgets = budgets
-            self._tell(budgets, now)
+        seen = (tuple(self._sent), self.rebuilds, self.core.running)
+        if seen != self._budgets_seen:  # the ledgers moved since the budgets were worked out
+            self._budgets_seen = seen
+            budgets = device_budgets(self.core.statistics().devices)
+            if budgets != self._budgets:
+                self._budgets = budgets
+                self._tell(budgets, now)
         request = job.request
         if request.request_id != job.request_id:
             request = msgspec.structs.replace(request, request_id=job.request_id)
