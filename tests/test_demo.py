@@ -53,7 +53,7 @@ async def test_demo_runs_and_its_log_replays(tmp_path: Path) -> None:
 
     outcome = replay(log)
     assert outcome.identical, outcome.summary()
-    assert set(outcome.cores) == {"estimator", "optimizer", "admission"}
+    assert set(outcome.cores) == {"gate", "estimator", "optimizer", "admission"}  # "gate": the request core
     assert outcome.outputs > 10
 
     # Alter one recorded decision: replay names it.

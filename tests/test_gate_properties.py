@@ -93,16 +93,16 @@ class Ledger:
 
 
 def _check(gate: Gate, ledger: Ledger) -> None:
-    admission = gate._admission
+    admission = gate.admission_core
     assert admission is not None
-    admission.admission.check_invariants()
+    admission.check_invariants()
     stats = gate.statistics()
     devices = [d.ledger for d in stats.devices]
     # Eviction under way: a request may wait for what is being ordered out, or unloaded and not yet sampled.
     evicting = any(m.evicting for d in devices for m in d.resident) or any(d.unloading_mb for d in devices)
     # A request may also wait for host RAM, beside an idle device.
     host_free = None if stats.host is None or stats.host.capacity_mb is None else stats.host.free_mb
-    for ticket in list(gate._tickets.values()):
+    for ticket in gate.tickets():
         if ticket.state != "queued" or ticket.plan is None:
             continue
         need = ticket.plan.requirement.vram_mb

@@ -12,11 +12,11 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+import msgspec
+
 from vramgate.errors import CapacityError, QueueFull
-from vramgate.messages import GenerationRequest, Plan, PlanOptimized, RequestRejected
+from vramgate.messages import GenerationRequest, Plan, RequestRejected
 from vramgate.messages.admission import ANY_DEVICE, AdmissionSnapshot, DeviceLedgerStatistics
-from vramgate.messages.estimation import EstimateRequirement
-from vramgate.messages.optimization import PlanDoesNotFit
 from vramgate.messages.quote import Quote, SubmitDeclined
 
 if TYPE_CHECKING:
@@ -132,38 +132,16 @@ def expected_start(
 
 
 async def _plans(gate: Gate, request: GenerationRequest) -> tuple[dict[str, Plan], str]:
-    """The plans the gate's pipeline would make for ``request`` on each kind of GPU (none: with the reason)."""
-    from vramgate.gate import ESTIMATOR, _anonymous
-
-    budgets = gate.plan_budgets()
-    if not budgets:
-        return {}, "the gate manages no usable GPU"
+    """The plans the request core would submit for ``request`` on each kind of GPU (none: with the reason)."""
+    answer = await gate.plans(request)
+    if isinstance(answer, RequestRejected):
+        return {}, answer.reason
     rid = request.request_id
-    largest = max(budgets.items(), key=lambda item: (item[1], item[0]))[0]
-    estimated = await gate._ask_cached(ESTIMATOR, EstimateRequirement(request=_anonymous(request), gpu=largest), rid)
-    if isinstance(estimated, RequestRejected):
-        return {}, estimated.reason
-    reason = ""
-    attempts = [budgets]
-    when_others_leave = gate.plan_budgets(others=False)
-    if when_others_leave != budgets:
-        attempts.append(when_others_leave)
-    for attempt in attempts:
-        plans: dict[str, Plan] = {}
-        for gpu, budget in sorted(attempt.items()):
-            answer = await gate._plan(request, gpu, budget)
-            if isinstance(answer, PlanOptimized):
-                plans[gpu] = answer.plan
-            elif isinstance(answer, PlanDoesNotFit | RequestRejected):
-                reason = answer.reason
-        if plans:
-            return plans, ""
-    return {}, reason or "no plan fits"
+    return {gpu: msgspec.structs.replace(plan, request_id=rid) for gpu, plan in answer.plans.items()}, ""
 
 
 async def quote(gate: Gate, request: GenerationRequest, *, time_scale: float = 1.0, node: str = "") -> Quote:
     """The gate's quote for ``request`` now: its plan, memory, expected start and finish; nothing is reserved."""
-    gate._check_open()
     rid = request.request_id
     stats = gate.statistics()
     common = {
@@ -174,11 +152,10 @@ async def quote(gate: Gate, request: GenerationRequest, *, time_scale: float = 1
         "node": node,
     }
     plans, reason = await _plans(gate, request)
-    admission = gate._admission
-    if not plans or admission is None:
+    core = gate.admission_core
+    if not plans or core is None:
         return Quote(fits=False, reason=reason or "the gate manages no usable GPU", **common)  # type: ignore[arg-type]
     now = gate.clock.now()
-    core = admission.admission
     ledgers = core.statistics().devices
     start = expected_start(core.snapshot(now), ledgers, plans, now, time_scale=time_scale)
     if start is None:
@@ -237,12 +214,11 @@ async def submit_or_decline(
         ticket = gate.submit_nowait(request)
     except QueueFull as error:
         raise declined("queue_full", str(error)) from None
-    while ticket.state not in ("queued", "admitted", "ended"):
-        await ticket._wait_change()
-    if ticket.state == "queued" and within_s is not None and within_s <= 0:
+    state = await ticket.wait_placed()
+    if state == "queued" and within_s is not None and within_s <= 0:
         await ticket.cancel("declined: it would have waited")
         while ticket.state not in ("admitted", "ended"):
-            await ticket._wait_change()
+            await ticket.wait_changed()
     if ticket.state != "ended":
         return ticket
     ended = ticket.ended

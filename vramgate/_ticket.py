@@ -50,7 +50,8 @@ class RequestFailed(VramgateError):
 
 
 class Ticket:
-    """A submitted request: its state, its events (an async iterator), and a way to wait for admission.
+    """A submitted request, as the gate follows it: its state, its events (an async iterator), and a way to wait
+    for admission. A read-only view: the gate feeds it (:func:`deliver`) with the messages about the request.
 
     ``async for event in ticket`` yields every lifecycle message of the request, from acceptance to its one
     :class:`~vramgate.messages.RequestEnded`. Progress messages beyond the last ``history`` events are dropped
@@ -59,118 +60,134 @@ class Ticket:
     """
 
     __slots__ = (
+        "_abandoned",
+        "_admitted",
+        "_admitted_at",
+        "_cancel_requested",
         "_changed",
         "_dropped",
+        "_ended",
         "_events",
+        "_finished",
         "_gate",
         "_history",
-        "abandoned",
-        "admitted",
-        "admitted_at",
-        "cancel_requested",
-        "end_sent",
-        "ended",
-        "finished",
-        "holds_slot",
-        "in_admission",
-        "lease",
-        "pipeline_running",
-        "plan",
-        "position",
-        "progress",
-        "progress_at",
-        "rejected",
-        "request",
-        "request_id",
-        "state",
-        "submitted_at",
+        "_lease",
+        "_plan",
+        "_position",
+        "_progress",
+        "_progress_at",
+        "_rejected",
+        "_request",
+        "_state",
+        "_submitted_at",
     )
 
     def __init__(self, gate: Gate, request: GenerationRequest, *, history: int = 256) -> None:
         self._gate = gate
-        self.request = request
-        self.request_id = request.request_id
-        self.state: State = "preflight"
-        self.position: int | None = None
-        self.plan: Plan | None = None
-        self.admitted: RequestAdmitted | None = None
-        self.rejected: RequestRejected | None = None
-        self.ended: RequestEnded | None = None
-        self.progress: RunProgress | None = None
-        self.finished: RunFinished | None = None
-        self.lease: Lease | None = None
-        self.submitted_at = gate.clock.now()
-        self.admitted_at: float | None = None
-        self.progress_at: float | None = None
+        self._request = request
+        self._state: State = "preflight"
+        self._position: int | None = None
+        self._plan: Plan | None = None
+        self._admitted: RequestAdmitted | None = None
+        self._rejected: RequestRejected | None = None
+        self._ended: RequestEnded | None = None
+        self._progress: RunProgress | None = None
+        self._finished: RunFinished | None = None
+        self._lease: Lease | None = None
+        self._submitted_at = gate.clock.now()
+        self._admitted_at: float | None = None
+        self._progress_at: float | None = None
         self._events: list[Message] = []
         self._history = history
         self._dropped = 0
         # Created only when someone waits: a queue of 100,000 tickets should not hold 100,000 events.
         self._changed: anyio.Event | None = None
-        #: the client stopped waiting (the gate releases a lease granted meanwhile)
-        self.abandoned = False
-        #: someone asked to cancel the request (a running one ends cancelled when its lease is released)
-        self.cancel_requested = False
-        self.holds_slot = False
-        self.pipeline_running = False
-        self.in_admission = False
-        self.end_sent = False
+        self._abandoned = False
+        self._cancel_requested = False
 
     def __repr__(self) -> str:
         return f"<Ticket {self.request_id} {self.state}>"
 
-    # ------------------------------------------------------------------ fed by the gate's router
+    # ------------------------------------------------------------------ what the gate knows of the request
 
-    def _push(self, event: Message) -> None:
-        events = self._events
-        events.append(event)
-        if len(events) > self._history:
-            # Keep the first events (acceptance, plan) and the latest; drop the oldest progress in between.
-            del events[2]
-            self._dropped += 1
-        if isinstance(event, RequestQueued):
-            self.state = "queued"
-            self.position = event.position
-        elif isinstance(event, PlanOptimized):
-            self.plan = event.plan
-        elif isinstance(event, RequestAdmitted):
-            self.state = "admitted"
-            self.position = None
-            self.admitted = event
-            self.plan = event.plan
-            self.admitted_at = self._gate.clock.now()
-        elif isinstance(event, RequestRejected):
-            self.rejected = event
-        elif isinstance(event, RunProgress):
-            self.progress = event
-            self.progress_at = self._gate.clock.now()
-        elif isinstance(event, RunFinished):
-            self.finished = event
-        elif isinstance(event, RequestEnded):
-            self.state = "ended"
-            self.position = None
-            self.ended = event
-        changed = self._changed
-        if changed is not None:
-            self._changed = None
-            changed.set()
+    @property
+    def request(self) -> GenerationRequest:
+        return self._request
 
-    async def _wait_change(self) -> None:
-        changed = self._changed
-        if changed is None:
-            changed = self._changed = anyio.Event()
-        await changed.wait()
+    @property
+    def request_id(self) -> str:
+        return self._request.request_id
 
-    # ------------------------------------------------------------------ for the server
+    @property
+    def state(self) -> State:
+        """``preflight`` (being planned), ``queued``, ``admitted`` or ``ended``."""
+        return self._state
+
+    @property
+    def position(self) -> int | None:
+        return self._position
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan published for the request (the admitted one once admitted)."""
+        return self._plan
+
+    @property
+    def admitted(self) -> RequestAdmitted | None:
+        return self._admitted
+
+    @property
+    def rejected(self) -> RequestRejected | None:
+        return self._rejected
+
+    @property
+    def ended(self) -> RequestEnded | None:
+        return self._ended
+
+    @property
+    def progress(self) -> RunProgress | None:
+        return self._progress
+
+    @property
+    def finished(self) -> RunFinished | None:
+        return self._finished
+
+    @property
+    def lease(self) -> Lease | None:
+        return self._lease
+
+    @property
+    def submitted_at(self) -> float:
+        return self._submitted_at
+
+    @property
+    def admitted_at(self) -> float | None:
+        return self._admitted_at
+
+    @property
+    def progress_at(self) -> float | None:
+        return self._progress_at
+
+    @property
+    def abandoned(self) -> bool:
+        """The client stopped waiting (the gate releases a lease granted meanwhile)."""
+        return self._abandoned
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Someone asked to cancel the request (a running one ends cancelled when its lease is released)."""
+        return self._cancel_requested
 
     @property
     def done(self) -> bool:
-        return self.state == "ended"
+        return self._state == "ended"
+
+    # ------------------------------------------------------------------ for the server
 
     def standing(self) -> Standing | None:
         """Where a queued request stands now, as the queue moves (position, what it waits for, expected start:
         :meth:`Gate.standing <vramgate.gate.Gate.standing>`); ``None`` unless it is queued."""
-        return self._gate.standing(self.request_id) if self.state == "queued" else None
+        return self._gate.standing(self.request_id) if self._state == "queued" else None
 
     @property
     def reason(self) -> str:
@@ -185,20 +202,21 @@ class Ticket:
         from when admission expects it to start (``None`` when that is unknown: others' use, not this gate's
         leases, holds the memory it waits for)."""
         now = self._gate.clock.now()
-        if self.state == "queued" and self.plan is not None:
+        plan = self._plan
+        if self._state == "queued" and plan is not None:
             standing = self.standing()
             if standing is None or standing.starts_at is None:
                 return None
-            own = self._gate.config.run.expected_seconds(time_high_s(self.plan.requirement))
+            own = self._gate.config.run.expected_seconds(time_high_s(plan.requirement))
             return max(0.0, standing.starts_at - now) + own
-        if self.state != "admitted" or self.admitted_at is None or self.plan is None:
+        if self._state != "admitted" or self._admitted_at is None or plan is None:
             return None
-        progress = self.progress
-        if progress is not None and progress.step > 0 and self.progress_at is not None:
-            per_step = (self.progress_at - self.admitted_at) / progress.step
-            return max(0.0, per_step * (progress.total_steps - progress.step) - (now - self.progress_at))
-        expected = self._gate.config.run.expected_seconds(time_high_s(self.plan.requirement))
-        return max(0.0, expected - (now - self.admitted_at))
+        progress = self._progress
+        if progress is not None and progress.step > 0 and self._progress_at is not None:
+            per_step = (self._progress_at - self._admitted_at) / progress.step
+            return max(0.0, per_step * (progress.total_steps - progress.step) - (now - self._progress_at))
+        expected = self._gate.config.run.expected_seconds(time_high_s(plan.requirement))
+        return max(0.0, expected - (now - self._admitted_at))
 
     async def __aiter__(self) -> AsyncIterator[Message]:
         seen = 0  # events pushed so far that this iterator has yielded (or that were dropped before it could)
@@ -216,9 +234,22 @@ class Ticket:
                 if isinstance(event, RequestEnded):
                     return
                 continue
-            if self.state == "ended":
+            if self._state == "ended":
                 return
-            await self._wait_change()
+            await self.wait_changed()
+
+    async def wait_changed(self) -> None:
+        """Wait until the gate delivers the next message about the request."""
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = anyio.Event()
+        await changed.wait()
+
+    async def wait_placed(self) -> State:
+        """Wait until the request is queued, admitted or ended (it left the preflight); returns its state."""
+        while self._state == "preflight":
+            await self.wait_changed()
+        return self._state
 
     async def wait_admitted(self) -> Lease:
         """Wait until the request is admitted and return its lease.
@@ -227,28 +258,30 @@ class Ticket:
         :class:`~vramgate.errors.BadRequest`, :class:`~vramgate.errors.QueueFull`,
         :class:`~vramgate.errors.WaitTimeout`, :class:`RequestCancelled` or :class:`RequestFailed`.
         """
-        while self.lease is None:
-            if self.ended is not None:
-                raise self._ending_error()
-            await self._wait_change()
-        return self.lease
+        while self._lease is None:
+            if self._ended is not None:
+                raise self.ending_error()
+            await self.wait_changed()
+        return self._lease
 
     async def wait_ended(self) -> RequestEnded:
         """Wait for the request's terminal state."""
-        while self.ended is None:
-            await self._wait_change()
-        return self.ended
+        while self._ended is None:
+            await self.wait_changed()
+        return self._ended
 
     async def cancel(self, reason: str = "cancelled by the client") -> None:
         """Cancel the request: a waiting one leaves the queue; a running one is marked and ends on release."""
-        await self._gate._cancel(self, reason)
+        self._cancel_requested = True
+        await self._gate.cancel(self.request_id, reason)
 
-    def _ending_error(self) -> VramgateError:
-        ended = self.ended
+    def ending_error(self) -> VramgateError:
+        """The typed reason the request ended without a lease."""
+        ended = self._ended
         assert ended is not None
-        rejected = self.rejected
+        rejected = self._rejected
         if ended.state == "timed_out":
-            waited = self._gate.clock.now() - self.submitted_at
+            waited = self._gate.clock.now() - self._submitted_at
             return WaitTimeout(self.request_id, waited)
         if ended.state == "cancelled":
             return RequestCancelled(f"request {self.request_id} was cancelled: {ended.reason}")
@@ -265,6 +298,53 @@ class Ticket:
                 )
             return DoesNotFit(rejected.reason, needed_mb=rejected.needed_mb, smallest_gpu=rejected.smallest_gpu)
         return RequestFailed(f"request {self.request_id} ended {ended.state}: {ended.reason}")
+
+
+def deliver(ticket: Ticket, event: Message, now: float) -> None:
+    """Feed ``ticket`` a message about its request (the gate does, as the request core decides)."""
+    t = ticket
+    events = t._events
+    events.append(event)
+    if len(events) > t._history:
+        # Keep the first events (acceptance, plan) and the latest; drop the oldest progress in between.
+        del events[2]
+        t._dropped += 1
+    if isinstance(event, RequestQueued):
+        t._state = "queued"
+        t._position = event.position
+    elif isinstance(event, PlanOptimized):
+        t._plan = event.plan
+    elif isinstance(event, RequestAdmitted):
+        t._state = "admitted"
+        t._position = None
+        t._admitted = event
+        t._plan = event.plan
+        t._admitted_at = now
+    elif isinstance(event, RequestRejected):
+        t._rejected = event
+    elif isinstance(event, RunProgress):
+        t._progress = event
+        t._progress_at = now
+    elif isinstance(event, RunFinished):
+        t._finished = event
+    elif isinstance(event, RequestEnded):
+        t._state = "ended"
+        t._position = None
+        t._ended = event
+    changed = t._changed
+    if changed is not None:
+        t._changed = None
+        changed.set()
+
+
+def hand_lease(ticket: Ticket, lease: Lease) -> None:
+    """Give ``ticket`` the lease its admission granted."""
+    ticket._lease = lease
+
+
+def abandon(ticket: Ticket) -> None:
+    """The client stopped waiting for ``ticket``."""
+    ticket._abandoned = True
 
 
 class Lease:
@@ -288,7 +368,7 @@ class Lease:
         self.plan = admitted.plan
         self.waited_s = admitted.waited_s
         self.started_at = gate.clock.now()
-        self.released = False
+        self._released = False
         self.reported_outcome: Outcome | None = None
         self.reported_peak: ObservedPeak | None = None
         self.reported_error = ""
@@ -298,6 +378,11 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} {self.request_id} on {self.devices} {self.reservation_mb} MiB>"
+
+    @property
+    def released(self) -> bool:
+        """Whether the gate released the lease (its run's end is reported)."""
+        return self._released
 
     @property
     def params(self) -> RunParams:
@@ -327,7 +412,7 @@ class Lease:
         block does not fit now (or a device cannot be pinned) nothing stays pinned on a simulated device, 0 is
         returned and :attr:`pin_error` says why; the lease itself is unchanged. Pinning again returns the pin.
         """
-        if self.pinned_mb or self.released:
+        if self.pinned_mb or self._released:
             return self.pinned_mb
         mb = self.reservation_mb
         if mb <= 0:
@@ -387,8 +472,18 @@ class Lease:
 
     async def progress(self, step: int, total_steps: int) -> None:
         """Report step ``step`` of ``total_steps`` (gives the ticket a live ETA)."""
-        await self._gate._progress(self, step, total_steps)
+        await self._gate.report_progress(self, step, total_steps)
 
     def progress_nowait(self, step: int, total_steps: int) -> None:
         """Report progress without waiting; dropped when the gate is busy (progress is advisory)."""
-        self._gate._progress_nowait(self, step, total_steps)
+        self._gate.report_progress_nowait(self, step, total_steps)
+
+
+def mark_released(lease: Lease) -> None:
+    """The gate released ``lease``."""
+    lease._released = True
+
+
+def shrink_lease(lease: Lease, reservation_mb: int) -> None:
+    """Admission shrank ``lease``'s reservation to ``reservation_mb`` (its weights became resident)."""
+    lease.reservation_mb = reservation_mb

@@ -10,18 +10,21 @@ For scripts that want one process-wide, synchronous instance::
     params, suggestions = rm.optimize_parameters_for_resources({"model": "t2v-A14B", "width": 1280, "height": 720})
     report = rm.cleanup_memory(aggressive=True)
 
-Servers should use :func:`vramgate.open_gate` instead: it reserves memory, where these calls only look.
+Servers should use :func:`vramgate.open_gate` instead: it reserves memory, where these calls only look. The same
+calls on a running gate (:func:`check_vram_availability`, :func:`estimate_resource_requirements`,
+:func:`optimize_parameters_for_resources`; ``Gate`` has them as methods, and ``await gate.cleanup_memory()``) read
+its ledgers and plan for its devices.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from vramgate.cleanup import cleanup_memory
-from vramgate.errors import InvalidParameter
+from vramgate.errors import DoesNotFit, InvalidParameter
 from vramgate.hardware import DeviceSet, detect
 from vramgate.messages import (
     CleanupReport,
@@ -36,6 +39,9 @@ from vramgate.messages import (
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.models import ModelProfile, parse_size
 from vramgate.policy.optimize import Optimizer, default_margin_mb
+
+if TYPE_CHECKING:
+    from vramgate.gate import Gate
 
 #: The short side of each named resolution.
 RESOLUTIONS = {"480p": 480, "540p": 540, "576p": 576, "704p": 704, "720p": 720, "1080p": 1080}
@@ -187,6 +193,59 @@ class ResourceManager:
         known = self.estimator.gpus.find(best.name)
         name = known.name if known is not None else f"{best.total_mb}MiB"
         return name, vram_mb if vram_mb is not None else best.total_mb - default_margin_mb(best.total_mb)
+
+
+# ---------------------------------------------------------------------- the same calls on a running gate
+
+
+def check_vram_availability(gate: Gate, required_mb: int, *, device: int | None = None) -> tuple[bool, str]:
+    """Whether ``required_mb`` fits now on ``device`` (or on any device) of ``gate``, with a sentence saying why."""
+    stats = gate.statistics()
+    rows = [d.ledger for d in stats.devices if device is None or d.ledger.index == device]
+    if not rows:
+        return False, f"no device {device}" if device is not None else "no GPU is managed"
+    best = max(rows, key=lambda r: r.free_mb)
+    if best.free_mb >= required_mb:
+        return True, f"{required_mb} MiB fits on device {best.index} ({best.free_mb} MiB free for admission)"
+    return False, (
+        f"{required_mb} MiB does not fit: at most {best.free_mb} MiB is free for admission "
+        f"(device {best.index}: capacity {best.capacity_mb}, margin {best.margin_mb}, "
+        f"others {best.others_mb}, reserved {best.reserved_mb} MiB)"
+    )
+
+
+def estimate_resource_requirements(
+    gate: Gate,
+    model_type: str,
+    resolution: str,
+    steps: int | None = None,
+    duration: float | None = None,
+    lora_count: int = 0,
+    *,
+    gpu: str | None = None,
+) -> ResourceRequirement:
+    """The requirement of a run given the seed's way (model, ``"720p"``-style resolution, steps, seconds), on
+    ``gpu`` or the gate's first device."""
+    estimator = gate.estimator
+    request = request_from_legacy(estimator, model_type, resolution, steps, duration, lora_count)
+    configs = gate.device_configs
+    target = gpu or (configs[0].gpu if configs else "H100-80GB")
+    return estimator.estimate(estimator.resolve(request), target)
+
+
+def optimize_parameters_for_resources(
+    gate: Gate, params: GenerationRequest | dict[str, Any]
+) -> tuple[RunParams, list[OptimizationSuggestion]]:
+    """The parameters that fit the gate's largest device now, and the changes made."""
+    request = params if isinstance(params, GenerationRequest) else msgspec.convert(params, GenerationRequest)
+    budgets = gate.plan_budgets()
+    if not budgets:
+        raise DoesNotFit("the gate manages no usable GPU")
+    gpu, budget = max(budgets.items(), key=lambda item: (item[1], item[0]))
+    plan = Optimizer(gate.estimator).optimize(
+        request, gpu=gpu, budget_mb=budget, ram_budget_mb=gate.ram_budget_mb, max_level=request.max_level
+    )
+    return plan.params, list(plan.suggestions)
 
 
 _MANAGER: ResourceManager | None = None

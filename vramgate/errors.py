@@ -162,3 +162,14 @@ class ProbeError(SystemFault):
 
 class ReplayError(SystemFault):
     """A message log could not be replayed (other than a decode error, which is a :class:`DecodeError`)."""
+
+
+class RequestStateError(SystemFault):
+    """A message that a request in its state cannot take (:mod:`vramgate.policy.request`): ``request_id``, its
+    ``state`` and the ``event`` the message meant."""
+
+    def __init__(self, request_id: str, state: str, event: str):
+        self.request_id = request_id
+        self.state = state
+        self.event = event
+        super().__init__(f"request {request_id} is {state}: it cannot take {event!r}")

@@ -31,7 +31,7 @@ from vramgate.messages import (
 from vramgate.messages.log import LogHeader, LogRecord
 
 #: The gate's router: every lifecycle event and sample is delivered to it once.
-ROUTER = "gate"
+ROUTER, CLIENT = "gate", "client"
 RunKind = Literal["admitted", "optimized", "oom", "error", "cancelled", "running"]
 COLORS: dict[str, str] = {
     "admitted": "#2ca02c",
@@ -101,7 +101,7 @@ class Timeline(msgspec.Struct, kw_only=True):
 
 
 def timeline_from_records(records: Iterable[LogRecord[Message]], header: LogHeader | None = None) -> Timeline:
-    """Build a timeline from log records (those delivered to the gate's router)."""
+    """Build a timeline from log records (those delivered to the gate's router, and what it told the client)."""
     start: float | None = None
     last = 0.0
     devices: dict[int, DeviceTrack] = {}
@@ -110,9 +110,16 @@ def timeline_from_records(records: Iterable[LogRecord[Message]], header: LogHead
     markers: list[Marker] = []
     queued: set[str] = set()
     queue: list[tuple[float, int]] = []
+    held: dict[str, RequestAdmitted] = {}  # request id -> its live lease
     margin = _margin_rule(header)
+
+    def release(indexes: tuple[int, ...], mb: int, t: float) -> None:
+        for index in indexes:
+            reserved[index] = max(0, reserved.get(index, 0) - mb)
+            _reserved_track(devices, index).reserved.append((t, reserved[index]))
+
     for record in records:
-        if record.recipient != ROUTER:
+        if record.recipient not in (ROUTER, CLIENT):
             continue
         if start is None:
             start = record.at
@@ -144,6 +151,7 @@ def timeline_from_records(records: Iterable[LogRecord[Message]], header: LogHead
                 kind=kind,
                 reservation_mb=message.reservation_mb,
             )
+            held[message.request_id] = message
             for index in message.devices:
                 reserved[index] = reserved.get(index, 0) + message.reservation_mb
                 _reserved_track(devices, index).reserved.append((t, reserved[index]))
@@ -153,14 +161,16 @@ def timeline_from_records(records: Iterable[LogRecord[Message]], header: LogHead
                 run.end = t
                 if message.outcome != "ok":
                     run.kind = message.outcome
-        elif isinstance(message, LeaseReleased):
-            for index in message.devices:
-                reserved[index] = max(0, reserved.get(index, 0) - message.reservation_mb)
-                _reserved_track(devices, index).reserved.append((t, reserved[index]))
+        elif isinstance(message, LeaseReleased):  # logs of gates that were told (admission's end says it now)
+            if held.pop(message.request_id, None) is not None:
+                release(message.devices, message.reservation_mb, t)
         elif isinstance(message, RequestRejected):
             markers.append(Marker(at=t, request_id=message.request_id, kind="rejected", reason=message.reason))
         elif isinstance(message, RequestEnded):
             _dequeue(queued, queue, message.request_id, t)
+            lease = held.pop(message.request_id, None)
+            if lease is not None:
+                release(lease.devices, lease.reservation_mb, t)
             if message.state == "timed_out":
                 markers.append(Marker(at=t, request_id=message.request_id, kind="timed_out", reason=message.reason))
     for run in runs.values():

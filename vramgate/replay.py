@@ -39,6 +39,7 @@ _BUILT_IN: dict[str, str] = {
     "admission": "vramgate.actors.admission",
     "estimator": "vramgate.actors.estimator",
     "optimizer": "vramgate.actors.optimizer",
+    "request": "vramgate.actors.requests",
 }
 
 

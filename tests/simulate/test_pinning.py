@@ -9,6 +9,7 @@ import pytest
 from vramgate.messages.trace import Arrival
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
+from vramgate.policy.learning import copy_estimator
 from vramgate.policy.optimize import Optimizer
 from vramgate.simulate import load_trace, parse_devices, simulate
 from vramgate.simulate.engine import Simulation
@@ -95,7 +96,9 @@ def test_samples_show_a_pin_as_the_systems_own_memory() -> None:
 
 def _vramgate(records: list, *, pin: bool):  # type: ignore[no-untyped-def,type-arg]
     devices = [RTX]
-    sim = Simulation(trace(*records), devices, VramgatePolicy(Optimizer(ESTIMATOR), pin=pin), estimator=ESTIMATOR)
+    # The policy learns on its own estimator (an OOM teaches it more VRAM), as make_policy gives it.
+    policy = VramgatePolicy(Optimizer(copy_estimator(ESTIMATOR)), pin=pin)
+    sim = Simulation(trace(*records), devices, policy, estimator=ESTIMATOR)
     sim.run()
     return sim
 

@@ -53,13 +53,22 @@ KIND = "admission"
 
 class AdmissionShell:
     """Adapts :class:`AdmissionCore` (which returns events) to the runtime's core protocol (which routes them),
-    and rebuilds the core with ``rebuild`` (a new, empty core) after it raised."""
+    and rebuilds the core with ``rebuild`` (a new, empty core) after it raised.
+
+    Without ``release_events``, ``LeaseReleased`` is not sent: the ``RequestEnded`` that follows a release says it
+    to a recipient that knows the lease (the gate)."""
 
     def __init__(
-        self, core: AdmissionCore, *, events_to: str, rebuild: Callable[[], AdmissionCore] | None = None
+        self,
+        core: AdmissionCore,
+        *,
+        events_to: str,
+        rebuild: Callable[[], AdmissionCore] | None = None,
+        release_events: bool = True,
     ) -> None:
         self.core = core
         self.events_to = events_to
+        self.release_events = release_events
         self.rebuild = rebuild
         self.rebuilds = 0
         self._now = float("-inf")
@@ -82,6 +91,8 @@ class AdmissionShell:
         if self._owed:
             events = [*self._owed, *events]
             self._owed = []
+        if not self.release_events:
+            events = [event for event in events if type(event) is not LeaseReleased]
         to = self.events_to
         return [Send(to, event) for event in events]
 
@@ -178,13 +189,14 @@ def _shell(
     min_run_s: float,
     catalog: GpuCatalog,
     host_ledger: bool = True,
+    release_events: bool = True,
 ) -> AdmissionShell:
     def make() -> AdmissionCore:
         return AdmissionCore(
             devices, config, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog, host_ledger=host_ledger
         )
 
-    return AdmissionShell(make(), events_to=events_to, rebuild=make)
+    return AdmissionShell(make(), events_to=events_to, rebuild=make, release_events=release_events)
 
 
 def admission_actor(
@@ -196,10 +208,19 @@ def admission_actor(
     time_scale: float = 1.0,
     min_run_s: float = 0.0,
     catalog: GpuCatalog = DEFAULT_GPU_CATALOG,
+    release_events: bool = True,
 ) -> AdmissionActor:
     """An admission actor for ``devices``; its recorded config (with the catalog entries the log header records,
     :mod:`vramgate.policy.registered`) rebuilds the same core for replay."""
-    shell = _shell(devices, config, events_to, time_scale=time_scale, min_run_s=min_run_s, catalog=catalog)
+    shell = _shell(
+        devices,
+        config,
+        events_to,
+        time_scale=time_scale,
+        min_run_s=min_run_s,
+        catalog=catalog,
+        release_events=release_events,
+    )
     recorded = {
         "devices": [msgspec.to_builtins(d) for d in devices],
         "admission": msgspec.to_builtins(config),
@@ -207,6 +228,7 @@ def admission_actor(
         "min_run_s": min_run_s,
         "events_to": events_to,
         "host_ledger": True,
+        "release_events": release_events,
     }
     return AdmissionActor(shell, tick_s=tick_s, config=recorded)
 
@@ -224,8 +246,16 @@ def build_core(header: LogHeader, spec: CoreSpec) -> AdmissionShell:
     # a log without ``host_ledger`` was recorded before host RAM was reserved
     host_ledger = bool(config.get("host_ledger", False))
     events_to = str(config["events_to"])
+    release_events = bool(config.get("release_events", True))
     return _shell(
-        devices, admission, events_to, time_scale=time_scale, min_run_s=min_run_s, catalog=gpus, host_ledger=host_ledger
+        devices,
+        admission,
+        events_to,
+        time_scale=time_scale,
+        min_run_s=min_run_s,
+        catalog=gpus,
+        host_ledger=host_ledger,
+        release_events=release_events,
     )
 
 

@@ -6,6 +6,7 @@ from vramgate.messages import estimation as estimation  # the estimator's messag
 from vramgate.messages import gate as gate  # the gate's statistics (GateStatistics, ...)
 from vramgate.messages import monitor as monitor  # the monitor's messages (Subscribe, GetTrend, ...)
 from vramgate.messages import optimization as optimization  # the optimizer's messages (OptimizePlan, ...)
+from vramgate.messages import planning as planning  # the request core's budgets, quotes and OOM retries
 from vramgate.messages import quote as quote  # a gate's quote and its declines (Quote, SubmitDeclined)
 from vramgate.messages import trace as trace  # the simulator's trace records (Arrival, Outside)
 from vramgate.messages._base import MB, Message, message_types

@@ -1,12 +1,11 @@
 """The ``vramgate`` policy: the gate's own cores, fed by the simulator.
 
-Each request gets one plan per GPU model from the real :class:`~vramgate.policy.optimize.Optimizer`, planned as the
-gate plans (:meth:`~vramgate.policy.admission.AdmissionCore.plan_budgets`: the best device's capacity less the safety
-margin and others' use now, and when nothing fits there, less only the memory others never gave back, such as the CUDA
-context); the fitting plans are submitted (without falling back to another GPU kind's plan, as the gate submits) to
-the real :class:`~vramgate.policy.admission.AdmissionCore` with the gate's ``[admission]`` defaults, which is fed
-``ResourceSample`` messages built from the simulated devices' samples. Each admitted run's reservation is pinned on
-its devices when it starts, as the gate does
+Each request goes through the gate's :class:`~vramgate.policy.request.RequestCore`, as in a server: the preflight,
+the planning passes (at what each kind of GPU offers now, then at what it offers once others leave, from the
+admission core's ledgers), the closest-miss rejection, the queue limit and the plan cache; the core's questions are
+answered by the gate's estimator and optimizer cores, and its submits go to the real
+:class:`~vramgate.policy.admission.AdmissionCore`, which is fed ``ResourceSample`` messages built from the simulated
+devices' samples. Each admitted run's reservation is pinned on its devices when it starts, as the gate does
 (``[run] pin_reservation``), so outside consumers that arrive later cannot take it. The engine allocates each run's
 true peak on its device (inside the pin, and beyond it when the truth is larger), so an estimate that is too low makes
 vramgate run out of memory as well: the policy never sees the truth.
@@ -24,52 +23,53 @@ request is lost.
 Runs keep their weights resident on their devices (``vramgate-cold``, ``keep_weights=False``: every run loads
 them); how the admission core is told about idle resident weights is :mod:`vramgate.simulate._residency`'s.
 
-Like a gate, the policy learns each GPU's times from the runs that end (``ok``), on its optimizer's estimator
-(:func:`~vramgate.simulate.run.make_policy` gives it a copy of the simulation's, so that the truth, which is
-defined by the uncorrected figures, stays put): later plans carry the corrected time and its narrower interval.
+Like a gate, the policy learns from the runs that end (the request core sends the lessons), on its optimizer's
+estimator (:func:`~vramgate.simulate.run.make_policy` gives it a copy of the simulation's, so that the truth, which
+is defined by the uncorrected figures, stays put): later plans carry the corrected time and its narrower interval.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from vramgate.errors import DoesNotFit, VramgateError
+from vramgate.actors.estimator import EstimatorCore
+from vramgate.actors.optimizer import OptimizerCore
 from vramgate.messages._base import Message
 from vramgate.messages.admission import (
     AdmissionSnapshot,
     AdmissionTick,
     CancelRequest,
     LeaseSnapshot,
-    ReleaseLease,
     SubmitRequest,
 )
-from vramgate.messages.lifecycle import RequestAdmitted, RequestEnded, RunFinished
+from vramgate.messages.estimation import ObserveRun
+from vramgate.messages.lifecycle import RequestAccepted, RequestAdmitted, RequestEnded, RunFinished
+from vramgate.messages.planning import DeviceBudgets
 from vramgate.messages.plans import Plan
-from vramgate.messages.requests import GenerationRequest
 from vramgate.messages.resources import ResourceSample
 from vramgate.policy.admission import AdmissionCore
 from vramgate.policy.admission_config import DEFAULT_ADMISSION, AdmissionConfig
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.ledger import DeviceConfig
 from vramgate.policy.optimize import Optimizer
+from vramgate.policy.request import ADMISSION, CLIENT, ESTIMATOR, OPTIMIZER, RequestConfig, RequestCore, device_budgets
 from vramgate.simulate._model import Job, Run
 from vramgate.simulate._residency import without_idle_weights
 
 if TYPE_CHECKING:
     from vramgate.simulate.engine import Simulation
 
-#: The gate's ``[admission]`` defaults (the same struct: aging, staleness, placement, margins), but for a queue
-#: long enough for any trace: the simulator measures waiting, not rejections for a full queue.
+#: The gate's ``[admission]`` defaults (samples older than 10 s stop admission on their device, aging 0.1 a second),
+#: with a queue long enough for any trace: the simulator measures waiting, not rejections for a full queue.
 SIMULATED_ADMISSION = msgspec.structs.replace(DEFAULT_ADMISSION, queue_limit=10_000_000)
 
 
 class VramgatePolicy:
     """Plans from the real optimizer, admission by the real admission core."""
-
-    name = "vramgate"
 
     def __init__(
         self,
@@ -85,14 +85,25 @@ class VramgatePolicy:
         # With keep_weights, a run's weights stay resident on its devices after it (vramgate-cold: never).
         self.keep_weights = keep_weights
         self.name = "vramgate" if keep_weights else "vramgate-cold"
+        estimator = optimizer.estimator
+        if not isinstance(estimator, Estimator):
+            raise TypeError("the vramgate policy plans with an Estimator (it learns from the runs)")
+        # One estimator for both cores: the optimizer plans with what the estimator learns (so the request core's
+        # lessons go to the estimator core only).
+        self.requests = RequestCore(RequestConfig(admission=config, cleanup_after_run=False))
+        self._answering: dict[str, EstimatorCore | OptimizerCore] = {
+            ESTIMATOR: EstimatorCore(estimator),
+            OPTIMIZER: OptimizerCore(optimizer),
+        }
+        self._budgets: DeviceBudgets | None = None
+        self._budgets_seen: tuple[object, ...] = ()
         self._sim: Simulation | None = None
         self._core: AdmissionCore | None = None
         self._devices: tuple[DeviceConfig, ...] = ()
-        self._plans: dict[tuple[GenerationRequest, str, int], Plan] = {}
         self._jobs: dict[str, Job] = {}
         self._runs: dict[str, Run] = {}  # lease id -> run
         self._waiting: dict[str, Job] = {}
-        self._submitted: dict[str, SubmitRequest] = {}  # request id -> its submit, while it waits
+        self._submits: dict[str, SubmitRequest] = {}  # request id -> its submit, while it waits
         self._sent: list[int] = []
         self._sent_at: list[float] = []
         self._refresh_due = math.inf
@@ -128,24 +139,37 @@ class VramgatePolicy:
 
     def arrive(self, job: Job, now: float) -> None:
         self._jobs[job.request_id] = job
-        self._flush(now)  # the ledgers' latest figures decide what a device can ever give
-        try:
-            plans = self._plans_for(job.request)
-        except VramgateError as exc:
-            self.sim.reject_upfront(job, f"preflight: {exc}")
-            return
+        self._flush(now)  # the ledgers' latest figures decide what the devices offer
+        seen = (tuple(self._sent), self.rebuilds, self.core.running)
+        if seen != self._budgets_seen:  # the ledgers moved since the budgets were worked out
+            self._budgets_seen = seen
+            budgets = device_budgets(self.core.statistics().devices)
+            if budgets != self._budgets:
+                self._budgets = budgets
+                self._tell(budgets, now)
+        request = job.request
+        if request.request_id != job.request_id:
+            request = msgspec.structs.replace(request, request_id=job.request_id)
         self._waiting[job.request_id] = job
-        self._submit(job, plans, now)
+        self._tell(RequestAccepted(request_id=job.request_id, request=request), now)
 
     def cancel(self, job: Job, now: float) -> None:
-        self._handle(CancelRequest(request_id=job.request_id, reason="the client cancelled"), now)
+        self._tell(CancelRequest(request_id=job.request_id, reason="the client cancelled"), now)
 
     def run_ended(self, run: Run, outcome: str, now: float) -> None:
         self._runs.pop(run.lease_id, None)
-        if outcome == "ok":
-            self._learn(run, now)
-        reason = "" if outcome == "ok" else f"the run ended with {outcome}"
-        self._handle(ReleaseLease(lease_id=run.lease_id, outcome=outcome, reason=reason), now)  # type: ignore[arg-type]
+        error = "" if outcome == "ok" else f"the run ended with {outcome}"
+        # the time less its load: estimates have none
+        computed = (now - run.started) * (1.0 - run.load_work / run.work) if run.work > 0 else 0.0
+        seconds = computed if computed > 0.0 else None
+        finished = RunFinished(
+            request_id=run.job.request_id,
+            lease_id=run.lease_id,
+            outcome=outcome,  # type: ignore[arg-type]
+            seconds=seconds,
+            error=error,
+        )
+        self._tell(finished, now)
 
     def pump(self, now: float) -> None:
         # New samples matter now only to waiting requests; otherwise they go in before the next decision (as do
@@ -181,7 +205,7 @@ class VramgatePolicy:
             )
             for lease_id, run in self._runs.items()
         )
-        waiting = tuple(self._submitted[request_id] for request_id in self._waiting)
+        waiting = tuple(self._submits[request_id] for request_id in self._waiting)
         return AdmissionSnapshot(leases=leases, waiting=waiting, taken_at=now)
 
     def open_leases(self) -> int:
@@ -190,72 +214,43 @@ class VramgatePolicy:
 
     # ------------------------------------------------------------------ helpers
 
-    def _learn(self, run: Run, now: float) -> None:
-        """Teach the estimator the time of a run that ended well; plans made before it moved are dropped."""
-        estimator = self.optimizer.estimator
-        computed = (now - run.started) * (1.0 - run.load_work / run.work)  # the time less its load: estimates have none
-        if not isinstance(estimator, Estimator) or computed <= 0.0:
-            return
-        plan = self._plan_of(run)
-        finished = RunFinished(request_id=run.job.request_id, lease_id=run.lease_id, outcome="ok", seconds=computed)
-        gpu, world = self.sim.specs[run.devices[0]].name, plan.params.options.gpus
-        before = estimator.learned.times.interval(plan.params.model, gpu, 1.0, world)
-        estimator.observe(finished, plan)
-        after = estimator.learned.times.interval(plan.params.model, gpu, 1.0, world)
-        if any(abs(b - a) > 0.005 * a for a, b in zip(after, before, strict=True)):
-            self._plans.clear()
-
     def _plan_of(self, run: Run) -> Plan:
         plan = run.extra.get("plan")
         assert isinstance(plan, Plan)
         return plan
 
-    def _plans_for(self, request: GenerationRequest) -> dict[str, Plan]:
-        """The plans a gate would submit, one per GPU kind that has a fitting one (as
-        :meth:`vramgate.gate.Gate._pipeline` plans): at the budgets the devices have now, less others' use, and
-        when no kind has a fitting plan there, at the budgets they have once others leave. Raises
-        :class:`~vramgate.errors.DoesNotFit` for the closest plan when nothing fits either way."""
-        key_request = msgspec.structs.replace(request, request_id="", priority=0, prompt="", max_wait_s=None)
-        now = self.core.plan_budgets()
-        attempts = [now]
-        when_others_leave = self.core.plan_budgets(others=False)
-        if when_others_leave != now:
-            attempts.append(when_others_leave)
-        closest: Plan | None = None
-        for budgets in attempts:
-            plans: dict[str, Plan] = {}
-            for gpu_name, budget in sorted(budgets.items()):
-                key = (key_request, gpu_name, budget)
-                plan = self._plans.get(key)
-                if plan is None:
-                    plan = self._plans[key] = self.optimizer.optimize(
-                        request, gpu=gpu_name, budget_mb=budget, ram_budget_mb=None, max_level=request.max_level
-                    )
-                if plan.fits:
-                    plans[gpu_name] = plan
-                elif closest is None or plan.requirement.vram_mb < closest.requirement.vram_mb:
-                    closest = plan
-            if plans:
-                return plans
-        if closest is None:
-            raise DoesNotFit("no usable GPU", needed_mb=0)
-        raise self.optimizer.rejection(closest)
+    def _tell(self, message: Message, now: float) -> None:
+        """Give the request core ``message``, and carry what it sends until nothing is left: its questions to the
+        estimator and optimizer cores (their answers back to it), its submits, cancels and releases to admission
+        (admission's events back to it), its ends before admission to the simulation."""
+        pending: collections.deque[Message] = collections.deque((message,))
+        while pending:
+            for send in self.requests.handle(pending.popleft(), now):
+                out = send.message
+                answering = self._answering.get(send.to)
+                if answering is not None:
+                    if send.to == OPTIMIZER and type(out) is ObserveRun:
+                        continue  # the optimizer plans with the estimator that learns it
+                    pending.extend(reply.message for reply in answering.handle(out, now))
+                elif send.to == ADMISSION:
+                    if type(out) is SubmitRequest:
+                        self._note_submit(out)
+                    self._handle(out, now)
+                elif send.to == CLIENT and type(out) is RequestEnded:
+                    job = self._jobs.pop(out.request_id)
+                    self._waiting.pop(out.request_id, None)
+                    if out.state == "rejected":
+                        self.sim.reject_upfront(job, out.reason)
+                    else:
+                        self.sim.finish(job, out.state, out.reason)
 
-    def _submit(self, job: Job, plans: dict[str, Plan], now: float) -> None:
-        message = SubmitRequest(
-            request_id=job.request_id,
-            plans=plans,
-            priority=job.priority,
-            arrival=job.arrival,
-            max_wait_s=job.request.max_wait_s,
-            fallback=False,
-        )
-        if job.request.max_wait_s is not None:
-            deadline = job.arrival + job.request.max_wait_s
+    def _note_submit(self, message: SubmitRequest) -> None:
+        job = self._jobs[message.request_id]
+        if message.max_wait_s is not None:
+            deadline = job.arrival + message.max_wait_s
             self._deadline = min(self._deadline, deadline)
             self.sim.wake_at(deadline)
-        self._submitted[job.request_id] = message
-        self._handle(message, now)
+        self._submits[job.request_id] = message
 
     def _forget_samples(self) -> None:
         """A new core has seen no sample: the next delivery gives it every device."""
@@ -308,13 +303,19 @@ class VramgatePolicy:
         self._apply(self.core.handle(message, now), now)
 
     def _apply(self, events: list[Message], now: float) -> None:
-        """Act on the core's events: start admitted runs, record ends."""
+        """Act on admission's events, then tell the request core (as admission's actor tells the gate)."""
+        self._act(events, now)
+        for event in events:
+            self._tell(event, now)
+
+    def _act(self, events: list[Message], now: float) -> None:
+        """Act on the admission core's events: start admitted runs, record ends."""
         sim = self.sim
         for out in events:
             if isinstance(out, RequestAdmitted):
                 job = self._jobs[out.request_id]
                 self._waiting.pop(out.request_id, None)
-                self._submitted.pop(out.request_id, None)
+                self._submits.pop(out.request_id, None)
                 run = sim.start(
                     job,
                     out.devices,
@@ -330,7 +331,7 @@ class VramgatePolicy:
             elif isinstance(out, RequestEnded):
                 job = self._jobs.pop(out.request_id)
                 self._waiting.pop(out.request_id, None)
-                self._submitted.pop(out.request_id, None)
+                self._submits.pop(out.request_id, None)
                 if out.state == "rejected" and job.first_start is None:
                     sim.reject_upfront(job, out.reason)
                 else:
