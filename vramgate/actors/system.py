@@ -161,9 +161,6 @@ class ActorSystem:
             raise ActorStopped("the actor system is not running")
         self._tg.start_soon(func)
 
-    #: The former name of :meth:`start_soon`, still called by the gate.
-    _start_task = start_soon
-
     async def __aenter__(self) -> ActorSystem:
         if self._state != "new":
             raise RuntimeError(f"an actor system runs once; this one is {self._state}")
