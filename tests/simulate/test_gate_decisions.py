@@ -171,7 +171,9 @@ def simulated(trace: Trace, devices: str) -> Decisions:
     estimator = Estimator()
     truth = Truth(estimator, specs[0], mem_spread=0.0, time_spread=0.0)
     policy = make_policy("vramgate", estimator)
-    sim = Simulation(trace, specs, policy, estimator=estimator, seed=0, truth=truth)
+    # Without weight loads in the truth: the vramgate policy sees idle resident weights as free (its stand-in for a
+    # server declaring them), which a gate on the engine's GPUs is not told.
+    sim = Simulation(trace, specs, policy, estimator=estimator, seed=0, truth=truth, load_weights=False)
     sim.run()
     assert all(job.state in ("completed", "rejected") for job in sim.jobs)
     return decisions(sim)
@@ -182,7 +184,7 @@ async def gated(trace: Trace, devices: str) -> Decisions:
     estimator = Estimator()
     truth = Truth(estimator, specs[0], mem_spread=0.0, time_spread=0.0)
     policy = GatePolicy()
-    sim = Simulation(trace, specs, policy, estimator=estimator, seed=0, truth=truth)
+    sim = Simulation(trace, specs, policy, estimator=estimator, seed=0, truth=truth, load_weights=False)
     config = GateConfig(
         devices=DevicesConfig(use_real_gpus=False),
         monitor=MonitorConfig(interval_s=INTERVAL_S),

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from vramgate.messages.trace import Arrival
-from vramgate.policy.estimate import Estimator
+from vramgate.policy.estimate import Estimator, copy_estimator
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG
-from vramgate.policy.learning import copy_estimator
 from vramgate.policy.optimize import Optimizer
 from vramgate.simulate import load_trace, parse_devices, simulate
 from vramgate.simulate.engine import Simulation
