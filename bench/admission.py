@@ -73,8 +73,9 @@ async def gate_cycles(cycles: int, clients: int) -> tuple[float, list[float], li
     decisions: list[float] = []
     per_client = cycles // clients
     async with open_gate(_config(queue_limit=clients * 2), clock=clock, devices=devices) as gate:
-        assert gate._admission is not None
-        core = gate._admission.admission
+        core = gate.admission_core
+        assert core is not None
+        assert gate.system is not None
         handle = core.handle
 
         def timed(message: Message, now: float) -> list[Message]:
@@ -88,7 +89,7 @@ async def gate_cycles(cycles: int, clients: int) -> tuple[float, list[float], li
         async with gate.admit(REQUEST):  # warm the plan cache and the code paths
             pass
         await gate.wait_idle()
-        first_seq = gate._require_system().statistics().last_seq
+        first_seq = gate.system.statistics().last_seq
 
         async def client() -> None:
             for _ in range(per_client):
@@ -103,22 +104,28 @@ async def gate_cycles(cycles: int, clients: int) -> tuple[float, list[float], li
                 tg.start_soon(client)
         await gate.wait_idle()
         elapsed = time.perf_counter() - started
-        messages = gate._require_system().statistics().last_seq - first_seq
+        messages = gate.system.statistics().last_seq - first_seq
     return elapsed, latencies, decisions[1:], messages
 
 
 async def queue_memory(depth: int) -> tuple[float, float, int]:
-    """MiB traced while ``depth`` requests wait on a full device (gate, tickets, core); seconds to fill."""
+    """MiB traced while ``depth`` requests wait on a full device (gate, tickets, core); seconds to fill. The device is
+    full with the gate's own leases (memory that comes free when they end), so every request queues behind them."""
     clock = ManualClock()
     device = SimulatedGpu("24GB", index=0, clock=clock)
-    device.add_outside("other", device.total_mb - 600)  # nothing fits until it leaves
     devices = detect((device,), nvml=False, torch=False, host=False)
-    gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
     async with open_gate(_config(queue_limit=depth + 10), clock=clock, devices=devices) as gate:
+        leases = [await (await gate.submit(REQUEST)).wait_admitted()]
+        while True:  # hold leases until the next request would wait
+            ticket = gate.submit_nowait(REQUEST)
+            if await ticket.wait_placed() != "admitted":
+                break
+            leases.append(await ticket.wait_admitted())
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
         started = time.perf_counter()
-        for i in range(depth):
+        for i in range(depth - 1):
             gate.submit_nowait(msgspec.structs.replace(REQUEST, priority=i % 7))
             if i % 1000 == 999:
                 await gate.wait_idle()
@@ -128,8 +135,8 @@ async def queue_memory(depth: int) -> tuple[float, float, int]:
         gc.collect()
         used = (tracemalloc.get_traced_memory()[0] - base) / 2**20
         tracemalloc.stop()
-        for ticket in list(gate._tickets.values()):
-            ticket.abandoned = True
+        for lease in leases:
+            await gate.shell.finish(lease, None)
     return used, fill_s, queued
 
 
