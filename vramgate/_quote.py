@@ -9,7 +9,7 @@ queue first come, first served. :func:`quote` and :func:`submit_or_decline` are 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
@@ -20,8 +20,8 @@ from vramgate.messages.admission import ANY_DEVICE, AdmissionSnapshot, DeviceLed
 from vramgate.messages.quote import Quote, SubmitDeclined
 
 if TYPE_CHECKING:
+    from vramgate._facade import ReadGate
     from vramgate._ticket import Ticket
-    from vramgate.gate import Gate
 
 
 class Declined(CapacityError):
@@ -131,7 +131,7 @@ def expected_start(
     raise AssertionError("unreachable")
 
 
-async def _plans(gate: Gate, request: GenerationRequest) -> tuple[dict[str, Plan], str]:
+async def _plans(gate: ReadGate, request: GenerationRequest) -> tuple[dict[str, Plan], str]:
     """The plans the request core would submit for ``request`` on each kind of GPU (none: with the reason)."""
     answer = await gate.plans(request)
     if isinstance(answer, RequestRejected):
@@ -140,7 +140,7 @@ async def _plans(gate: Gate, request: GenerationRequest) -> tuple[dict[str, Plan
     return {gpu: msgspec.structs.replace(plan, request_id=rid) for gpu, plan in answer.plans.items()}, ""
 
 
-async def quote(gate: Gate, request: GenerationRequest, *, time_scale: float = 1.0, node: str = "") -> Quote:
+async def quote(gate: ReadGate, request: GenerationRequest, *, time_scale: float = 1.0, node: str = "") -> Quote:
     """The gate's quote for ``request`` now: its plan, memory, expected start and finish; nothing is reserved."""
     rid = request.request_id
     stats = gate.statistics()
@@ -184,15 +184,17 @@ async def quote(gate: Gate, request: GenerationRequest, *, time_scale: float = 1
 
 
 async def submit_or_decline(
-    gate: Gate,
+    gate: ReadGate,
+    submit: Callable[[GenerationRequest], Ticket],
     request: GenerationRequest,
     *,
     within_s: float | None = 0.0,
     time_scale: float = 1.0,
     node: str = "",
 ) -> Ticket:
-    """Submit ``request`` only if it is expected to be admitted within ``within_s`` seconds (0: at once; ``None``:
-    whenever, as long as it fits here and the queue has room); otherwise raise :class:`Declined`.
+    """Submit ``request`` with ``submit`` (the gate's ``submit_nowait``) only if it is expected to be admitted
+    within ``within_s`` seconds (0: at once; ``None``: whenever, as long as it fits here and the queue has room);
+    otherwise raise :class:`Declined`.
 
     Returns once the request is admitted or queued (so that the next quote here counts it). With ``within_s=0``
     a request that would wait leaves the queue before this returns, and nothing is kept.
@@ -211,7 +213,7 @@ async def submit_or_decline(
     if within_s is not None and answer.start_s > within_s:
         raise declined("too_late", f"expected to start in {answer.start_s:.1f} s, later than {within_s:.1f} s")
     try:
-        ticket = gate.submit_nowait(request)
+        ticket = submit(request)
     except QueueFull as error:
         raise declined("queue_full", str(error)) from None
     state = await ticket.wait_placed()

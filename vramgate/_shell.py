@@ -47,7 +47,7 @@ from vramgate.messages.residency import EvictModel, LeaseShrunk
 from vramgate.policy.request import CLIENT, RequestCore, device_budgets
 
 if TYPE_CHECKING:
-    from vramgate.gate import Gate
+    from vramgate._facade import ShellGate
 
 _log = logging.getLogger("vramgate.gate")
 #: The error a run that was cancelled reports (``RunFinished.error``): a fixed phrase, so that the message log holds
@@ -93,7 +93,7 @@ class _Answer:
 class RequestShell:
     """The client's side of the request core for one gate: its tickets, its counters, its waiters."""
 
-    def __init__(self, gate: Gate, core: RequestCore) -> None:
+    def __init__(self, gate: ShellGate[Lease], core: RequestCore) -> None:
         self.gate = gate
         self.core = core
         self.ref: ActorRef[Any] | None = None  # the request actor, once the system runs
@@ -396,13 +396,13 @@ class RequestShell:
 # ====================================================================== effects at the edge
 
 
-def _pins(gate: Gate, lease: Lease) -> bool:
+def _pins(gate: ShellGate[Lease], lease: Lease) -> bool:
     """Whether ``[run] pin_reservation`` pins this lease (``"auto"``: when all its devices are simulated)."""
     simulated = all(gate.backend.kind(index) == "simulated" for index in lease.devices)
     return gate.config.run.pins(simulated=simulated)
 
 
-def _observed(gate: Gate, lease: Lease, *, pinned: bool = False) -> ObservedPeak:
+def _observed(gate: ShellGate[Lease], lease: Lease, *, pinned: bool = False) -> ObservedPeak:
     """What the run observed: what it reported, else the backend's peak figures for its device."""
     if lease.reported_peak is not None:
         return lease.reported_peak

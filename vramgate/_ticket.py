@@ -34,7 +34,7 @@ from vramgate.messages import (
 from vramgate.policy.timing import time_high_s
 
 if TYPE_CHECKING:
-    from vramgate.gate import Gate
+    from vramgate._facade import TicketGate
     from vramgate.hardware import SimulatedGpu
     from vramgate.policy._standing import Standing
 
@@ -82,7 +82,7 @@ class Ticket:
         "_submitted_at",
     )
 
-    def __init__(self, gate: Gate, request: GenerationRequest, *, history: int = 256) -> None:
+    def __init__(self, gate: TicketGate[Lease], request: GenerationRequest, *, history: int = 256) -> None:
         self._gate = gate
         self._request = request
         self._state: State = "preflight"
@@ -358,7 +358,7 @@ class Lease:
     it releases the lease. :attr:`pinned_mb` is what is pinned on each device now (0: nothing).
     """
 
-    def __init__(self, gate: Gate, ticket: Ticket, admitted: RequestAdmitted) -> None:
+    def __init__(self, gate: TicketGate[Lease], ticket: Ticket, admitted: RequestAdmitted) -> None:
         self._gate = gate
         self.ticket = ticket
         self.request_id = admitted.request_id

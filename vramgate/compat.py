@@ -41,7 +41,7 @@ from vramgate.policy.models import ModelProfile, parse_size
 from vramgate.policy.optimize import Optimizer, default_margin_mb
 
 if TYPE_CHECKING:
-    from vramgate.gate import Gate
+    from vramgate._facade import ReadGate
 
 #: The short side of each named resolution.
 RESOLUTIONS = {"480p": 480, "540p": 540, "576p": 576, "704p": 704, "720p": 720, "1080p": 1080}
@@ -198,7 +198,7 @@ class ResourceManager:
 # ---------------------------------------------------------------------- the same calls on a running gate
 
 
-def check_vram_availability(gate: Gate, required_mb: int, *, device: int | None = None) -> tuple[bool, str]:
+def check_vram_availability(gate: ReadGate, required_mb: int, *, device: int | None = None) -> tuple[bool, str]:
     """Whether ``required_mb`` fits now on ``device`` (or on any device) of ``gate``, with a sentence saying why."""
     stats = gate.statistics()
     rows = [d.ledger for d in stats.devices if device is None or d.ledger.index == device]
@@ -215,7 +215,7 @@ def check_vram_availability(gate: Gate, required_mb: int, *, device: int | None 
 
 
 def estimate_resource_requirements(
-    gate: Gate,
+    gate: ReadGate,
     model_type: str,
     resolution: str,
     steps: int | None = None,
@@ -234,7 +234,7 @@ def estimate_resource_requirements(
 
 
 def optimize_parameters_for_resources(
-    gate: Gate, params: GenerationRequest | dict[str, Any]
+    gate: ReadGate, params: GenerationRequest | dict[str, Any]
 ) -> tuple[RunParams, list[OptimizationSuggestion]]:
     """The parameters that fit the gate's largest device now, and the changes made."""
     request = params if isinstance(params, GenerationRequest) else msgspec.convert(params, GenerationRequest)

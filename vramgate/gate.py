@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import anyio
 import msgspec
 
+from vramgate import compat
+from vramgate._quote import quote, submit_or_decline
 from vramgate._residency import EvictHandler, GateResidency
 from vramgate._shell import CANCELLED_RUN, RequestShell, is_oom
 from vramgate._ticket import Lease, RequestCancelled, RequestFailed, Ticket
@@ -245,8 +247,6 @@ class Gate:
 
         ``time_scale`` scales the plans' estimated seconds (for runs in compressed time). See :mod:`vramgate._quote`.
         """
-        from vramgate._quote import quote
-
         return await quote(self, request, time_scale=time_scale, node=node)
 
     async def submit_or_decline(
@@ -254,9 +254,9 @@ class Gate:
     ) -> Ticket:
         """Submit ``request`` if it is expected to be admitted within ``within_s`` seconds (0: at once), else raise
         :class:`vramgate._quote.Declined` having kept and reserved nothing."""
-        from vramgate._quote import submit_or_decline
-
-        return await submit_or_decline(self, request, within_s=within_s, time_scale=time_scale, node=node)
+        return await submit_or_decline(
+            self, self.submit_nowait, request, within_s=within_s, time_scale=time_scale, node=node
+        )
 
     async def plans(self, request: GenerationRequest) -> SubmitRequest | RequestRejected:
         """The plans the request core would submit for ``request`` now (one per kind of GPU), or the rejection it
@@ -338,8 +338,6 @@ class Gate:
 
     def check_vram_availability(self, required_mb: int, *, device: int | None = None) -> tuple[bool, str]:
         """See :func:`vramgate.compat.check_vram_availability`."""
-        from vramgate import compat
-
         return compat.check_vram_availability(self, required_mb, device=device)
 
     def estimate_resource_requirements(
@@ -353,16 +351,12 @@ class Gate:
         gpu: str | None = None,
     ) -> ResourceRequirement:
         """See :func:`vramgate.compat.estimate_resource_requirements`."""
-        from vramgate import compat
-
         return compat.estimate_resource_requirements(self, model_type, resolution, steps, duration, lora_count, gpu=gpu)
 
     def optimize_parameters_for_resources(
         self, params: GenerationRequest | dict[str, Any]
     ) -> tuple[RunParams, list[OptimizationSuggestion]]:
         """See :func:`vramgate.compat.optimize_parameters_for_resources`."""
-        from vramgate import compat
-
         return compat.optimize_parameters_for_resources(self, params)
 
     async def cleanup_memory(self, aggressive: bool = False, *, device: int | None = None) -> CleanupReport:
