@@ -38,6 +38,7 @@ from vramgate._sections import parse_size_mb as parse_size_mb
 from vramgate.errors import ConfigError, DecodeError
 from vramgate.messages.codec import TOO_DEEP, Codec
 from vramgate.policy.admission_config import AdmissionConfig, renamed
+from vramgate.policy.timing import expected_run_s
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,7 +107,7 @@ class RunConfig(_Section, frozen=True):
 
     def expected_seconds(self, estimated_s: float) -> float:
         """How long a run whose plan estimates ``estimated_s`` seconds is expected to last."""
-        return max(self.min_seconds, estimated_s * self.time_scale)
+        return expected_run_s(estimated_s, self.time_scale, self.min_seconds)
 
     def pins(self, *, simulated: bool) -> bool:
         """Whether a lease on a simulated (or real) device is pinned."""

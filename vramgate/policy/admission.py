@@ -91,7 +91,7 @@ from vramgate.policy.admission_config import AdmissionConfig as AdmissionConfig
 from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
 from vramgate.policy.host_ledger import HostLedger
 from vramgate.policy.ledger import DeviceConfig, DeviceLedger
-from vramgate.policy.timing import time_high_s
+from vramgate.policy.timing import expected_run_s, time_high_s
 
 
 class _Waiting:
@@ -298,21 +298,6 @@ class AdmissionCore:
             best[gpu] = max(best.get(gpu, 0), ledger.attainable_mb)
         return best
 
-    def plan_budgets(self, *, others: bool = True) -> dict[str, int]:
-        """VRAM per GPU that a plan may need, for each kind of GPU: the best device's capacity less its margin and
-        less what others use on it now (with ``others``) or what they never gave back (without: ``attainable_mb``),
-        rounded down to 256 MiB so that small changes in others' use do not re-plan every request; lost devices
-        count for nothing. The gate and the simulator both plan at these budgets."""
-        budgets: dict[str, int] = {}
-        for ledger in self._ledgers:
-            if ledger.lost:
-                continue
-            used = ledger.others_mb if others else ledger.permanent_mb
-            budget = max(0, ledger.capacity_mb - ledger.margin_mb - used) // 256 * 256
-            gpu = ledger.config.gpu
-            budgets[gpu] = max(budgets.get(gpu, 0), budget)
-        return budgets
-
     def lease_of(self, request_id: str) -> str | None:
         """The lease id of a running request, or ``None``."""
         return self._lease_of_request.get(request_id)
@@ -321,7 +306,7 @@ class AdmissionCore:
         """How long a run whose plan estimates ``estimated_s`` seconds is expected to last: times ``time_scale``,
         at least ``min_run_s`` (``[run] time_scale`` and ``min_seconds``; a server whose runs are compressed or
         simulated says so). Expected ends, the backfill and ``retry_after`` use it."""
-        return max(self.min_run_s, estimated_s * self.time_scale)
+        return expected_run_s(estimated_s, self.time_scale, self.min_run_s)
 
     def retry_after(self, now: float) -> float:
         """Seconds until the queue is expected to have room: 0 when it has room now, else the sooner of the

@@ -62,7 +62,7 @@ from vramgate.messages.requests import GenerationRequest, RunOptions
 from vramgate.messages.residency import EvictModel, LeaseShrunk
 from vramgate.messages.resources import ResourceSample
 from vramgate.policy.admission_config import AdmissionConfig
-from vramgate.policy.timing import time_high_s
+from vramgate.policy.timing import expected_run_s, time_high_s
 
 #: Where the core's messages go: the actors of a gate, and the client (the embedding server's side of the gate).
 ESTIMATOR, OPTIMIZER, ADMISSION, CLEANUP, CLIENT = "estimator", "optimizer", "admission", "cleanup", "client"
@@ -157,7 +157,7 @@ class RequestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     def run_seconds(self, estimated_s: float) -> float:
         """How long a run whose plan estimates ``estimated_s`` seconds is expected to last."""
-        return max(self.min_run_s, estimated_s * self.time_scale)
+        return expected_run_s(estimated_s, self.time_scale, self.min_run_s)
 
 
 def device_budgets(ledgers: Sequence[DeviceLedgerStatistics], ram_budget_mb: int | None = None) -> DeviceBudgets:

@@ -130,6 +130,13 @@ class TimeCorrections:
         return msgspec.structs.replace(requirement, estimated_time_seconds=corrected, time_low_s=low, time_high_s=high)
 
 
+def expected_run_s(estimated_s: float, time_scale: float, min_run_s: float) -> float:
+    """How long a run whose plan estimates ``estimated_s`` seconds is expected to last: times ``time_scale``, at least
+    ``min_run_s`` (``[run] time_scale`` and ``min_seconds``: a server whose runs are compressed or simulated says
+    so)."""
+    return max(min_run_s, estimated_s * time_scale)
+
+
 def time_high_s(requirement: ResourceRequirement) -> float:
     """The longest ``requirement`` is expected to run: the top of its interval, else its point time."""
     high = requirement.time_high_s
