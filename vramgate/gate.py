@@ -421,6 +421,7 @@ def _request_config(config: GateConfig) -> RequestConfig:
         retry_on_oom=config.run.retry_on_oom,
         max_oom_retries=config.run.max_oom_retries,
         cleanup_after_run=config.cleanup.after_run,
+        forwards_lessons=True,
     )
 
 
@@ -477,7 +478,7 @@ async def open_gate(
         core_actor = request_actor(gate.requests.config, observe=gate.shell.observe, core=gate.requests)
         gate.shell.ref = system.spawn(core_actor, name=ROUTER, mailbox_size=mailbox)
         system.spawn(ClientInbox(), name=CLIENT, mailbox_size=mailbox)
-        system.spawn(estimator_actor(estimator, publish_to=(OPTIMIZER,)), name=ESTIMATOR, mailbox_size=mailbox)
+        system.spawn(estimator_actor(estimator, holdings=True), name=ESTIMATOR, mailbox_size=mailbox)
         system.spawn(optimizer_actor(estimator), name=OPTIMIZER, mailbox_size=mailbox)
         if gate.device_configs:
             gate._admission = admission_actor(

@@ -1,10 +1,12 @@
 """One owner for a lesson: the estimator learns each run once and publishes its corrections; the optimizer plans
-from what it was sent (through real msgspec decoding, a real gate on asyncio and trio, and its replayed log)."""
+from what it was sent: on its own, or in a gate, carried by the request core's next question (through real msgspec
+decoding, a real gate on asyncio and trio, and its replayed log)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from vramgate.actors import Recorder
@@ -25,7 +27,7 @@ from vramgate.messages import (
     encode_json,
 )
 from vramgate.messages.estimation import CorrectionLearned, ObserveRun
-from vramgate.messages.optimization import OptimizePlan
+from vramgate.messages.optimization import OptimizePlan, ShrinkPlan
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.optimize import Optimizer
 from vramgate.replay import read_log, replay
@@ -146,12 +148,19 @@ async def test_a_gate_teaches_the_estimator_once_and_its_optimizer_plans_from_th
     config = _config(tmp_path / "learned.json")
     taught = await _plan(config, log, peak_factor=1.3)
 
-    _, records = read_log(log)
+    _, read = read_log(log)
+    records = list(read)
     to_optimizer = [r for r in records if r.recipient == "optimizer"]
-    assert not [r for r in to_optimizer if isinstance(r.message, ObserveRun)]
-    lessons = [r for r in to_optimizer if isinstance(r.message, CorrectionLearned)]
-    assert [r.sender for r in lessons] == ["estimator"]
-    assert [r.message.runs for r in lessons if isinstance(r.message, CorrectionLearned)] == [1]
+    assert not [r for r in to_optimizer if isinstance(r.message, ObserveRun | CorrectionLearned)]
+    # The lesson reaches the optimizer once, with the gate's next question: one message per lesson.
+    asked = [r for r in to_optimizer if isinstance(r.message, OptimizePlan)]
+    assert {r.sender for r in asked} == {"gate"}
+    lessons = [c for r in asked if isinstance(r.message, OptimizePlan) for c in r.message.corrections]
+    assert [c.runs for c in lessons] == [1]
+    assert lessons[0].history == msgspec.convert(  # what the estimator held after it
+        next(r.message for r in records if isinstance(r.message, CorrectionLearned)).history, type(lessons[0].history)
+    )
+    assert [r.recipient for r in records if isinstance(r.message, CorrectionLearned)] == ["gate"]
     result = replay(log)
     assert result.identical, result.summary()
 
@@ -162,10 +171,22 @@ async def test_a_gate_teaches_the_estimator_once_and_its_optimizer_plans_from_th
 
 
 def test_the_demo_log_carries_the_published_corrections_and_replays_identical(small_demo_log: Path) -> None:
-    _, records = read_log(small_demo_log)
-    published = [r for r in records if isinstance(r.message, CorrectionLearned) and r.recipient == "optimizer"]
+    _, read = read_log(small_demo_log)
+    records = list(read)
+    published = [r for r in records if isinstance(r.message, CorrectionLearned)]
     assert published
-    assert all(r.sender == "estimator" for r in published)
+    assert all(r.sender == "estimator" and r.recipient == "gate" for r in published)
+    # Every question to the optimizer carries the lessons learned since the one before it (the latest per model and
+    # GPU), each once.
+    pending: dict[tuple[str, str], CorrectionLearned] = {}
+    for record in records:
+        message = record.message
+        if isinstance(message, CorrectionLearned):
+            pending.pop((message.model, message.gpu), None)
+            pending[(message.model, message.gpu)] = message
+        elif isinstance(message, OptimizePlan | ShrinkPlan):
+            assert list(message.corrections) == list(pending.values())
+            pending.clear()
     assert not [r for r in records if isinstance(r.message, ObserveRun) and r.recipient == "optimizer"]
     result = replay(small_demo_log)
     assert result.identical, result.summary()

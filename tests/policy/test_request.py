@@ -263,6 +263,52 @@ def test_the_same_question_is_asked_once_until_a_lesson_moves() -> None:
     assert len(harness.pending) == 1
 
 
+def test_a_core_that_forwards_lessons_sends_each_to_the_optimizer_once_with_its_next_question() -> None:
+    harness = Harness(RequestConfig(forwards_lessons=True))
+    harness.accept(SMALL, "a")
+    harness.answer()
+    first = [m for m in harness.asked if isinstance(m, OptimizePlan)]
+    assert [m.corrections for m in first] == [()]  # nothing learned yet
+    teacher = EstimatorCore(Estimator(), holdings=True)
+    plan = harness.submits()[0].plans["H100-80GB"]
+    lessons = []
+    for peak in (1.3, 1.5):  # two lessons for the same model and GPU: the optimizer needs the latest
+        finished = RunFinished(
+            request_id="a", lease_id="l", outcome="ok",
+            observed=ObservedPeak(torch_peak_reserved_mb=int(plan.requirement.vram_mb * peak)),
+        )  # fmt: skip
+        (reply,) = teacher.handle(ObserveRun(finished=finished, plan=plan), 0.0)
+        assert isinstance(reply, Reply)
+        assert isinstance(reply.message, CorrectionLearned)
+        assert reply.message.history is not None  # what the estimator holds, for the optimizer to install
+        lessons.append(reply.message)
+        harness.feed(reply.message)
+    assert harness.pending == []  # a lesson alone sends nothing
+    harness.accept(SMALL, "b")  # the lesson made the cached answers stale: it is asked again, with the lesson
+    harness.answer()
+    again = [m for m in harness.asked if isinstance(m, OptimizePlan)][len(first) :]
+    assert [m.corrections for m in again] == [(lessons[-1],)]
+    # The optimizer planned with it: the plan is the one the teacher's own estimator makes.
+    replanned = harness.submits()[-1].plans["H100-80GB"]
+    assert replanned.requirement.correction == lessons[-1].factor > plan.requirement.correction
+    harness.feed(CorrectionLearned(model="ti2v-5B", gpu="H100-80GB", factor=lessons[-1].factor, runs=3, outcome="ok"))
+    harness.accept(msgspec.structs.replace(SMALL, steps=12), "c")  # a new question carries only what is new
+    harness.answer()
+    newest = [m for m in harness.asked if isinstance(m, OptimizePlan)][len(first) + len(again) :]
+    assert [len(m.corrections) for m in newest] == [1]
+    assert newest[0].corrections[0].runs == 3
+
+
+def test_a_core_that_does_not_forward_lessons_asks_without_them() -> None:
+    harness = Harness()
+    harness.accept(SMALL, "a")
+    harness.answer()
+    harness.feed(CorrectionLearned(model="ti2v-5B", gpu="H100-80GB", factor=1.3, runs=1, outcome="ok"))
+    harness.accept(SMALL, "b")
+    harness.answer()
+    assert all(m.corrections == () for m in harness.asked if isinstance(m, OptimizePlan))
+
+
 def test_the_queue_limit_and_its_retry_after() -> None:
     config = RequestConfig(admission=AdmissionConfig(queue_limit=2, min_retry_after_s=0.25))
     harness = Harness(config)

@@ -10,9 +10,11 @@
 
 Every requirement it answers carries the corrected time and its interval. The estimator owns what it learns:
 each lesson is learned here once and published as :class:`~vramgate.messages.estimation.CorrectionLearned` (both
-corrections, with what it now holds for the model, the GPU and the GPU's times): sent to every actor named in
-``publish_to`` (the optimizer, which plans from what it is sent), then replied to an ``ObserveRun`` or sent to
-``events_to`` (when set) for a ``RunFinished``.
+corrections, with what it now holds for the model, the GPU and the GPU's times when ``holdings`` is set or it
+publishes to anyone): sent to every actor named in ``publish_to``, then replied to an ``ObserveRun`` or sent to
+``events_to`` (when set) for a ``RunFinished``. A gate's estimator publishes to nobody: its request core sends the
+lessons on to the optimizer with its next question (``OptimizePlan.corrections``), so that a lesson is one
+message.
 """
 
 from __future__ import annotations
@@ -47,12 +49,15 @@ class EstimatorCore:
         events_to: str | None = None,
         max_plans: int = 4096,
         publish_to: tuple[str, ...] = (),
+        holdings: bool = False,
     ) -> None:
         if max_plans < 1:
             raise ValueError("max_plans must be at least 1")
         self.estimator = estimator
         self.events_to = events_to
         self.publish_to = publish_to
+        #: whether a lesson carries what the estimator holds after it (always when it publishes to anyone)
+        self.holdings = holdings or bool(publish_to)
         self.max_plans = max_plans
         self._plans: OrderedDict[str, Plan] = OrderedDict()
 
@@ -113,10 +118,10 @@ class EstimatorCore:
             time_runs=times.runs(gpu),
             time_low=low / corrected,
             time_high=high / corrected,
-            # what the optimizer installs; a core that publishes to nobody (as in logs made before it did) sends
-            # the figures alone
-            history=self.estimator.learned.learned(model, gpu) if self.publish_to else None,
-            times=times.learned(gpu) if self.publish_to else None,
+            # what the optimizer installs; a core without holdings (as in logs made before lessons were published)
+            # sends the figures alone
+            history=self.estimator.learned.learned(model, gpu) if self.holdings else None,
+            times=times.learned(gpu) if self.holdings else None,
         )
 
 
@@ -126,9 +131,10 @@ def estimator_actor(
     events_to: str | None = None,
     max_plans: int = 4096,
     publish_to: tuple[str, ...] = (),
+    holdings: bool = False,
 ) -> CoreActor:
     """A :class:`CoreActor` running an :class:`EstimatorCore`; its recorded config (the learned state at start,
-    ``events_to``, ``publish_to``) rebuilds the same core for replay."""
+    ``events_to``, ``publish_to``, ``holdings``) rebuilds the same core for replay."""
     estimator = estimator if estimator is not None else Estimator()
     config: dict[str, Any] = {
         "events_to": events_to,
@@ -138,7 +144,9 @@ def estimator_actor(
     }
     if publish_to:
         config["publish_to"] = list(publish_to)
-    core = EstimatorCore(estimator, events_to=events_to, max_plans=max_plans, publish_to=publish_to)
+    if holdings:
+        config["holdings"] = True
+    core = EstimatorCore(estimator, events_to=events_to, max_plans=max_plans, publish_to=publish_to, holdings=holdings)
     return CoreActor(core, kind=KIND, config=config)
 
 
@@ -157,6 +165,7 @@ def build_core(header: LogHeader, spec: CoreSpec) -> EstimatorCore:
         events_to=str(events_to) if events_to else None,
         max_plans=int(config.get("max_plans", 4096)),
         publish_to=tuple(str(name) for name in config.get("publish_to", ())),
+        holdings=bool(config.get("holdings", False)),
     )
 
 

@@ -6,9 +6,11 @@ after an out-of-memory failure); it answers :class:`~vramgate.messages.PlanOptim
 :class:`~vramgate.messages.RequestRejected` (``bad_request``) when the request is invalid.
 
 The optimizer learns nothing itself: it plans with the corrections its estimator held when the actor was made
-(recorded in its config), and installs the ones the estimator actor publishes after each lesson
-(:class:`~vramgate.messages.estimation.CorrectionLearned`), so that its plans use the estimator's corrections and
-a replay, fed the same messages, plans the same.
+(recorded in its config), and installs the lessons it is sent
+(:class:`~vramgate.messages.estimation.CorrectionLearned`): the ones a question carries (``corrections``: the
+lessons the request core holds that the optimizer has not seen, installed before it plans), or, as an estimator
+may publish them, on their own. Its plans use the estimator's
+corrections, and a replay, fed the same messages, plans the same.
 """
 
 from __future__ import annotations
@@ -48,17 +50,23 @@ class OptimizerCore:
 
     def handle(self, message: Message, now: float) -> Sequence[Output]:
         if isinstance(message, OptimizePlan):
+            self._install(message.corrections)
             return [Reply(self._optimize(message))]
         if isinstance(message, ShrinkPlan):
+            self._install(message.corrections)
             return [Reply(self._shrink(message))]
         if isinstance(message, CorrectionLearned):
-            if self.learned is not None:
-                self.learned.install(message)
+            self._install((message,))
             return []
         if isinstance(message, ObserveRun) and self.learns_lessons and isinstance(self.optimizer.estimator, Estimator):
             self.optimizer.estimator.observe(message.finished, message.plan)
             return []
         raise TypeError(f"the optimizer does not handle {type(message).__name__}")
+
+    def _install(self, corrections: Sequence[CorrectionLearned]) -> None:
+        if self.learned is not None:
+            for learned in corrections:
+                self.learned.install(learned)
 
     def _optimize(self, m: OptimizePlan) -> Message:
         request = m.request
@@ -156,8 +164,9 @@ def build_core(
 
 def _from_header(header: LogHeader, spec: CoreSpec) -> OptimizerCore:
     estimator = header.core("estimator")
-    # the estimator's recorded config says how old the log is: whether lessons were published, loads priced
-    legacy = estimator is not None and not estimator.config.get("publish_to")
+    # the estimator's recorded config says how old the log is: whether lessons were published (to the optimizer,
+    # or with what it holds for the request core to send on), loads priced
+    legacy = estimator is not None and not estimator.config.get("publish_to") and not estimator.config.get("holdings")
     prices_loads = estimator is None or bool(estimator.config.get("prices_loads", False))
     return build_core(spec.config, header.config, learns_lessons=legacy, prices_loads=prices_loads)
 

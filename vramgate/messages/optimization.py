@@ -13,6 +13,7 @@ from typing import Annotated
 import msgspec
 
 from vramgate.messages._base import MB, Ident, Message
+from vramgate.messages.estimation import CorrectionLearned
 from vramgate.messages.plans import Plan, RunParams
 from vramgate.messages.requests import GenerationRequest, OptimizationLevel, RunOptions
 
@@ -22,7 +23,8 @@ class OptimizePlan(Message, frozen=True):
     ``gpu`` and ``ram_budget_mb`` of host RAM (``None``: host RAM is not limited).
 
     ``max_level`` defaults to the request's own (``basic`` for bare run parameters); ``pinned`` to the
-    request's options; ``world_size`` to the request's GPU count.
+    request's options; ``world_size`` to the request's GPU count. ``corrections``: the estimator's lessons the
+    optimizer has not been sent yet, installed before it plans (in order).
     """
 
     request: GenerationRequest | RunParams
@@ -33,11 +35,13 @@ class OptimizePlan(Message, frozen=True):
     max_level: OptimizationLevel | None = None
     world_size: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
     pinned: RunOptions | None = None
+    corrections: tuple[CorrectionLearned, ...] = ()
 
 
 class ShrinkPlan(Message, frozen=True):
     """Find a plan that needs at least ``shrink`` (a fraction) less VRAM than ``plan`` (after an out-of-memory
-    failure). ``max_level`` defaults to the plan's level, at least ``basic``."""
+    failure). ``max_level`` defaults to the plan's level, at least ``basic``; ``corrections`` as for
+    :class:`OptimizePlan`."""
 
     plan: Plan
     request_id: Ident = ""
@@ -45,6 +49,7 @@ class ShrinkPlan(Message, frozen=True):
     ram_budget_mb: MB | None = None
     pinned: RunOptions | None = None
     shrink: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.1
+    corrections: tuple[CorrectionLearned, ...] = ()
 
 
 class PlanDoesNotFit(Message, frozen=True):

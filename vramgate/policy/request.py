@@ -32,6 +32,7 @@ import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -145,7 +146,9 @@ class RequestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     time_scale`` and ``min_seconds``, as admission is given them) set how long a run is expected to last (for the
     retry-after) and how its seconds teach the estimator. ``retry_on_oom``
     and ``max_oom_retries``: how many smaller plans a request whose run ran out of memory may retry with.
-    ``cleanup_after_run``: ask the cleanup actor for a cleanup after every run. ``cache_size``: answers kept."""
+    ``cleanup_after_run``: ask the cleanup actor for a cleanup after every run. ``cache_size``: answers kept.
+    ``forwards_lessons``: send the estimator's lessons on to the optimizer with the next question it is asked
+    (``corrections``), for an estimator that publishes to nobody else."""
 
     admission: AdmissionConfig = AdmissionConfig()
     time_scale: float = 1.0
@@ -154,6 +157,7 @@ class RequestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_oom_retries: int = 1
     cleanup_after_run: bool = True
     cache_size: int = 4096
+    forwards_lessons: bool = False
 
     def run_seconds(self, estimated_s: float) -> float:
         """How long a run whose plan estimates ``estimated_s`` seconds is expected to last."""
@@ -252,6 +256,7 @@ class _Oom(msgspec.Struct, frozen=True):
 
 
 _KEY = msgspec.msgpack.Encoder(order="deterministic")
+_Q = TypeVar("_Q", bound=Message)
 #: A waiter for an answer: the request (or quote) and the GPU kind it asked about ("" for the preflight).
 _Waiter = tuple[_Request, str]
 
@@ -271,6 +276,8 @@ class RequestCore:
         self._oomed: OrderedDict[str, _Oom] = OrderedDict()
         #: each correction: as the latest lesson left it, and as it was when the cached answers were made
         self._corrections: dict[tuple[str, str], tuple[float, float]] = {}
+        #: lessons the optimizer has not been sent, the latest per (model, GPU), the latest last
+        self._unsent: OrderedDict[tuple[str, str], CorrectionLearned] = OrderedDict()
         self._generation = 0
         self._counter = 0
         self._deadlines: list[tuple[float, int, str]] = []
@@ -492,7 +499,16 @@ class RequestCore:
         qid = f"{QUESTION}{self._counter}"
         self._asking[key] = [(record, gpu)]
         self._questions[qid] = (key, self._generation)
-        out.append(Send(actor, msgspec.structs.replace(question, request_id=qid)))
+        out.append(Send(actor, self._with_lessons(msgspec.structs.replace(question, request_id=qid))))
+
+    def _with_lessons(self, question: _Q) -> _Q:
+        """A question to the optimizer with the lessons it has not been sent (the key of a cached answer is the
+        question without them)."""
+        if not self._unsent or not isinstance(question, OptimizePlan | ShrinkPlan):
+            return question
+        lessons = tuple(self._unsent.values())
+        self._unsent.clear()
+        return msgspec.structs.replace(question, corrections=lessons)
 
     def _answer(self, answer: Message, out: list[Send]) -> None:
         qid = getattr(answer, "request_id", "")
@@ -652,7 +668,7 @@ class RequestCore:
         qid = f"{QUESTION}{self._counter}"
         self._shrinking[qid] = oom
         level = message.max_level or oom.request.max_level
-        out.append(Send(OPTIMIZER, ShrinkPlan(plan=oom.plan, request_id=qid, max_level=level)))
+        out.append(Send(OPTIMIZER, self._with_lessons(ShrinkPlan(plan=oom.plan, request_id=qid, max_level=level))))
 
     def _shrunk(self, oom: _Oom, answer: Message, out: list[Send]) -> None:
         rid = oom.request.request_id
@@ -672,7 +688,12 @@ class RequestCore:
 
     def _learned(self, message: CorrectionLearned) -> None:
         """Drop the cached answers when a lesson moved a correction by more than half a percent, or the lessons
-        since the answers were cached moved it by more than two (both well inside the margin)."""
+        since the answers were cached moved it by more than two (both well inside the margin). Keep it for the
+        optimizer's next question when the core forwards lessons."""
+        if self.config.forwards_lessons:
+            key = (message.model, message.gpu)
+            self._unsent.pop(key, None)
+            self._unsent[key] = message
         moved = {
             (message.model, message.gpu): message.factor,
             ("time", message.gpu): message.time_factor,
