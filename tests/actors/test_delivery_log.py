@@ -202,4 +202,6 @@ async def test_a_crash_that_stops_the_system_replays_as_the_same_crash(tmp_path:
     assert result.identical, result.summary()
     result = replay(log, cores={"flaky": lambda header: Echo()})  # a core that does not crash there
     assert result.divergence is not None
-    assert "crash on record 2 that the replay did not reproduce" in result.divergence.error
+    _, records = read_log(log)
+    (boom,) = [r.seq for r in records if r.recipient == "flaky" and r.message == queued("boom")]
+    assert f"crash on record {boom} that the replay did not reproduce" in result.divergence.error

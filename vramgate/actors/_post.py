@@ -239,14 +239,20 @@ class Post:
                 raise mailbox.stopped_error()
             raise MailboxFull(f"mailbox of actor {mailbox.name!r} is full ({mailbox.capacity} messages)")
 
-    async def send(self, mailbox: Mailbox, message: Message, sender: str, correlation_id: int | None) -> None:
+    async def send(
+        self, mailbox: Mailbox, message: Message, sender: str, correlation_id: int | None, *, checkpoint: bool = True
+    ) -> None:
         """Deliver, waiting (in arrival order) while the mailbox is full: the receiver hands the message over when
         it takes one out. A sender cancelled while it waits delivers nothing and nothing is logged; one whose
-        message was handed over before the cancellation reached it returns normally (the message is delivered)."""
+        message was handed over before the cancellation reached it returns normally (the message is delivered).
+
+        Without ``checkpoint`` (an actor sending while it handles a message), a message the mailbox has room for is
+        delivered without yielding: the actor yields when its own mailbox is empty, and other tasks run then."""
         if mailbox.state != "running":
             raise mailbox.stopped_error()
         primitives = self.primitives
-        await primitives.checkpoint()
+        if checkpoint:
+            await primitives.checkpoint()
         if not mailbox.waiting and self.post(mailbox, sender, mailbox.name, message, correlation_id) is not None:
             return
         waiter = _Waiter(message, sender, correlation_id, primitives.event())
@@ -286,12 +292,13 @@ class Post:
         return slot.reply
 
     async def reply(self, replier: str, envelope: Envelope, message: Message) -> None:
-        """Answer ``envelope``: the waiting asker, else tell the sender; a reply nobody waits for is logged too."""
+        """Answer ``envelope`` (as an actor handling it: see :meth:`send`'s ``checkpoint``): the waiting asker,
+        else tell the sender; a reply nobody waits for is logged too."""
         corr = envelope.correlation_id
         if corr is None:
             target = self.mailbox_of(envelope.sender)
             if target is not None and target.state in ("running", "stopping"):
-                await self.send(target, message, replier, None)
+                await self.send(target, message, replier, None, checkpoint=False)
                 return
             posted = self.post(LOG_ONLY, replier, envelope.sender, message)
             assert posted is not None
@@ -303,7 +310,6 @@ class Post:
                 self.post(LOG_ONLY, replier, envelope.sender, message, corr)
             else:
                 self.post(slot, replier, envelope.sender, message, corr)
-        await self.primitives.checkpoint()
 
     def fail_asks(self, which: Callable[[AskSlot], bool], error: BaseException) -> None:
         for corr, slot in list(self.pending.items()):

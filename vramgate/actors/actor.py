@@ -100,8 +100,10 @@ class ActorContext(Generic[M]):
         return self._host.lookup(target) if isinstance(target, str) else target
 
     async def send(self, target: ActorRef[Any] | str, message: Message) -> None:
-        """Tell ``target`` (a ref or an actor name) ``message``, as this actor; waits while its mailbox is full."""
-        await self._post.send(self._resolve(target).mailbox, message, self.name, None)
+        """Tell ``target`` (a ref or an actor name) ``message``, as this actor; waits while its mailbox is full.
+        A message its mailbox has room for is delivered without yielding (the actor yields when its own mailbox is
+        empty)."""
+        await self._post.send(self._resolve(target).mailbox, message, self.name, None, checkpoint=False)
 
     def send_nowait(self, target: ActorRef[Any] | str, message: Message) -> None:
         """Tell ``target`` ``message`` now, or raise :class:`~vramgate.errors.MailboxFull`."""
