@@ -80,6 +80,7 @@ class Ticket:
         "_request",
         "_state",
         "_submitted_at",
+        "_wake_on",
     )
 
     def __init__(self, gate: TicketGate[Lease], request: GenerationRequest, *, history: int = 256) -> None:
@@ -102,6 +103,8 @@ class Ticket:
         self._dropped = 0
         # Created only when someone waits: a queue of 100,000 tickets should not hold 100,000 events.
         self._changed: anyio.Event | None = None
+        #: the messages that wake the tasks waiting on ``_changed`` (``None``: any message)
+        self._wake_on: tuple[type[Message], ...] | None = ()
         self._abandoned = False
         self._cancel_requested = False
 
@@ -238,17 +241,24 @@ class Ticket:
                 return
             await self.wait_changed()
 
-    async def wait_changed(self) -> None:
-        """Wait until the gate delivers the next message about the request."""
+    async def wait_changed(self, *kinds: type[Message]) -> None:
+        """Wait until the gate delivers the next message about the request (with ``kinds``: the next one of those
+        kinds, or its end)."""
         changed = self._changed
         if changed is None:
             changed = self._changed = anyio.Event()
+            self._wake_on = ()
+        wake_on = self._wake_on
+        if not kinds:
+            self._wake_on = None
+        elif wake_on is not None:
+            self._wake_on = (*wake_on, *kinds, RequestEnded)
         await changed.wait()
 
     async def wait_placed(self) -> State:
         """Wait until the request is queued, admitted or ended (it left the preflight); returns its state."""
         while self._state == "preflight":
-            await self.wait_changed()
+            await self.wait_changed(RequestQueued, RequestAdmitted)
         return self._state
 
     async def wait_admitted(self) -> Lease:
@@ -261,13 +271,13 @@ class Ticket:
         while self._lease is None:
             if self._ended is not None:
                 raise self.ending_error()
-            await self.wait_changed()
+            await self.wait_changed(RequestAdmitted)
         return self._lease
 
     async def wait_ended(self) -> RequestEnded:
         """Wait for the request's terminal state."""
         while self._ended is None:
-            await self.wait_changed()
+            await self.wait_changed(RequestEnded)
         return self._ended
 
     async def cancel(self, reason: str = "cancelled by the client") -> None:
@@ -332,7 +342,7 @@ def deliver(ticket: Ticket, event: Message, now: float) -> None:
         t._position = None
         t._ended = event
     changed = t._changed
-    if changed is not None:
+    if changed is not None and (t._wake_on is None or isinstance(event, t._wake_on)):
         t._changed = None
         changed.set()
 
