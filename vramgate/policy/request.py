@@ -81,6 +81,8 @@ class RequestState(enum.Enum):
     RELEASING = "releasing"
     ENDED = "ended"
 
+    __hash__ = object.__hash__  # members are singletons: hashed by identity in C, not by name in Python
+
 
 class Event(enum.Enum):
     """What happens to a request: an input message, or what the core concluded from one."""
@@ -98,6 +100,8 @@ class Event(enum.Enum):
     ADMITTED = "admitted"  # admission granted a lease
     FINISHED = "finished"  # the client reports the run's end
     ENDED = "ended"  # admission ended it
+
+    __hash__ = object.__hash__
 
 
 _S, _E = RequestState, Event
