@@ -60,6 +60,23 @@ class SortedKeys:
             self._blocks[i : i + 1] = [block[:_LOAD], block[_LOAD:]]
             self._maxes[i : i + 1] = [block[_LOAD - 1], block[-1]]
 
+    def window(self, start: int, stop: int) -> list[Key]:
+        """The keys from the 0-based position ``start`` up to ``stop`` (excluded), as ``islice(self, start, stop)``
+        gives them, taken by block."""
+        out: list[Key] = []
+        for block in self._blocks:
+            size = len(block)
+            if start >= size:
+                start -= size
+                stop -= size
+                continue
+            if stop <= 0:
+                break
+            out += block[start:stop]
+            start = 0
+            stop -= size
+        return out
+
     def _locate(self, key: Key) -> tuple[int, int]:
         i = bisect_left(self._maxes, key)
         if i < len(self._blocks):

@@ -42,7 +42,7 @@ moving).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
 
 import msgspec
@@ -72,6 +72,7 @@ from vramgate.messages.lifecycle import (
 from vramgate.messages.plans import Plan
 from vramgate.messages.residency import LeaseShrunk, ModelLoaded, ModelUnloaded
 from vramgate.messages.resources import ResourceSample
+from vramgate.policy._ends import End, Ends
 from vramgate.policy._placement import (
     UNUSABLE,
     Group,
@@ -111,6 +112,7 @@ class _Waiting:
         "ram_max",
         "ram_mb",
         "request_id",
+        "run_s",
         "seq",
     )
 
@@ -124,6 +126,7 @@ class _Waiting:
         plans: tuple[Plan | None, ...],
         groups: tuple[Group, ...],
         message: SubmitRequest,
+        run_seconds: Callable[[float], float],
     ) -> None:
         #: The submit it came with (for snapshots).
         self.message = message
@@ -139,6 +142,8 @@ class _Waiting:
         #: The longest any of its plans may run (the top of its time interval when it has one): backfilling lets
         #: it pass the protected request only if it ends before.
         self.expected_s = max((time_high_s(r) for r in given), default=0.0)
+        #: How long that is expected to last here (the core's ``run_seconds`` of it).
+        self.run_s = run_seconds(self.expected_s)
         #: The least host RAM any of its plans needs.
         self.ram_mb = min((r.ram_mb for r in given), default=0)
         self.ram_max = max((r.ram_mb for r in given), default=0)
@@ -160,6 +165,7 @@ class _Lease:
         "admitted_at",
         "cancel_requested",
         "devices",
+        "end",
         "expected_end",
         "late_end",
         "lease_id",
@@ -196,6 +202,8 @@ class _Lease:
         self.late_end = admitted_at + late_s
         self.cancel_requested = False
         self.seq = seq
+        #: Its entry in the core's :class:`~vramgate.policy._ends.Ends`.
+        self.end: End = (self.expected_end, placement.positions, placement.need_mb)
 
 
 class AdmissionCore:
@@ -252,10 +260,8 @@ class AdmissionCore:
         self._deadlines = DeadlineHeap()
         self._leases: dict[str, _Lease] = {}
         self._lease_of_request: dict[str, str] = {}
-        #: The running leases' (expected end, positions, MiB per position), in order; ``None`` after a change.
-        self._ends: list[tuple[float, tuple[int, ...], int]] | None = None
-        #: :meth:`_releases` of a timeline, with the timeline it was made from.
-        self._released: tuple[list[tuple[float, tuple[int, ...], int]], list[list[tuple[float, int]]]] | None = None
+        #: The running leases' (expected end, positions, MiB per position), in order, in all and per position.
+        self._ends = Ends(len(self._ledgers))
         self._seq = 0
         self._lease_counter = 0
         self._now = -math.inf
@@ -268,6 +274,8 @@ class AdmissionCore:
         self._wait_max = 0.0
         #: Since when requests have waited with no lease running on a device the first of them could use.
         self._stalled_since: float | None = None
+        #: :meth:`offered`: the devices' statistics as of the latest sample or loss.
+        self._offered: tuple[DeviceLedgerStatistics, ...] | None = None
 
     # ================================================================== queries
 
@@ -373,6 +381,15 @@ class AdmissionCore:
             **self._counts,
         )
 
+    def offered(self) -> tuple[DeviceLedgerStatistics, ...]:
+        """The devices' statistics (as :meth:`statistics` gives them) taken anew only after a sample or a lost device,
+        so cheap enough to ask for with every message: what they offer a plan (capacity, margin, others' use and
+        what never came free, lost) is current; their leases' figures and sample ages are as of then."""
+        offered = self._offered
+        if offered is None:
+            offered = self._offered = self.statistics().devices
+        return offered
+
     def check_invariants(self) -> None:
         """Raise :class:`AssertionError` when the bookkeeping disagrees with itself (for tests)."""
         per_device = [0] * len(self._ledgers)
@@ -386,6 +403,12 @@ class AdmissionCore:
             assert all(lease.devices == self._lease_devices(lease.placement) for lease in self._leases.values())
             assert ledger.leases == holders, (ledger.index, ledger.leases, holders)
         assert len(self._lease_of_request) == len(self._leases)
+        # the ends kept as leases come and go are those worked out from scratch
+        ends = sorted(
+            (lease.expected_end, lease.placement.positions, lease.placement.need_mb) for lease in self._leases.values()
+        )
+        assert self._ends.all == ends, (self._ends.all, ends)
+        assert self._ends.per == releases_of(ends, len(self._ledgers)), self._ends.per
         assert len(self._queue) == len(self._waiting) == len(self._by_seq)
         assert not (self._waiting.keys() & self._lease_of_request.keys())
         assert len(self._queue) <= self.config.queue_limit
@@ -494,7 +517,7 @@ class AdmissionCore:
         )
         self._leases[item.lease_id] = lease
         self._lease_of_request[item.request_id] = item.lease_id
-        self._ends = None
+        self._ends.add(lease.end)
 
     def _placeable_plans(self, message: SubmitRequest, out: list[Message]) -> tuple[Plan | None, ...] | None:
         """The plan each device would run, or ``None`` after rejecting a request that no device can ever take."""
@@ -551,7 +574,10 @@ class AdmissionCore:
         key = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
         groups = self._resident.groups(plans, message.owner)
-        self._enqueue(_Waiting(request_id, message.priority, arrival, deadline, key, plans, groups, message))
+        waiting = _Waiting(
+            request_id, message.priority, arrival, deadline, key, plans, groups, message, self.run_seconds
+        )
+        self._enqueue(waiting)
 
     def _submit_of(self, waiting: _Waiting) -> SubmitRequest:
         message = waiting.message
@@ -629,7 +655,9 @@ class AdmissionCore:
         self._seq += 1
         key = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
-        waiting = _Waiting(request_id, message.priority, arrival, deadline, key, plans, groups, message)
+        waiting = _Waiting(
+            request_id, message.priority, arrival, deadline, key, plans, groups, message, self.run_seconds
+        )
         self._enqueue(waiting)
         head_key = self._queue.first()
         if head_key == key:
@@ -648,7 +676,7 @@ class AdmissionCore:
         if lease is None:
             return False
         del self._lease_of_request[lease.request_id]
-        self._ends = None
+        self._ends.remove(lease.end)
         for pos in lease.placement.positions:
             self._ledgers[pos].release(lease.lease_id, now)
         if lease.ram_mb:
@@ -715,6 +743,7 @@ class AdmissionCore:
         """Take a sample; ``True`` when it may let a waiting request in: it changed a ledger's figures, or it
         refreshed a device that was stale when the latest pass ran (a sample that only confirms what that pass
         saw changes nothing for it)."""
+        self._offered = None
         at = min(message.at, now)
         newly_lost = False
         shrunk = False  # what a device can ever give fell: a waiting request may never fit any more
@@ -753,6 +782,7 @@ class AdmissionCore:
         if pos is None:
             raise InvalidParameter("index", message.index, "no such device", valid=str(sorted(self._position)))
         self._ledgers[pos].mark_lost(message.reason)
+        self._offered = None
         self._reject_unplaceable(out)
 
     def _reject_unplaceable(self, out: list[Message]) -> None:
@@ -794,13 +824,15 @@ class AdmissionCore:
                 continue
             taken = self._ledgers[entry.pos].shrink(lease.lease_id, min(message.vram_mb, weights_mb(plan)), now)
             lease.placement = placement._replace(need_mb=placement.need_mb - taken)
+            self._ends.remove(lease.end)
+            lease.end = (lease.expected_end, placement.positions, lease.placement.need_mb)
+            self._ends.add(lease.end)
             if lease.ram_mb:
                 ram = self._host.shrink(lease.lease_id, min(message.ram_mb, ram_weights_mb(plan)), now)
                 lease.ram_mb -= ram
                 if not lease.ram_mb:
                     self._host.release(lease.lease_id, now)
             self._resident.adopt(lease.lease_id, entry, now)
-            self._ends = None
             out.append(
                 LeaseShrunk(
                     request_id=lease.request_id,
@@ -858,14 +890,10 @@ class AdmissionCore:
     def _free(self, now: float) -> list[int]:
         return [ledger.free_mb(now) for ledger in self._ledgers]
 
-    def _timeline(self, now: float) -> list[tuple[float, tuple[int, ...], int]]:
-        """The running leases' (expected end, positions, MiB per position), in order; overdue ones end ``now``."""
-        ends = self._ends
-        if ends is None:
-            ends = self._ends = sorted(
-                (lease.expected_end, lease.placement.positions, lease.placement.need_mb)
-                for lease in self._leases.values()
-            )
+    def _timeline(self, now: float) -> list[End]:
+        """The running leases' (expected end, positions, MiB per position), in order; overdue ones end ``now``.
+        Not to be changed by the caller."""
+        ends = self._ends.all
         if ends and ends[0][0] < now:
             # Leases past their expected end are expected to end now; they stay first, in one group.
             ends = [(now, positions, mb) if end < now else (end, positions, mb) for end, positions, mb in ends]
@@ -876,7 +904,7 @@ class AdmissionCore:
         waiting: _Waiting,
         free: list[int],
         now: float,
-        ends: list[tuple[float, tuple[int, ...], int]] | None = None,
+        ends: list[End] | None = None,
     ) -> Shadow:
         """When ``waiting`` can start as the running leases (or ``ends``) end, and what it leaves over then."""
         ledgers = self._ledgers
@@ -956,7 +984,7 @@ class AdmissionCore:
             groups = self._host_groups(waiting, host_guard)
             if not groups:
                 continue
-            ends_before = now + run_seconds(waiting.expected_s) <= wanted.start
+            ends_before = now + waiting.run_s <= wanted.start
             room = free if ends_before else guarded
             avail = [mb if ok else UNUSABLE for mb, ok in zip(room, idle, strict=True)]
             if waiting.min_mb > max(avail):
@@ -974,13 +1002,10 @@ class AdmissionCore:
         ``UNUSABLE`` on devices that admit nothing now."""
         return [ledger.headroom_mb() if ledger.admits(now) else UNUSABLE for ledger in self._ledgers]
 
-    def _releases(self, now: float) -> list[list[tuple[float, int]]]:
-        """The running leases' expected ends per position (see :func:`releases_of`), cached with the timeline."""
-        ends = self._timeline(now)
-        cached = self._released
-        if cached is None or cached[0] is not ends:
-            cached = self._released = (ends, releases_of(ends, len(self._ledgers)))
-        return cached[1]
+    def _releases(self, now: float) -> list[list[End]]:
+        """The running leases' expected ends per position, in order (:func:`releases_of` of the timeline; ends
+        before ``now`` are kept as they are: placement counts them as ending ``now``)."""
+        return self._ends.per
 
     def _protector(self, free: list[int], now: float) -> tuple[_Waiting | None, Shadow]:
         """The first waiting request (of the first ``1 + backfill_depth``) that can start within its bound (once
@@ -1030,8 +1055,11 @@ class AdmissionCore:
         if only is not None:
             candidates = [only]
         else:
+            # Taken before any of them is admitted; those too large for every device now are left out at once (the
+            # free memory only shrinks as candidates start; the loop checks again).
             by_seq = self._by_seq
-            candidates = [by_seq[key[2]] for key in islice(self._queue, 1, 1 + self.config.backfill_depth)]
+            keys = self._queue.window(1, 1 + self.config.backfill_depth)
+            candidates = [waiting for key in keys if (waiting := by_seq[key[2]]).min_mb <= top]
         backfill = self.config.backfill
         # The protected request and its shadow are computed when the first candidate small enough needs them.
         protector: _Waiting | None = None
@@ -1053,7 +1081,7 @@ class AdmissionCore:
             mine = waiting is protector
             if not (backfill or mine):
                 continue
-            ends_before = mine or now + self.run_seconds(waiting.expected_s) <= protected.time < math.inf
+            ends_before = mine or now + waiting.run_s <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
             host_allowed = self._host.free_mb(now) if ends_before else host_spare
@@ -1105,7 +1133,7 @@ class AdmissionCore:
                 ends = sorted(
                     [
                         *self._timeline(now),
-                        (protected.time + self.run_seconds(protector.expected_s), tuple(protected.extra), need),
+                        (protected.time + protector.run_s, tuple(protected.extra), need),
                     ]
                 )
                 start = max(protected.time, self._shadow(waiting, held, now, ends).time)
@@ -1211,7 +1239,7 @@ class AdmissionCore:
         )
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id
-        self._ends = None
+        self._ends.add(lease.end)
         waited = float(max(0.0, now - arrival))
         self._counts["admitted"] += 1
         if backfilled:
