@@ -23,18 +23,21 @@ def ends_of(ends: Iterable[End]) -> list[End]:
 class Ends:
     """The running leases' ends in ascending order (:attr:`all`) and per device position (:attr:`per`)."""
 
-    __slots__ = ("all", "per")
+    __slots__ = ("all", "per", "version")
 
     def __init__(self, devices: int) -> None:
         #: Every end, ascending.
         self.all: list[End] = []
         #: Each position's ends, ascending: the ends of :attr:`all` that hold memory there, in the same order.
         self.per: list[list[End]] = [[] for _ in range(devices)]
+        #: Counts the changes: equal versions hold the same ends.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self.all)
 
     def add(self, end: End) -> None:
+        self.version += 1
         insort(self.all, end)
         per = self.per
         for pos in end[1]:
@@ -42,12 +45,14 @@ class Ends:
 
     def remove(self, end: End) -> None:
         """Take out one end equal to ``end``. Raises :class:`ValueError` when there is none."""
+        self.version += 1
         _remove(self.all, end)
         per = self.per
         for pos in end[1]:
             _remove(per[pos], end)
 
     def clear(self) -> None:
+        self.version += 1
         self.all.clear()
         for ends in self.per:
             ends.clear()

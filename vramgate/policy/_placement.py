@@ -256,7 +256,7 @@ def earliest_finish(
                 for end, _, mb in releases[pos]:
                     have += mb
                     if have >= need:
-                        start = max(end, now)
+                        start = now if now > end else end  # max(end, now)
                         options.append((start + duration, start, 1, have - need, pos))
                         break
         if len(options) < world:

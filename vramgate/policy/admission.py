@@ -75,6 +75,7 @@ from vramgate.messages.resources import ResourceSample
 from vramgate.policy._ends import End, Ends
 from vramgate.policy._placement import (
     UNUSABLE,
+    Choice,
     Group,
     Placement,
     Shadow,
@@ -93,6 +94,9 @@ from vramgate.policy.gpus import DEFAULT_GPU_CATALOG, GpuCatalog
 from vramgate.policy.host_ledger import HostLedger
 from vramgate.policy.ledger import DeviceConfig, DeviceLedger
 from vramgate.policy.timing import expected_run_s, time_high_s
+
+#: How many answers of placement the core keeps while the leases stay the same.
+_MEMO_SIZE = 4
 
 
 class _Waiting:
@@ -138,7 +142,13 @@ class _Waiting:
         self.seq = key[2]
         self.plans = plans
         self.owner = message.owner
-        given = [p.requirement for p in plans if p is not None]
+        first = plans[0] if plans else None
+        # one plan for every device is the common case: its figures are worked out once
+        given = (
+            [first.requirement]
+            if first is not None and all(p is first for p in plans)
+            else [p.requirement for p in plans if p is not None]
+        )
         #: The longest any of its plans may run (the top of its time interval when it has one): backfilling lets
         #: it pass the protected request only if it ends before.
         self.expected_s = max((time_high_s(r) for r in given), default=0.0)
@@ -274,6 +284,12 @@ class AdmissionCore:
         self._wait_max = 0.0
         #: Since when requests have waited with no lease running on a device the first of them could use.
         self._stalled_since: float | None = None
+        #: :meth:`_earliest_finish`'s latest answers (groups, avail, later, now, answer), for ``_memo_version``.
+        self._memo: list[tuple[Sequence[Group], list[int], list[int], float, Choice | None]] = []
+        self._memo_version = -1
+        #: What :meth:`_free` and :meth:`_later` saw at a time, until the ledgers change (:meth:`_changed`).
+        self._seen_free: tuple[float, list[int]] | None = None
+        self._seen_later: tuple[float, list[int]] | None = None
         #: :meth:`offered`: the devices' statistics as of the latest sample or loss.
         self._offered: tuple[DeviceLedgerStatistics, ...] | None = None
 
@@ -409,6 +425,13 @@ class AdmissionCore:
         )
         assert self._ends.all == ends, (self._ends.all, ends)
         assert self._ends.per == releases_of(ends, len(self._ledgers)), self._ends.per
+        # what the core saw of the ledgers is what they say
+        if self._seen_free is not None:
+            at, free = self._seen_free
+            assert free == [ledger.free_mb(at) for ledger in self._ledgers], (at, free)
+        if self._seen_later is not None:
+            at, later = self._seen_later
+            assert later == [ledger.headroom_mb() if ledger.admits(at) else UNUSABLE for ledger in self._ledgers]
         assert len(self._queue) == len(self._waiting) == len(self._by_seq)
         assert not (self._waiting.keys() & self._lease_of_request.keys())
         assert len(self._queue) <= self.config.queue_limit
@@ -459,12 +482,14 @@ class AdmissionCore:
             raise InvalidParameter("snapshot", "restore", "the core must be new: it already holds leases or requests")
         now = max(now, self._now)
         self._now = now
+        self._changed()
         out: list[Message] = []
         seen: set[str] = set()
         self._resident.restore(snapshot.resident)
         for item in snapshot.leases:
             self._restore_lease(item, seen)
         self._lease_counter = max(self._lease_counter, snapshot.lease_counter)
+        self._changed()
         for message in snapshot.waiting:
             if message.request_id in seen:
                 raise InvalidParameter("request_id", message.request_id, "appears twice in the snapshot")
@@ -477,6 +502,7 @@ class AdmissionCore:
         return out
 
     def _restore_lease(self, item: LeaseSnapshot, seen: set[str]) -> None:
+        self._changed()
         if item.request_id in seen or item.lease_id in self._leases:
             raise InvalidParameter("lease_id", item.lease_id, "the lease or its request appears twice in the snapshot")
         seen.add(item.request_id)
@@ -539,8 +565,8 @@ class AdmissionCore:
         """The rejection of a request whose every plan needs more host RAM than the host can ever give."""
         attainable = self._host.attainable_or_none()
         given = [p for p in plans if p is not None]
-        if attainable is None or not given:
-            return None
+        if attainable is None or not given or given[0].requirement.ram_mb <= attainable:
+            return None  # (what resident models hold for a plan only lowers what it needs)
         # A resident model's RAM the request would use counts for it; other resident models can be evicted.
         held = self._resident.ram_held
         best = min(given, key=lambda p: p.requirement.ram_mb - held(p, owner))
@@ -665,9 +691,10 @@ class AdmissionCore:
         else:
             self._schedule(now, out, only=waiting)
         if request_id in self._waiting:
+            ahead = self._queue.rank(key)
             out.append(
                 RequestQueued(
-                    request_id=request_id, position=self._queue.rank(key) + 1, reason=self._why_waiting(waiting, now)
+                    request_id=request_id, position=ahead + 1, reason=self._why_waiting(waiting, now, None, ahead)
                 )
             )
 
@@ -675,6 +702,7 @@ class AdmissionCore:
         lease = self._leases.pop(message.lease_id, None)
         if lease is None:
             return False
+        self._changed()
         del self._lease_of_request[lease.request_id]
         self._ends.remove(lease.end)
         for pos in lease.placement.positions:
@@ -744,6 +772,7 @@ class AdmissionCore:
         refreshed a device that was stale when the latest pass ran (a sample that only confirms what that pass
         saw changes nothing for it)."""
         self._offered = None
+        self._changed()
         at = min(message.at, now)
         newly_lost = False
         shrunk = False  # what a device can ever give fell: a waiting request may never fit any more
@@ -783,6 +812,7 @@ class AdmissionCore:
             raise InvalidParameter("index", message.index, "no such device", valid=str(sorted(self._position)))
         self._ledgers[pos].mark_lost(message.reason)
         self._offered = None
+        self._changed()
         self._reject_unplaceable(out)
 
     def _reject_unplaceable(self, out: list[Message]) -> None:
@@ -808,6 +838,7 @@ class AdmissionCore:
     def _loaded(self, message: ModelLoaded, now: float, out: list[Message]) -> bool:
         """Count a declared load; a running lease of that process and model on that device that reserved the
         weights uses the resident ones from now, and its reservation shrinks by them."""
+        self._changed()
         entry = self._resident.load(message, now)
         if entry is None:
             raise InvalidParameter("device", message.device, "no such device", valid=str(sorted(self._position)))
@@ -847,6 +878,7 @@ class AdmissionCore:
         return True
 
     def _unloaded(self, message: ModelUnloaded, now: float) -> bool:
+        self._changed()
         if not self._resident.unload(message, now):
             return False
         self._regroup()
@@ -888,7 +920,15 @@ class AdmissionCore:
     # ================================================================== scheduling
 
     def _free(self, now: float) -> list[int]:
-        return [ledger.free_mb(now) for ledger in self._ledgers]
+        """What each device can take now (a list of the caller's own)."""
+        seen = self._seen_free
+        if seen is None or seen[0] != now:
+            seen = self._seen_free = (now, [ledger.free_mb(now) for ledger in self._ledgers])
+        return list(seen[1])
+
+    def _changed(self) -> None:
+        """The ledgers changed: what :meth:`_free` and :meth:`_later` saw is gone."""
+        self._seen_free = self._seen_later = None
 
     def _timeline(self, now: float) -> list[End]:
         """The running leases' (expected end, positions, MiB per position), in order; overdue ones end ``now``.
@@ -912,9 +952,13 @@ class AdmissionCore:
         if self._earliest:
             avail = [f if ok else UNUSABLE for f, ok in zip(free, usable, strict=True)]
             later = [min(f, ledger.headroom_mb()) for f, ledger in zip(avail, ledgers, strict=True)]
-            releases = self._releases(now) if ends is None else releases_of(ends, len(ledgers))
-            choice = earliest_finish(waiting.groups, avail, later, releases, now=now, run_seconds=self.run_seconds)
-            return Shadow(math.inf, {}) if choice is None else Shadow(choice.start, choice.extra)
+            if ends is None:
+                choice = self._earliest_finish(waiting.groups, avail, later, now)
+            else:
+                releases = releases_of(ends, len(ledgers))
+                choice = earliest_finish(waiting.groups, avail, later, releases, now=now, run_seconds=self.run_seconds)
+            # its own copy of what is left over: backfilling takes from it
+            return Shadow(math.inf, {}) if choice is None else Shadow(choice.start, dict(choice.extra))
         # What each device will have once leases end: the headroom, which may be below zero (others grew).
         free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, ledgers, strict=True)]
         return shadow(
@@ -930,22 +974,33 @@ class AdmissionCore:
         ``free``; otherwise it starts where it finishes first among the devices ``avail`` lets it start on now."""
         if not self._earliest:
             return place_groups(groups, avail, spread=self._spread)
-        releases = self._releases(now)
-        choice = earliest_finish(
-            groups,
-            free if free is not None else avail,
-            self._later(now),
-            releases,
-            now=now,
-            run_seconds=self.run_seconds,
-        )
+        choice = self._earliest_finish(groups, free if free is not None else avail, self._later(now), now)
         if choice is None or not choice.ready:
             return None
         if free is None or free is avail:
             return choice.placement
-        nothing_later = [UNUSABLE] * len(avail)
-        choice = earliest_finish(groups, avail, nothing_later, releases, now=now, run_seconds=self.run_seconds)
+        choice = self._earliest_finish(groups, avail, [UNUSABLE] * len(avail), now)
         return None if choice is None else choice.placement
+
+    def _earliest_finish(
+        self, groups: Sequence[Group], avail: list[int], later: list[int], now: float
+    ) -> Choice | None:
+        """:func:`earliest_finish` on the running leases' ends. The latest few answers are kept while the leases
+        stay the same: a pass asks the same question more than once (where the head goes, then its shadow; where
+        a new request goes, then why it waits). The answer is shared: not to be changed."""
+        memo = self._memo
+        version = self._ends.version
+        if self._memo_version != version:
+            memo.clear()
+            self._memo_version = version
+        for entry in memo:
+            if entry[0] is groups and entry[3] == now and entry[1] == avail and entry[2] == later:
+                return entry[4]
+        choice = earliest_finish(groups, avail, later, self._ends.per, now=now, run_seconds=self.run_seconds)
+        if len(memo) >= _MEMO_SIZE:
+            memo.pop(0)
+        memo.append((groups, list(avail), list(later), now, choice))
+        return choice
 
     def _place_head(self, head: _Waiting, free: list[int], now: float) -> tuple[_Waiting, Placement] | None:
         """What starts now in the head's turn, and where (``None``: the head waits and nothing starts).
@@ -964,7 +1019,7 @@ class AdmissionCore:
             return None if placed is None else (head, placed)
         releases = self._releases(now)
         run_seconds = self.run_seconds
-        choice = earliest_finish(head_groups, free, self._later(now), releases, now=now, run_seconds=run_seconds)
+        choice = self._earliest_finish(head_groups, free, self._later(now), now)
         if choice is None or not choice.ready:
             return None
         wanted = choice.preferred
@@ -1000,7 +1055,11 @@ class AdmissionCore:
     def _later(self, now: float) -> list[int]:
         """What each device will have once its leases end: the headroom (below zero when others grew);
         ``UNUSABLE`` on devices that admit nothing now."""
-        return [ledger.headroom_mb() if ledger.admits(now) else UNUSABLE for ledger in self._ledgers]
+        seen = self._seen_later
+        if seen is None or seen[0] != now:
+            later = [ledger.headroom_mb() if ledger.admits(now) else UNUSABLE for ledger in self._ledgers]
+            seen = self._seen_later = (now, later)
+        return list(seen[1])
 
     def _releases(self, now: float) -> list[list[End]]:
         """The running leases' expected ends per position, in order (:func:`releases_of` of the timeline; ends
@@ -1053,22 +1112,49 @@ class AdmissionCore:
             return
         candidates: list[_Waiting]
         if only is not None:
-            candidates = [only]
+            candidates = [only] if only.min_mb <= top else []
         else:
             # Taken before any of them is admitted; those too large for every device now are left out at once (the
             # free memory only shrinks as candidates start; the loop checks again).
             by_seq = self._by_seq
             keys = self._queue.window(1, 1 + self.config.backfill_depth)
             candidates = [waiting for key in keys if (waiting := by_seq[key[2]]).min_mb <= top]
+        if not candidates:
+            return
         backfill = self.config.backfill
-        # The protected request and its shadow are computed when the first candidate small enough needs them.
-        protector: _Waiting | None = None
-        protected: Shadow | None = None
-        guarded: list[int] = []
-        top_guarded = 0
+        # The protected request and its shadow, computed anew for the first candidate after it started.
+        protected: Shadow | None
+        protector, protected = self._protector(free, now)
         # Host RAM a candidate that runs past the protected start may use: what the protected request leaves.
-        host_spare = 0
-        for waiting in candidates:
+        host_spare = self._host.free_mb(now) - (protector.ram_mb if protector is not None else 0)
+        # What a candidate that runs past the protected start may use: on its devices, only the spare.
+        extra = protected.extra
+        guarded = [min(f, extra[pos]) if pos in extra else f for pos, f in enumerate(free)]
+        top_guarded = max(guarded)
+        # While this request is protected, what the others may take only shrinks as they start: the candidates
+        # that could not start now are left out at once (each is checked again in its turn); once it started, the
+        # rest are taken one by one.
+        limit = protected.time
+        turns = iter(
+            [
+                i
+                for i, waiting in enumerate(candidates)
+                if waiting is protector
+                or (backfill and (waiting.min_mb <= top_guarded or now + waiting.run_s <= limit < math.inf))
+            ]
+        )
+        one_by_one = False
+        i = -1
+        while True:
+            if one_by_one:
+                i += 1
+                if i == len(candidates):
+                    break
+            else:
+                i = next(turns, -1)
+                if i < 0:
+                    break
+            waiting = candidates[i]
             if waiting.min_mb > top:
                 continue
             if protected is None:
@@ -1106,6 +1192,7 @@ class AdmissionCore:
                     guarded[pos] = min(free[pos], protected.extra[pos])
             if mine:
                 protected = None  # the next request that can start is protected now
+                one_by_one = True
             top = max(free)
             top_guarded = max(guarded)
             if top <= 0:
@@ -1177,14 +1264,7 @@ class AdmissionCore:
                 f"{host.others_mb:,} MiB of others"
             )
         if self._earliest and place_groups(waiting.groups, free, spread=False) is not None:
-            choice = earliest_finish(
-                waiting.groups,
-                free,
-                self._later(now),
-                self._releases(now),
-                now=now,
-                run_seconds=self.run_seconds,
-            )
+            choice = self._earliest_finish(waiting.groups, free, self._later(now), now)
             if choice is not None and not choice.ready:
                 where = ", ".join(f"gpu{self._devices[pos].index}" for pos in choice.placement.positions)
                 reason += f"; it is expected to finish sooner on {where}, free in {choice.start - now:,.0f} s"
@@ -1217,6 +1297,7 @@ class AdmissionCore:
         backfilled: bool,
         owner: str = "",
     ) -> None:
+        self._changed()
         self._lease_counter += 1
         lease_id = f"lease-{self._lease_counter}"
         ram = self._resident.ram_need(found.plan, owner, found.positions)
