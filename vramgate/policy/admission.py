@@ -289,7 +289,7 @@ class AdmissionCore:
         self._memo_version = -1
         #: What :meth:`_free` and :meth:`_later` saw at a time, until the ledgers change (:meth:`_changed`).
         self._seen_free: tuple[float, list[int]] | None = None
-        self._seen_later: tuple[float, list[int]] | None = None
+        self._seen_later: tuple[float, list[int], list[bool]] | None = None
         #: :meth:`offered`: the devices' statistics as of the latest sample or loss.
         self._offered: tuple[DeviceLedgerStatistics, ...] | None = None
 
@@ -430,8 +430,9 @@ class AdmissionCore:
             at, free = self._seen_free
             assert free == [ledger.free_mb(at) for ledger in self._ledgers], (at, free)
         if self._seen_later is not None:
-            at, later = self._seen_later
+            at, later, usable = self._seen_later
             assert later == [ledger.headroom_mb() if ledger.admits(at) else UNUSABLE for ledger in self._ledgers]
+            assert usable == [ledger.admits(at) for ledger in self._ledgers]
         assert len(self._queue) == len(self._waiting) == len(self._by_seq)
         assert not (self._waiting.keys() & self._lease_of_request.keys())
         assert len(self._queue) <= self.config.queue_limit
@@ -948,10 +949,13 @@ class AdmissionCore:
     ) -> Shadow:
         """When ``waiting`` can start as the running leases (or ``ends``) end, and what it leaves over then."""
         ledgers = self._ledgers
-        usable = [ledger.admits(now) for ledger in ledgers]
+        _, headroom, usable = self._seen_at(now)
         if self._earliest:
             avail = [f if ok else UNUSABLE for f, ok in zip(free, usable, strict=True)]
-            later = [min(f, ledger.headroom_mb()) for f, ledger in zip(avail, ledgers, strict=True)]
+            if all(usable):  # the headroom of every device is at hand
+                later = [min(f, room) for f, room in zip(avail, headroom, strict=True)]
+            else:
+                later = [min(f, ledger.headroom_mb()) for f, ledger in zip(avail, ledgers, strict=True)]
             if ends is None:
                 choice = self._earliest_finish(waiting.groups, avail, later, now)
             else:
@@ -1055,11 +1059,16 @@ class AdmissionCore:
     def _later(self, now: float) -> list[int]:
         """What each device will have once its leases end: the headroom (below zero when others grew);
         ``UNUSABLE`` on devices that admit nothing now."""
+        return list(self._seen_at(now)[1])
+
+    def _seen_at(self, now: float) -> tuple[float, list[int], list[bool]]:
+        """``_later(now)`` and whether each device admits now, kept until the ledgers change: not to be changed."""
         seen = self._seen_later
         if seen is None or seen[0] != now:
-            later = [ledger.headroom_mb() if ledger.admits(now) else UNUSABLE for ledger in self._ledgers]
-            seen = self._seen_later = (now, later)
-        return list(seen[1])
+            usable = [ledger.admits(now) for ledger in self._ledgers]
+            later = [ledger.headroom_mb() if ok else UNUSABLE for ledger, ok in zip(self._ledgers, usable, strict=True)]
+            seen = self._seen_later = (now, later, usable)
+        return seen
 
     def _releases(self, now: float) -> list[list[End]]:
         """The running leases' expected ends per position, in order (:func:`releases_of` of the timeline; ends
