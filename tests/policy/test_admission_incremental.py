@@ -143,7 +143,7 @@ def test_a_window_of_the_queue_is_what_iterating_it_gives(
     count: int, start: int, width: int, rng: random.Random
 ) -> None:
     keys = SortedKeys()
-    added: list[Key] = [(rng.random(), float(seq), seq) for seq in range(count)]
+    added: list[Key] = [(rng.random(), float(seq), seq, rng.randint(0, 9)) for seq in range(count)]
     for key in added:
         keys.add(key)
     for key in added[::5]:  # blocks of uneven lengths

@@ -11,8 +11,10 @@ import heapq
 from bisect import bisect_left, insort
 from collections.abc import Iterator
 
-#: A queue key: (aging * arrival - priority, arrival, submission number); the number makes keys distinct.
-Key = tuple[float, float, int]
+#: A queue key: (aging * arrival - priority, arrival, submission number, the least MiB per GPU it needs); the number
+#: makes keys distinct, so the order is that of the first three and the last is carried along (to read it without
+#: looking the request up).
+Key = tuple[float, float, int, int]
 
 _LOAD = 512
 

@@ -126,7 +126,7 @@ class _Waiting:
         priority: int,
         arrival: float,
         deadline: float,
-        key: Key,
+        order: tuple[float, float, int],
         plans: tuple[Plan | None, ...],
         groups: tuple[Group, ...],
         message: SubmitRequest,
@@ -138,8 +138,7 @@ class _Waiting:
         self.priority = priority
         self.arrival = arrival
         self.deadline = deadline
-        self.key = key
-        self.seq = key[2]
+        self.seq = order[2]
         self.plans = plans
         self.owner = message.owner
         first = plans[0] if plans else None
@@ -160,6 +159,7 @@ class _Waiting:
         self.groups = groups
         self.min_mb = 0
         self.regroup(groups)
+        self.key: Key = (*order, self.min_mb)
 
     def regroup(self, groups: tuple[Group, ...]) -> None:
         """Take the groups anew (resident weights changed what it needs where)."""
@@ -434,6 +434,9 @@ class AdmissionCore:
             assert later == [ledger.headroom_mb() if ledger.admits(at) else UNUSABLE for ledger in self._ledgers]
             assert usable == [ledger.admits(at) for ledger in self._ledgers]
         assert len(self._queue) == len(self._waiting) == len(self._by_seq)
+        for waiting in self._waiting.values():  # a key carries what its request needs
+            assert waiting.key[2:] == (waiting.seq, waiting.min_mb), (waiting.key, waiting.seq, waiting.min_mb)
+            assert self._by_seq[waiting.seq] is waiting
         assert not (self._waiting.keys() & self._lease_of_request.keys())
         assert len(self._queue) <= self.config.queue_limit
         assert self._host.reserved_mb == sum(lease.ram_mb for lease in self._leases.values())
@@ -598,11 +601,11 @@ class AdmissionCore:
             return
         arrival = message.arrival if message.arrival is not None else now
         self._seq += 1
-        key = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
+        order = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
         groups = self._resident.groups(plans, message.owner)
         waiting = _Waiting(
-            request_id, message.priority, arrival, deadline, key, plans, groups, message, self.run_seconds
+            request_id, message.priority, arrival, deadline, order, plans, groups, message, self.run_seconds
         )
         self._enqueue(waiting)
 
@@ -680,11 +683,12 @@ class AdmissionCore:
             self._end(out, request_id, "rejected", "queue_full")
             return
         self._seq += 1
-        key = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
+        order = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
         waiting = _Waiting(
-            request_id, message.priority, arrival, deadline, key, plans, groups, message, self.run_seconds
+            request_id, message.priority, arrival, deadline, order, plans, groups, message, self.run_seconds
         )
+        key = waiting.key
         self._enqueue(waiting)
         head_key = self._queue.first()
         if head_key == key:
@@ -887,8 +891,14 @@ class AdmissionCore:
 
     def _regroup(self) -> None:
         resident = self._resident
+        queue = self._queue
         for waiting in self._waiting.values():
+            least = waiting.min_mb
             waiting.regroup(resident.groups(waiting.plans, waiting.owner))
+            if waiting.min_mb != least:  # its key carries what it needs: the same place, a new key
+                queue.remove(waiting.key)
+                waiting.key = (*waiting.key[:3], waiting.min_mb)
+                queue.add(waiting.key)
 
     def _evict(self, now: float, out: list[Message]) -> None:
         """Order idle resident models out for the first waiting request (of the first ``1 + backfill_depth``) that
@@ -1119,16 +1129,16 @@ class AdmissionCore:
         top = max(free)
         if top <= 0:
             return
-        candidates: list[_Waiting]
+        small: list[_Waiting]
         if only is not None:
-            candidates = [only] if only.min_mb <= top else []
+            small = [only] if only.min_mb <= top else []
         else:
             # Taken before any of them is admitted; those too large for every device now are left out at once (the
-            # free memory only shrinks as candidates start; the loop checks again).
+            # free memory only shrinks as candidates start; each is checked again in its turn).
             by_seq = self._by_seq
             keys = self._queue.window(1, 1 + self.config.backfill_depth)
-            candidates = [waiting for key in keys if (waiting := by_seq[key[2]]).min_mb <= top]
-        if not candidates:
+            small = [by_seq[key[2]] for key in keys if key[3] <= top]
+        if not small:
             return
         backfill = self.config.backfill
         # The protected request and its shadow, computed anew for the first candidate after it started.
@@ -1143,27 +1153,17 @@ class AdmissionCore:
         # While this request is protected, what the others may take only shrinks as they start: the candidates
         # that could not start now are left out at once (each is checked again in its turn); once it started, the
         # rest are taken one by one.
-        limit = protected.time
-        turns = iter(
-            [
-                i
-                for i, waiting in enumerate(candidates)
-                if waiting is protector
-                or (backfill and (waiting.min_mb <= top_guarded or now + waiting.run_s <= limit < math.inf))
-            ]
-        )
-        one_by_one = False
-        i = -1
-        while True:
-            if one_by_one:
-                i += 1
-                if i == len(candidates):
-                    break
-            else:
-                i = next(turns, -1)
-                if i < 0:
-                    break
-            waiting = candidates[i]
+        turns: list[_Waiting]
+        if not backfill:
+            turns = [protector] if protector in small else []
+        elif (limit := protected.time) < math.inf:
+            turns = [w for w in small if w.min_mb <= top_guarded or now + w.run_s <= limit or w is protector]
+        else:
+            turns = [w for w in small if w.min_mb <= top_guarded or w is protector]
+        turn = 0
+        while turn < len(turns):
+            waiting = turns[turn]
+            turn += 1
             if waiting.min_mb > top:
                 continue
             if protected is None:
@@ -1201,7 +1201,8 @@ class AdmissionCore:
                     guarded[pos] = min(free[pos], protected.extra[pos])
             if mine:
                 protected = None  # the next request that can start is protected now
-                one_by_one = True
+                turns = small[small.index(waiting) + 1 :]  # the candidates after it, one by one
+                turn = 0
             top = max(free)
             top_guarded = max(guarded)
             if top <= 0:
