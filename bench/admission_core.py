@@ -6,18 +6,35 @@ released (the head, and whatever may backfill, is admitted) and a new request of
 queued, or backfilled at once). The baseline does one ``heappush`` and one ``heappop`` per decision.
 
     python bench/admission_core.py
+    python bench/admission_core.py --compare [--base d54f622] [--cycles 2000] [--rounds 3]
+
+``--compare`` prints instead the core's cost of one cycle (a ``ReleaseLease`` and a ``SubmitRequest`` handled) with
+100 leases running on one large device and nothing waiting, and with 1,000 and 10,000 requests waiting on 8 full
+GPUs, for this tree and for the base commit's code (checked out into a temporary ``git worktree``), each in a
+subprocess, the two alternating ``--rounds`` times (the best round of each counts), with the ratio; and a digest of
+every event the cores returned, which must be the same for both: the same decisions, in the same order.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import hashlib
 import heapq
+import json
+import os
 import random
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
 from collections import deque
+from pathlib import Path
 
-from vramgate.messages import Plan, ResourceRequirement, RunParams
+import msgspec
+
+from vramgate.messages import Message, Plan, ResourceRequirement, RunParams
 from vramgate.messages.admission import ReleaseLease, SubmitRequest
 from vramgate.messages.lifecycle import RequestAdmitted
 from vramgate.policy.admission import AdmissionConfig, AdmissionCore
@@ -145,6 +162,119 @@ def heapq_memory(count: int) -> float:
     return current / 2**20
 
 
+def _digest(seen: list[list[Message]]) -> str:
+    """A digest of every event, in order (worked out after the timing)."""
+    digest = hashlib.sha256()
+    for events in seen:
+        digest.update(msgspec.json.encode(events))
+    return digest.hexdigest()
+
+
+def _handle(core: AdmissionCore, message: Message, now: float, leases: deque[str], seen: list[list[Message]]) -> None:
+    events = core.handle(message, now)
+    seen.append(events)
+    for event in events:
+        if isinstance(event, RequestAdmitted):
+            leases.append(event.lease_id)
+
+
+def cycle_cost_running(running: int, cycles: int) -> tuple[float, str]:
+    """Seconds per cycle with ``running`` leases on one device that takes them all and nothing waiting (the gate's
+    case: each submit is admitted at once), and the digest of the events."""
+    seen: list[list[Message]] = []
+    device = DeviceConfig(index=0, gpu="H100-80GB", capacity_mb=100 * running * max(SIZES))
+    core = AdmissionCore([device], AdmissionConfig(queue_limit=2 * running, stale_after_s=None))
+    rng = random.Random(running)
+    leases: deque[str] = deque()
+    now = 0.0
+    for message in submits(running, rng, start=10_000_000):
+        now += 0.001
+        _handle(core, message, now, leases, seen)
+    arrivals = submits(cycles, rng)
+    gc.collect()
+    start = time.perf_counter()
+    for message in arrivals:
+        now += 0.001
+        _handle(core, ReleaseLease(lease_id=leases.popleft()), now, leases, seen)
+        _handle(core, message, now, leases, seen)
+    elapsed = time.perf_counter() - start
+    assert core.running == running, core.running
+    assert core.queue_length == 0, core.queue_length
+    return elapsed / cycles, _digest(seen)
+
+
+def cycle_cost_queued(queued: int, cycles: int) -> tuple[float, str]:
+    """Seconds per cycle with ``queued`` requests waiting on 8 full GPUs (as :func:`decisions_per_second`), and the
+    digest of the events."""
+    seen: list[list[Message]] = []
+    rng = random.Random(queued)
+    core = make_core(queue_limit=queued * 2 + 100)
+    leases, now = fill(core, queued, rng)
+    arrivals = submits(cycles, rng, start=queued)
+    gc.collect()
+    start = time.perf_counter()
+    for message in arrivals:
+        now += 0.01
+        if leases:
+            _handle(core, ReleaseLease(lease_id=leases.popleft()), now, leases, seen)
+        _handle(core, message, now, leases, seen)
+    elapsed = time.perf_counter() - start
+    return elapsed / cycles, _digest(seen)
+
+
+CASES = ("100 running, 0 waiting", "1,000 waiting", "10,000 waiting")
+
+
+def cycle_costs(cycles: int) -> dict[str, tuple[float, str]]:
+    return {
+        CASES[0]: cycle_cost_running(100, cycles),
+        CASES[1]: cycle_cost_queued(1_000, cycles),
+        CASES[2]: cycle_cost_queued(10_000, cycles),
+    }
+
+
+def _in_tree(tree: Path, cycles: int) -> dict[str, tuple[float, str]]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("VRAMGATE_")}, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, __file__, "--costs-json", "--cycles", str(cycles)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, list[float | str]] = json.loads(done.stdout)
+    return {case: (float(cost), str(digest)) for case, (cost, digest) in result.items()}
+
+
+def compare(base: str, cycles: int, rounds: int) -> int:
+    root = Path(__file__).resolve().parent.parent
+    print(f"admission core, one cycle (ReleaseLease + SubmitRequest), {cycles:,} cycles, best of {rounds} rounds")
+    with tempfile.TemporaryDirectory(prefix="vramgate-admcore-") as tmp:
+        tree = Path(tmp) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), base], cwd=root, check=True,
+                       capture_output=True)  # fmt: skip
+        try:
+            now: list[dict[str, tuple[float, str]]] = []
+            before: list[dict[str, tuple[float, str]]] = []
+            for _ in range(rounds):
+                now.append(_in_tree(root, cycles))
+                before.append(_in_tree(tree, cycles))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, check=False)
+    same = True
+    for case in CASES:
+        mine = min(r[case][0] for r in now)
+        theirs = min(r[case][0] for r in before)
+        digests = {r[case][1] for r in now + before}
+        same = same and len(digests) == 1
+        print(
+            f"  {case:<24} this tree {mine * 1e6:8.1f} us   baseline {base} {theirs * 1e6:8.1f} us   "
+            f"{theirs / mine:5.1f}x faster   events {'the same' if len(digests) == 1 else 'DIFFER'}"
+        )
+    return 0 if same else 1
+
+
 def main() -> None:
     print(f"decisions per second ({DEVICES} full GPUs, release + arrival mix, backfill depth 256)")
     for queued in (100, 1_000, 100_000):
@@ -171,4 +301,16 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", action="store_true", help="the cost of a cycle against --base")
+    parser.add_argument("--base", default="d54f622", help="the baseline's commit (with --compare)")
+    parser.add_argument("--cycles", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--costs-json", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.costs_json:
+        print(json.dumps(cycle_costs(args.cycles)))
+    elif args.compare:
+        raise SystemExit(compare(args.base, args.cycles, args.rounds))
+    else:
+        main()

@@ -387,7 +387,7 @@ class RequestShell:
         if admission is None:
             budgets = DeviceBudgets(now={}, attainable={}, ram_budget_mb=gate.ram_budget_mb)
         else:
-            budgets = device_budgets(admission.statistics().devices, gate.ram_budget_mb)
+            budgets = device_budgets(admission.offered(), gate.ram_budget_mb)
         if budgets != self._budgets:
             ref.tell_nowait(budgets, sender=CLIENT)
             self._budgets = budgets

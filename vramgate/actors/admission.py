@@ -51,6 +51,33 @@ from vramgate.replay import register_core_kind
 KIND = "admission"
 
 
+class _Held:
+    """A lease the core told of: its admission, when, and whether its request was cancelled since."""
+
+    __slots__ = ("admitted", "at", "cancel_requested")
+
+    def __init__(self, admitted: RequestAdmitted, at: float) -> None:
+        self.admitted = admitted
+        self.at = at
+        self.cancel_requested = False
+
+    def snapshot(self) -> LeaseSnapshot:
+        event = self.admitted
+        return LeaseSnapshot(
+            lease_id=event.lease_id,
+            request_id=event.request_id,
+            devices=event.devices,
+            reservation_mb=event.reservation_mb,
+            plan=event.plan,
+            admitted_at=self.at,
+            cancel_requested=self.cancel_requested,
+        )
+
+
+def _waiting_snapshot(message: SubmitRequest, arrival: float) -> SubmitRequest:
+    return message if message.arrival == arrival else msgspec.structs.replace(message, arrival=arrival)
+
+
 class AdmissionShell:
     """Adapts :class:`AdmissionCore` (which returns events) to the runtime's core protocol (which routes them),
     and rebuilds the core with ``rebuild`` (a new, empty core) after it raised.
@@ -72,9 +99,10 @@ class AdmissionShell:
         self.rebuild = rebuild
         self.rebuilds = 0
         self._now = float("-inf")
-        self._leases: dict[str, LeaseSnapshot] = {}
+        # What the snapshot is made of, made into messages only when one is taken.
+        self._leases: dict[str, _Held] = {}
         self._lease_of: dict[str, str] = {}
-        self._waiting: dict[str, SubmitRequest] = {}
+        self._waiting: dict[str, tuple[SubmitRequest, float]] = {}
         self._counter = 0
         self._lost: list[DeviceLost] = []
         self._sample: ResourceSample | None = None
@@ -99,8 +127,8 @@ class AdmissionShell:
     def snapshot(self) -> AdmissionSnapshot:
         """The core's state as its events told it: what a rebuilt core starts from."""
         return AdmissionSnapshot(
-            leases=tuple(self._leases.values()),
-            waiting=tuple(self._waiting.values()),
+            leases=tuple(held.snapshot() for held in self._leases.values()),
+            waiting=tuple(_waiting_snapshot(message, arrival) for message, arrival in self._waiting.values()),
             lease_counter=self._counter,
         )
 
@@ -109,42 +137,33 @@ class AdmissionShell:
     def _track(self, message: Message, events: Sequence[Message], now: float) -> None:
         """Mirror a message handled in full: its input, then the events it caused, in order."""
         self._now = now
-        if isinstance(message, ResourceSample):
+        if isinstance(message, SubmitRequest):
+            self._waiting[message.request_id] = (message, message.arrival if message.arrival is not None else now)
+        elif isinstance(message, ResourceSample):
             self._sample = message
-        elif isinstance(message, SubmitRequest):
-            arrival = message.arrival if message.arrival is not None else now
-            self._waiting[message.request_id] = (
-                message if message.arrival == arrival else msgspec.structs.replace(message, arrival=arrival)
-            )
         elif isinstance(message, CancelRequest):
             lease_id = self._lease_of.get(message.request_id)
             if lease_id is not None:
-                self._leases[lease_id] = msgspec.structs.replace(self._leases[lease_id], cancel_requested=True)
+                self._leases[lease_id].cancel_requested = True
         elif isinstance(message, DeviceLost):
             self._lost.append(message)
+        waiting, leases, lease_of = self._waiting, self._leases, self._lease_of
         for event in events:
             if isinstance(event, RequestAdmitted):
-                self._waiting.pop(event.request_id, None)
-                self._leases[event.lease_id] = LeaseSnapshot(
-                    lease_id=event.lease_id,
-                    request_id=event.request_id,
-                    devices=event.devices,
-                    reservation_mb=event.reservation_mb,
-                    plan=event.plan,
-                    admitted_at=max(0.0, now),
-                )
-                self._lease_of[event.request_id] = event.lease_id
+                waiting.pop(event.request_id, None)
+                leases[event.lease_id] = _Held(event, max(0.0, now))
+                lease_of[event.request_id] = event.lease_id
                 number = event.lease_id.rpartition("-")[2]
                 if number.isdigit():
                     self._counter = max(self._counter, int(number))
             elif isinstance(event, LeaseReleased):
-                self._leases.pop(event.lease_id, None)
-                self._lease_of.pop(event.request_id, None)
+                leases.pop(event.lease_id, None)
+                lease_of.pop(event.request_id, None)
             elif isinstance(event, (RequestEnded, RequestRejected)):
-                self._waiting.pop(event.request_id, None)
-                lease_id = self._lease_of.pop(event.request_id, None)
+                waiting.pop(event.request_id, None)
+                lease_id = lease_of.pop(event.request_id, None)
                 if lease_id is not None:
-                    self._leases.pop(lease_id, None)
+                    leases.pop(lease_id, None)
 
     def _rebuild(self, now: float) -> None:
         """Replace the core that raised with one restored from the last consistent state."""

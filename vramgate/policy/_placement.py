@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from vramgate.messages.plans import Plan
+from vramgate.policy._ends import End
 
 #: Free memory given to a device that cannot take anything (lost, stale).
 UNUSABLE = -(1 << 60)
@@ -184,12 +185,12 @@ class Choice(NamedTuple):
     preferred: Choice | None = None
 
 
-def releases_of(ends: Sequence[tuple[float, tuple[int, ...], int]], devices: int) -> list[list[tuple[float, int]]]:
-    """The running leases' ``ends`` (time, positions, MiB; in order of time) per position: (time, MiB) in order."""
-    per: list[list[tuple[float, int]]] = [[] for _ in range(devices)]
-    for end, positions, mb in ends:
-        for pos in positions:
-            per[pos].append((end, mb))
+def releases_of(ends: Sequence[End], devices: int) -> list[list[End]]:
+    """The running leases' ``ends`` (time, positions, MiB; in order of time) per position, in the same order."""
+    per: list[list[End]] = [[] for _ in range(devices)]
+    for end in ends:
+        for pos in end[1]:
+            per[pos].append(end)
     return per
 
 
@@ -197,7 +198,7 @@ def earliest_finish(
     groups: Sequence[Group],
     avail: Sequence[int],
     later: Sequence[int],
-    releases: Sequence[Sequence[tuple[float, int]]],
+    releases: Sequence[Sequence[End]],
     *,
     now: float,
     run_seconds: Callable[[float], float] = float,
@@ -206,59 +207,110 @@ def earliest_finish(
 
     On each device of a plan it can start ``now`` when ``avail`` (MiB per position, now) holds the plan, else when
     the running leases there have returned enough (``later``, what the device will have once they end, plus each
-    lease's ``releases`` in order). It finishes its plan's expected time later, so a slower plan that could start
-    now loses to a faster one on a device that comes free soon enough. A plan of world size N runs on its N devices
-    where it would finish first. Ties go to the sooner start, to what fits now, to the least
-    slack (best fit), then to the lowest positions. ``run_seconds`` turns a plan's estimated time into how long
-    its run is expected to last here (the admission configuration's time scale), as the leases' ends were.
+    lease's ``releases`` in order, as :func:`releases_of` gives them; an end before ``now`` counts as ``now``). It
+    finishes its plan's expected time later, so a slower plan that could start now loses to a faster one on a device
+    that comes free soon enough. A plan of world size N runs on its N devices where it would finish first. Ties go
+    to the sooner start, to what fits now, to the least slack (best fit), then to the lowest positions.
+    ``run_seconds`` turns a plan's estimated time into how long its run is expected to last here (the admission
+    configuration's time scale), as the leases' ends were.
 
     Liveness: a request never waits for a busier or faster device while a device with no lease could take it now;
     then it starts now, on the device where it is expected to finish first among those it fits now (and the
     choice's ``preferred`` is where it would have waited).
     """
-    best: Choice | None = None
-    best_score: tuple[float, float, int, int, tuple[int, ...]] | None = None
-    idle: Choice | None = None
-    idle_score: tuple[float, float, int, int, tuple[int, ...]] | None = None
+    best: tuple[Group, list[_Option]] | None = None
+    best_score: _Score | None = None
+    # Each group's options that fit now: where the liveness rule may start it when the best choice waits.
+    ready_options: list[tuple[Group, list[_Option]]] = []
     for group in groups:
-        plan, need, world, candidates = group.plan, group.need_mb, group.world, group.positions
+        need, world = group.need_mb, group.world
         duration = run_seconds(group.seconds)
-        options: list[tuple[float, float, int, int, int]] = []  # (finish, start, 0 if it fits now, slack, position)
-        for pos in candidates:
-            slack = avail[pos] - need
-            if slack >= 0:
-                options.append((now + duration, now, 0, slack, pos))
-                continue
-            have = later[pos]
-            for end, mb in releases[pos]:
-                have += mb
-                if have >= need:
-                    start = max(end, now)
-                    options.append((start + duration, start, 1, have - need, pos))
-                    break
-        for ready_only in (False, True):
-            chosen = [o for o in options if not (ready_only and o[2])]
-            if len(chosen) < world:
-                continue
-            chosen = [min(chosen)] if world == 1 else sorted(chosen)[:world]
-            waits = max(o[2] for o in chosen)
-            positions = tuple(sorted(o[4] for o in chosen))
-            score = (max(o[0] for o in chosen), max(o[1] for o in chosen), waits, sum(o[3] for o in chosen), positions)
-            choice = Choice(
-                Placement(positions, plan, need, group.extra_s),
-                score[1],
-                score[0],
-                {o[4]: o[3] for o in chosen},
-                not waits,
-            )
-            if not ready_only:
-                if best_score is None or score < best_score:
-                    best_score, best = score, choice
-            elif all(not releases[pos] for pos in positions) and (idle_score is None or score < idle_score):
-                idle_score, idle = score, choice
-    if best is not None and not best.ready and idle is not None:
-        return idle._replace(preferred=best)
-    return best
+        finish_now = now + duration
+        ready: list[_Option] = []
+        waiting: list[int] = []
+        if world == 1:
+            # Of the options that fit now only the best counts (the least slack, then the lowest position).
+            best_pos, best_slack = -1, 0
+            for pos in group.positions:
+                slack = avail[pos] - need
+                if slack < 0:
+                    waiting.append(pos)
+                elif best_pos < 0 or slack < best_slack or (slack == best_slack and pos < best_pos):
+                    best_pos, best_slack = pos, slack
+            if best_pos >= 0:
+                ready.append((finish_now, now, 0, best_slack, best_pos))
+        else:
+            for pos in group.positions:
+                slack = avail[pos] - need
+                if slack >= 0:
+                    ready.append((finish_now, now, 0, slack, pos))
+                else:
+                    waiting.append(pos)
+        ready_options.append((group, ready))
+        options = ready
+        if waiting and len(ready) < world:
+            # An option that waits sorts after every option that fits now: only needed when too few fit now.
+            options = list(ready)
+            for pos in waiting:
+                have = later[pos]
+                for end, _, mb in releases[pos]:
+                    have += mb
+                    if have >= need:
+                        start = now if now > end else end  # max(end, now)
+                        options.append((start + duration, start, 1, have - need, pos))
+                        break
+        if len(options) < world:
+            continue
+        chosen = [min(options)] if world == 1 else sorted(options)[:world]
+        score = _score(chosen)
+        if best_score is None or score < best_score:
+            best_score, best = score, (group, chosen)
+    if best is None or best_score is None:
+        return None
+    choice = _choice(best[0], best[1], best_score)
+    if choice.ready:
+        return choice
+    idle: tuple[Group, list[_Option]] | None = None
+    idle_score: _Score | None = None
+    for group, ready in ready_options:
+        if len(ready) < group.world:
+            continue
+        chosen = [min(ready)] if group.world == 1 else sorted(ready)[: group.world]
+        score = _score(chosen)
+        if all(not releases[pos] for pos in score[4]) and (idle_score is None or score < idle_score):
+            idle_score, idle = score, (group, chosen)
+    if idle is None or idle_score is None:
+        return choice
+    return _choice(idle[0], idle[1], idle_score)._replace(preferred=choice)
+
+
+#: Where a plan may run on one device: (finish, start, 0 if it fits now else 1, slack, position).
+_Option = tuple[float, float, int, int, int]
+#: How good a choice of options is, least best: (finish, start, 1 if it waits, slack, positions).
+_Score = tuple[float, float, int, int, tuple[int, ...]]
+
+
+def _score(chosen: list[_Option]) -> _Score:
+    if len(chosen) == 1:
+        o = chosen[0]
+        return (o[0], o[1], o[2], o[3], (o[4],))
+    return (
+        max(o[0] for o in chosen),
+        max(o[1] for o in chosen),
+        max(o[2] for o in chosen),
+        sum(o[3] for o in chosen),
+        tuple(sorted(o[4] for o in chosen)),
+    )
+
+
+def _choice(group: Group, chosen: list[_Option], score: _Score) -> Choice:
+    return Choice(
+        Placement(score[4], group.plan, group.need_mb, group.extra_s),
+        score[1],
+        score[0],
+        {o[4]: o[3] for o in chosen},
+        not score[2],
+    )
 
 
 def relative_cost(choice: Choice, groups: Sequence[Group], run_seconds: Callable[[float], float] = float) -> float:

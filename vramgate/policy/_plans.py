@@ -33,6 +33,9 @@ class PlanResolver:
 
     def resolve(self, message: SubmitRequest) -> tuple[Plan | None, ...]:
         """The plan each device would run, by index, GPU name, ``*``, then (with ``fallback``) another GPU's."""
+        plans = message.plans
+        if len(plans) == 1 and ANY_DEVICE in plans:  # one plan for every device
+            return (plans[ANY_DEVICE],) * len(self._devices)
         by_index: dict[int, Plan] = {}
         by_gpu: dict[str, Plan] = {}
         anywhere: Plan | None = None

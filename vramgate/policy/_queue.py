@@ -11,8 +11,10 @@ import heapq
 from bisect import bisect_left, insort
 from collections.abc import Iterator
 
-#: A queue key: (aging * arrival - priority, arrival, submission number); the number makes keys distinct.
-Key = tuple[float, float, int]
+#: A queue key: (aging * arrival - priority, arrival, submission number, the least MiB per GPU it needs); the number
+#: makes keys distinct, so the order is that of the first three and the last is carried along (to read it without
+#: looking the request up).
+Key = tuple[float, float, int, int]
 
 _LOAD = 512
 
@@ -59,6 +61,23 @@ class SortedKeys:
         if len(block) > 2 * _LOAD:
             self._blocks[i : i + 1] = [block[:_LOAD], block[_LOAD:]]
             self._maxes[i : i + 1] = [block[_LOAD - 1], block[-1]]
+
+    def window(self, start: int, stop: int) -> list[Key]:
+        """The keys from the 0-based position ``start`` up to ``stop`` (excluded), as ``islice(self, start, stop)``
+        gives them, taken by block."""
+        out: list[Key] = []
+        for block in self._blocks:
+            size = len(block)
+            if start >= size:
+                start -= size
+                stop -= size
+                continue
+            if stop <= 0:
+                break
+            out += block[start:stop]
+            start = 0
+            stop -= size
+        return out
 
     def _locate(self, key: Key) -> tuple[int, int]:
         i = bisect_left(self._maxes, key)

@@ -42,7 +42,7 @@ moving).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
 
 import msgspec
@@ -72,8 +72,10 @@ from vramgate.messages.lifecycle import (
 from vramgate.messages.plans import Plan
 from vramgate.messages.residency import LeaseShrunk, ModelLoaded, ModelUnloaded
 from vramgate.messages.resources import ResourceSample
+from vramgate.policy._ends import End, Ends
 from vramgate.policy._placement import (
     UNUSABLE,
+    Choice,
     Group,
     Placement,
     Shadow,
@@ -93,6 +95,9 @@ from vramgate.policy.host_ledger import HostLedger
 from vramgate.policy.ledger import DeviceConfig, DeviceLedger
 from vramgate.policy.timing import expected_run_s, time_high_s
 
+#: How many answers of placement the core keeps while the leases stay the same.
+_MEMO_SIZE = 4
+
 
 class _Waiting:
     """A queued request."""
@@ -111,6 +116,7 @@ class _Waiting:
         "ram_max",
         "ram_mb",
         "request_id",
+        "run_s",
         "seq",
     )
 
@@ -120,10 +126,11 @@ class _Waiting:
         priority: int,
         arrival: float,
         deadline: float,
-        key: Key,
+        order: tuple[float, float, int],
         plans: tuple[Plan | None, ...],
         groups: tuple[Group, ...],
         message: SubmitRequest,
+        run_seconds: Callable[[float], float],
     ) -> None:
         #: The submit it came with (for snapshots).
         self.message = message
@@ -131,20 +138,28 @@ class _Waiting:
         self.priority = priority
         self.arrival = arrival
         self.deadline = deadline
-        self.key = key
-        self.seq = key[2]
+        self.seq = order[2]
         self.plans = plans
         self.owner = message.owner
-        given = [p.requirement for p in plans if p is not None]
+        first = plans[0] if plans else None
+        # one plan for every device is the common case: its figures are worked out once
+        given = (
+            [first.requirement]
+            if first is not None and all(p is first for p in plans)
+            else [p.requirement for p in plans if p is not None]
+        )
         #: The longest any of its plans may run (the top of its time interval when it has one): backfilling lets
         #: it pass the protected request only if it ends before.
         self.expected_s = max((time_high_s(r) for r in given), default=0.0)
+        #: How long that is expected to last here (the core's ``run_seconds`` of it).
+        self.run_s = run_seconds(self.expected_s)
         #: The least host RAM any of its plans needs.
         self.ram_mb = min((r.ram_mb for r in given), default=0)
         self.ram_max = max((r.ram_mb for r in given), default=0)
         self.groups = groups
         self.min_mb = 0
         self.regroup(groups)
+        self.key: Key = (*order, self.min_mb)
 
     def regroup(self, groups: tuple[Group, ...]) -> None:
         """Take the groups anew (resident weights changed what it needs where)."""
@@ -160,6 +175,7 @@ class _Lease:
         "admitted_at",
         "cancel_requested",
         "devices",
+        "end",
         "expected_end",
         "late_end",
         "lease_id",
@@ -196,6 +212,8 @@ class _Lease:
         self.late_end = admitted_at + late_s
         self.cancel_requested = False
         self.seq = seq
+        #: Its entry in the core's :class:`~vramgate.policy._ends.Ends`.
+        self.end: End = (self.expected_end, placement.positions, placement.need_mb)
 
 
 class AdmissionCore:
@@ -252,10 +270,8 @@ class AdmissionCore:
         self._deadlines = DeadlineHeap()
         self._leases: dict[str, _Lease] = {}
         self._lease_of_request: dict[str, str] = {}
-        #: The running leases' (expected end, positions, MiB per position), in order; ``None`` after a change.
-        self._ends: list[tuple[float, tuple[int, ...], int]] | None = None
-        #: :meth:`_releases` of a timeline, with the timeline it was made from.
-        self._released: tuple[list[tuple[float, tuple[int, ...], int]], list[list[tuple[float, int]]]] | None = None
+        #: The running leases' (expected end, positions, MiB per position), in order, in all and per position.
+        self._ends = Ends(len(self._ledgers))
         self._seq = 0
         self._lease_counter = 0
         self._now = -math.inf
@@ -268,6 +284,14 @@ class AdmissionCore:
         self._wait_max = 0.0
         #: Since when requests have waited with no lease running on a device the first of them could use.
         self._stalled_since: float | None = None
+        #: :meth:`_earliest_finish`'s latest answers (groups, avail, later, now, answer), for ``_memo_version``.
+        self._memo: list[tuple[Sequence[Group], list[int], list[int], float, Choice | None]] = []
+        self._memo_version = -1
+        #: What :meth:`_free` and :meth:`_later` saw at a time, until the ledgers change (:meth:`_changed`).
+        self._seen_free: tuple[float, list[int]] | None = None
+        self._seen_later: tuple[float, list[int], list[bool]] | None = None
+        #: :meth:`offered`: the devices' statistics as of the latest sample or loss.
+        self._offered: tuple[DeviceLedgerStatistics, ...] | None = None
 
     # ================================================================== queries
 
@@ -373,6 +397,15 @@ class AdmissionCore:
             **self._counts,
         )
 
+    def offered(self) -> tuple[DeviceLedgerStatistics, ...]:
+        """The devices' statistics (as :meth:`statistics` gives them) taken anew only after a sample or a lost device,
+        so cheap enough to ask for with every message: what they offer a plan (capacity, margin, others' use and
+        what never came free, lost) is current; their leases' figures and sample ages are as of then."""
+        offered = self._offered
+        if offered is None:
+            offered = self._offered = self.statistics().devices
+        return offered
+
     def check_invariants(self) -> None:
         """Raise :class:`AssertionError` when the bookkeeping disagrees with itself (for tests)."""
         per_device = [0] * len(self._ledgers)
@@ -386,7 +419,24 @@ class AdmissionCore:
             assert all(lease.devices == self._lease_devices(lease.placement) for lease in self._leases.values())
             assert ledger.leases == holders, (ledger.index, ledger.leases, holders)
         assert len(self._lease_of_request) == len(self._leases)
+        # the ends kept as leases come and go are those worked out from scratch
+        ends = sorted(
+            (lease.expected_end, lease.placement.positions, lease.placement.need_mb) for lease in self._leases.values()
+        )
+        assert self._ends.all == ends, (self._ends.all, ends)
+        assert self._ends.per == releases_of(ends, len(self._ledgers)), self._ends.per
+        # what the core saw of the ledgers is what they say
+        if self._seen_free is not None:
+            at, free = self._seen_free
+            assert free == [ledger.free_mb(at) for ledger in self._ledgers], (at, free)
+        if self._seen_later is not None:
+            at, later, usable = self._seen_later
+            assert later == [ledger.headroom_mb() if ledger.admits(at) else UNUSABLE for ledger in self._ledgers]
+            assert usable == [ledger.admits(at) for ledger in self._ledgers]
         assert len(self._queue) == len(self._waiting) == len(self._by_seq)
+        for waiting in self._waiting.values():  # a key carries what its request needs
+            assert waiting.key[2:] == (waiting.seq, waiting.min_mb), (waiting.key, waiting.seq, waiting.min_mb)
+            assert self._by_seq[waiting.seq] is waiting
         assert not (self._waiting.keys() & self._lease_of_request.keys())
         assert len(self._queue) <= self.config.queue_limit
         assert self._host.reserved_mb == sum(lease.ram_mb for lease in self._leases.values())
@@ -436,12 +486,14 @@ class AdmissionCore:
             raise InvalidParameter("snapshot", "restore", "the core must be new: it already holds leases or requests")
         now = max(now, self._now)
         self._now = now
+        self._changed()
         out: list[Message] = []
         seen: set[str] = set()
         self._resident.restore(snapshot.resident)
         for item in snapshot.leases:
             self._restore_lease(item, seen)
         self._lease_counter = max(self._lease_counter, snapshot.lease_counter)
+        self._changed()
         for message in snapshot.waiting:
             if message.request_id in seen:
                 raise InvalidParameter("request_id", message.request_id, "appears twice in the snapshot")
@@ -454,6 +506,7 @@ class AdmissionCore:
         return out
 
     def _restore_lease(self, item: LeaseSnapshot, seen: set[str]) -> None:
+        self._changed()
         if item.request_id in seen or item.lease_id in self._leases:
             raise InvalidParameter("lease_id", item.lease_id, "the lease or its request appears twice in the snapshot")
         seen.add(item.request_id)
@@ -494,7 +547,7 @@ class AdmissionCore:
         )
         self._leases[item.lease_id] = lease
         self._lease_of_request[item.request_id] = item.lease_id
-        self._ends = None
+        self._ends.add(lease.end)
 
     def _placeable_plans(self, message: SubmitRequest, out: list[Message]) -> tuple[Plan | None, ...] | None:
         """The plan each device would run, or ``None`` after rejecting a request that no device can ever take."""
@@ -516,8 +569,8 @@ class AdmissionCore:
         """The rejection of a request whose every plan needs more host RAM than the host can ever give."""
         attainable = self._host.attainable_or_none()
         given = [p for p in plans if p is not None]
-        if attainable is None or not given:
-            return None
+        if attainable is None or not given or given[0].requirement.ram_mb <= attainable:
+            return None  # (what resident models hold for a plan only lowers what it needs)
         # A resident model's RAM the request would use counts for it; other resident models can be evicted.
         held = self._resident.ram_held
         best = min(given, key=lambda p: p.requirement.ram_mb - held(p, owner))
@@ -548,10 +601,13 @@ class AdmissionCore:
             return
         arrival = message.arrival if message.arrival is not None else now
         self._seq += 1
-        key = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
+        order = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
         groups = self._resident.groups(plans, message.owner)
-        self._enqueue(_Waiting(request_id, message.priority, arrival, deadline, key, plans, groups, message))
+        waiting = _Waiting(
+            request_id, message.priority, arrival, deadline, order, plans, groups, message, self.run_seconds
+        )
+        self._enqueue(waiting)
 
     def _submit_of(self, waiting: _Waiting) -> SubmitRequest:
         message = waiting.message
@@ -627,9 +683,12 @@ class AdmissionCore:
             self._end(out, request_id, "rejected", "queue_full")
             return
         self._seq += 1
-        key = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
+        order = (self.config.aging_per_s * arrival - message.priority, arrival, self._seq)
         deadline = arrival + message.max_wait_s if message.max_wait_s is not None else math.inf
-        waiting = _Waiting(request_id, message.priority, arrival, deadline, key, plans, groups, message)
+        waiting = _Waiting(
+            request_id, message.priority, arrival, deadline, order, plans, groups, message, self.run_seconds
+        )
+        key = waiting.key
         self._enqueue(waiting)
         head_key = self._queue.first()
         if head_key == key:
@@ -637,9 +696,10 @@ class AdmissionCore:
         else:
             self._schedule(now, out, only=waiting)
         if request_id in self._waiting:
+            ahead = self._queue.rank(key)
             out.append(
                 RequestQueued(
-                    request_id=request_id, position=self._queue.rank(key) + 1, reason=self._why_waiting(waiting, now)
+                    request_id=request_id, position=ahead + 1, reason=self._why_waiting(waiting, now, None, ahead)
                 )
             )
 
@@ -647,8 +707,9 @@ class AdmissionCore:
         lease = self._leases.pop(message.lease_id, None)
         if lease is None:
             return False
+        self._changed()
         del self._lease_of_request[lease.request_id]
-        self._ends = None
+        self._ends.remove(lease.end)
         for pos in lease.placement.positions:
             self._ledgers[pos].release(lease.lease_id, now)
         if lease.ram_mb:
@@ -715,6 +776,8 @@ class AdmissionCore:
         """Take a sample; ``True`` when it may let a waiting request in: it changed a ledger's figures, or it
         refreshed a device that was stale when the latest pass ran (a sample that only confirms what that pass
         saw changes nothing for it)."""
+        self._offered = None
+        self._changed()
         at = min(message.at, now)
         newly_lost = False
         shrunk = False  # what a device can ever give fell: a waiting request may never fit any more
@@ -753,6 +816,8 @@ class AdmissionCore:
         if pos is None:
             raise InvalidParameter("index", message.index, "no such device", valid=str(sorted(self._position)))
         self._ledgers[pos].mark_lost(message.reason)
+        self._offered = None
+        self._changed()
         self._reject_unplaceable(out)
 
     def _reject_unplaceable(self, out: list[Message]) -> None:
@@ -778,6 +843,7 @@ class AdmissionCore:
     def _loaded(self, message: ModelLoaded, now: float, out: list[Message]) -> bool:
         """Count a declared load; a running lease of that process and model on that device that reserved the
         weights uses the resident ones from now, and its reservation shrinks by them."""
+        self._changed()
         entry = self._resident.load(message, now)
         if entry is None:
             raise InvalidParameter("device", message.device, "no such device", valid=str(sorted(self._position)))
@@ -794,13 +860,15 @@ class AdmissionCore:
                 continue
             taken = self._ledgers[entry.pos].shrink(lease.lease_id, min(message.vram_mb, weights_mb(plan)), now)
             lease.placement = placement._replace(need_mb=placement.need_mb - taken)
+            self._ends.remove(lease.end)
+            lease.end = (lease.expected_end, placement.positions, lease.placement.need_mb)
+            self._ends.add(lease.end)
             if lease.ram_mb:
                 ram = self._host.shrink(lease.lease_id, min(message.ram_mb, ram_weights_mb(plan)), now)
                 lease.ram_mb -= ram
                 if not lease.ram_mb:
                     self._host.release(lease.lease_id, now)
             self._resident.adopt(lease.lease_id, entry, now)
-            self._ends = None
             out.append(
                 LeaseShrunk(
                     request_id=lease.request_id,
@@ -815,6 +883,7 @@ class AdmissionCore:
         return True
 
     def _unloaded(self, message: ModelUnloaded, now: float) -> bool:
+        self._changed()
         if not self._resident.unload(message, now):
             return False
         self._regroup()
@@ -822,8 +891,14 @@ class AdmissionCore:
 
     def _regroup(self) -> None:
         resident = self._resident
+        queue = self._queue
         for waiting in self._waiting.values():
+            least = waiting.min_mb
             waiting.regroup(resident.groups(waiting.plans, waiting.owner))
+            if waiting.min_mb != least:  # its key carries what it needs: the same place, a new key
+                queue.remove(waiting.key)
+                waiting.key = (*waiting.key[:3], waiting.min_mb)
+                queue.add(waiting.key)
 
     def _evict(self, now: float, out: list[Message]) -> None:
         """Order idle resident models out for the first waiting request (of the first ``1 + backfill_depth``) that
@@ -856,16 +931,20 @@ class AdmissionCore:
     # ================================================================== scheduling
 
     def _free(self, now: float) -> list[int]:
-        return [ledger.free_mb(now) for ledger in self._ledgers]
+        """What each device can take now (a list of the caller's own)."""
+        seen = self._seen_free
+        if seen is None or seen[0] != now:
+            seen = self._seen_free = (now, [ledger.free_mb(now) for ledger in self._ledgers])
+        return list(seen[1])
 
-    def _timeline(self, now: float) -> list[tuple[float, tuple[int, ...], int]]:
-        """The running leases' (expected end, positions, MiB per position), in order; overdue ones end ``now``."""
-        ends = self._ends
-        if ends is None:
-            ends = self._ends = sorted(
-                (lease.expected_end, lease.placement.positions, lease.placement.need_mb)
-                for lease in self._leases.values()
-            )
+    def _changed(self) -> None:
+        """The ledgers changed: what :meth:`_free` and :meth:`_later` saw is gone."""
+        self._seen_free = self._seen_later = None
+
+    def _timeline(self, now: float) -> list[End]:
+        """The running leases' (expected end, positions, MiB per position), in order; overdue ones end ``now``.
+        Not to be changed by the caller."""
+        ends = self._ends.all
         if ends and ends[0][0] < now:
             # Leases past their expected end are expected to end now; they stay first, in one group.
             ends = [(now, positions, mb) if end < now else (end, positions, mb) for end, positions, mb in ends]
@@ -876,17 +955,24 @@ class AdmissionCore:
         waiting: _Waiting,
         free: list[int],
         now: float,
-        ends: list[tuple[float, tuple[int, ...], int]] | None = None,
+        ends: list[End] | None = None,
     ) -> Shadow:
         """When ``waiting`` can start as the running leases (or ``ends``) end, and what it leaves over then."""
         ledgers = self._ledgers
-        usable = [ledger.admits(now) for ledger in ledgers]
+        _, headroom, usable = self._seen_at(now)
         if self._earliest:
             avail = [f if ok else UNUSABLE for f, ok in zip(free, usable, strict=True)]
-            later = [min(f, ledger.headroom_mb()) for f, ledger in zip(avail, ledgers, strict=True)]
-            releases = self._releases(now) if ends is None else releases_of(ends, len(ledgers))
-            choice = earliest_finish(waiting.groups, avail, later, releases, now=now, run_seconds=self.run_seconds)
-            return Shadow(math.inf, {}) if choice is None else Shadow(choice.start, choice.extra)
+            if all(usable):  # the headroom of every device is at hand
+                later = [min(f, room) for f, room in zip(avail, headroom, strict=True)]
+            else:
+                later = [min(f, ledger.headroom_mb()) for f, ledger in zip(avail, ledgers, strict=True)]
+            if ends is None:
+                choice = self._earliest_finish(waiting.groups, avail, later, now)
+            else:
+                releases = releases_of(ends, len(ledgers))
+                choice = earliest_finish(waiting.groups, avail, later, releases, now=now, run_seconds=self.run_seconds)
+            # its own copy of what is left over: backfilling takes from it
+            return Shadow(math.inf, {}) if choice is None else Shadow(choice.start, dict(choice.extra))
         # What each device will have once leases end: the headroom, which may be below zero (others grew).
         free = [min(f, ledger.headroom_mb()) for f, ledger in zip(free, ledgers, strict=True)]
         return shadow(
@@ -902,22 +988,33 @@ class AdmissionCore:
         ``free``; otherwise it starts where it finishes first among the devices ``avail`` lets it start on now."""
         if not self._earliest:
             return place_groups(groups, avail, spread=self._spread)
-        releases = self._releases(now)
-        choice = earliest_finish(
-            groups,
-            free if free is not None else avail,
-            self._later(now),
-            releases,
-            now=now,
-            run_seconds=self.run_seconds,
-        )
+        choice = self._earliest_finish(groups, free if free is not None else avail, self._later(now), now)
         if choice is None or not choice.ready:
             return None
         if free is None or free is avail:
             return choice.placement
-        nothing_later = [UNUSABLE] * len(avail)
-        choice = earliest_finish(groups, avail, nothing_later, releases, now=now, run_seconds=self.run_seconds)
+        choice = self._earliest_finish(groups, avail, [UNUSABLE] * len(avail), now)
         return None if choice is None else choice.placement
+
+    def _earliest_finish(
+        self, groups: Sequence[Group], avail: list[int], later: list[int], now: float
+    ) -> Choice | None:
+        """:func:`earliest_finish` on the running leases' ends. The latest few answers are kept while the leases
+        stay the same: a pass asks the same question more than once (where the head goes, then its shadow; where
+        a new request goes, then why it waits). The answer is shared: not to be changed."""
+        memo = self._memo
+        version = self._ends.version
+        if self._memo_version != version:
+            memo.clear()
+            self._memo_version = version
+        for entry in memo:
+            if entry[0] is groups and entry[3] == now and entry[1] == avail and entry[2] == later:
+                return entry[4]
+        choice = earliest_finish(groups, avail, later, self._ends.per, now=now, run_seconds=self.run_seconds)
+        if len(memo) >= _MEMO_SIZE:
+            memo.pop(0)
+        memo.append((groups, list(avail), list(later), now, choice))
+        return choice
 
     def _place_head(self, head: _Waiting, free: list[int], now: float) -> tuple[_Waiting, Placement] | None:
         """What starts now in the head's turn, and where (``None``: the head waits and nothing starts).
@@ -936,7 +1033,7 @@ class AdmissionCore:
             return None if placed is None else (head, placed)
         releases = self._releases(now)
         run_seconds = self.run_seconds
-        choice = earliest_finish(head_groups, free, self._later(now), releases, now=now, run_seconds=run_seconds)
+        choice = self._earliest_finish(head_groups, free, self._later(now), now)
         if choice is None or not choice.ready:
             return None
         wanted = choice.preferred
@@ -956,7 +1053,7 @@ class AdmissionCore:
             groups = self._host_groups(waiting, host_guard)
             if not groups:
                 continue
-            ends_before = now + run_seconds(waiting.expected_s) <= wanted.start
+            ends_before = now + waiting.run_s <= wanted.start
             room = free if ends_before else guarded
             avail = [mb if ok else UNUSABLE for mb, ok in zip(room, idle, strict=True)]
             if waiting.min_mb > max(avail):
@@ -972,15 +1069,21 @@ class AdmissionCore:
     def _later(self, now: float) -> list[int]:
         """What each device will have once its leases end: the headroom (below zero when others grew);
         ``UNUSABLE`` on devices that admit nothing now."""
-        return [ledger.headroom_mb() if ledger.admits(now) else UNUSABLE for ledger in self._ledgers]
+        return list(self._seen_at(now)[1])
 
-    def _releases(self, now: float) -> list[list[tuple[float, int]]]:
-        """The running leases' expected ends per position (see :func:`releases_of`), cached with the timeline."""
-        ends = self._timeline(now)
-        cached = self._released
-        if cached is None or cached[0] is not ends:
-            cached = self._released = (ends, releases_of(ends, len(self._ledgers)))
-        return cached[1]
+    def _seen_at(self, now: float) -> tuple[float, list[int], list[bool]]:
+        """``_later(now)`` and whether each device admits now, kept until the ledgers change: not to be changed."""
+        seen = self._seen_later
+        if seen is None or seen[0] != now:
+            usable = [ledger.admits(now) for ledger in self._ledgers]
+            later = [ledger.headroom_mb() if ok else UNUSABLE for ledger, ok in zip(self._ledgers, usable, strict=True)]
+            seen = self._seen_later = (now, later, usable)
+        return seen
+
+    def _releases(self, now: float) -> list[list[End]]:
+        """The running leases' expected ends per position, in order (:func:`releases_of` of the timeline; ends
+        before ``now`` are kept as they are: placement counts them as ending ``now``)."""
+        return self._ends.per
 
     def _protector(self, free: list[int], now: float) -> tuple[_Waiting | None, Shadow]:
         """The first waiting request (of the first ``1 + backfill_depth``) that can start within its bound (once
@@ -1026,21 +1129,41 @@ class AdmissionCore:
         top = max(free)
         if top <= 0:
             return
-        candidates: list[_Waiting]
+        small: list[_Waiting]
         if only is not None:
-            candidates = [only]
+            small = [only] if only.min_mb <= top else []
         else:
+            # Taken before any of them is admitted; those too large for every device now are left out at once (the
+            # free memory only shrinks as candidates start; each is checked again in its turn).
             by_seq = self._by_seq
-            candidates = [by_seq[key[2]] for key in islice(self._queue, 1, 1 + self.config.backfill_depth)]
+            keys = self._queue.window(1, 1 + self.config.backfill_depth)
+            small = [by_seq[key[2]] for key in keys if key[3] <= top]
+        if not small:
+            return
         backfill = self.config.backfill
-        # The protected request and its shadow are computed when the first candidate small enough needs them.
-        protector: _Waiting | None = None
-        protected: Shadow | None = None
-        guarded: list[int] = []
-        top_guarded = 0
+        # The protected request and its shadow, computed anew for the first candidate after it started.
+        protected: Shadow | None
+        protector, protected = self._protector(free, now)
         # Host RAM a candidate that runs past the protected start may use: what the protected request leaves.
-        host_spare = 0
-        for waiting in candidates:
+        host_spare = self._host.free_mb(now) - (protector.ram_mb if protector is not None else 0)
+        # What a candidate that runs past the protected start may use: on its devices, only the spare.
+        extra = protected.extra
+        guarded = [min(f, extra[pos]) if pos in extra else f for pos, f in enumerate(free)]
+        top_guarded = max(guarded)
+        # While this request is protected, what the others may take only shrinks as they start: the candidates
+        # that could not start now are left out at once (each is checked again in its turn); once it started, the
+        # rest are taken one by one.
+        turns: list[_Waiting]
+        if not backfill:
+            turns = [protector] if protector in small else []
+        elif (limit := protected.time) < math.inf:
+            turns = [w for w in small if w.min_mb <= top_guarded or now + w.run_s <= limit or w is protector]
+        else:
+            turns = [w for w in small if w.min_mb <= top_guarded or w is protector]
+        turn = 0
+        while turn < len(turns):
+            waiting = turns[turn]
+            turn += 1
             if waiting.min_mb > top:
                 continue
             if protected is None:
@@ -1053,7 +1176,7 @@ class AdmissionCore:
             mine = waiting is protector
             if not (backfill or mine):
                 continue
-            ends_before = mine or now + self.run_seconds(waiting.expected_s) <= protected.time < math.inf
+            ends_before = mine or now + waiting.run_s <= protected.time < math.inf
             if not ends_before and waiting.min_mb > top_guarded:
                 continue
             host_allowed = self._host.free_mb(now) if ends_before else host_spare
@@ -1078,6 +1201,8 @@ class AdmissionCore:
                     guarded[pos] = min(free[pos], protected.extra[pos])
             if mine:
                 protected = None  # the next request that can start is protected now
+                turns = small[small.index(waiting) + 1 :]  # the candidates after it, one by one
+                turn = 0
             top = max(free)
             top_guarded = max(guarded)
             if top <= 0:
@@ -1105,7 +1230,7 @@ class AdmissionCore:
                 ends = sorted(
                     [
                         *self._timeline(now),
-                        (protected.time + self.run_seconds(protector.expected_s), tuple(protected.extra), need),
+                        (protected.time + protector.run_s, tuple(protected.extra), need),
                     ]
                 )
                 start = max(protected.time, self._shadow(waiting, held, now, ends).time)
@@ -1149,14 +1274,7 @@ class AdmissionCore:
                 f"{host.others_mb:,} MiB of others"
             )
         if self._earliest and place_groups(waiting.groups, free, spread=False) is not None:
-            choice = earliest_finish(
-                waiting.groups,
-                free,
-                self._later(now),
-                self._releases(now),
-                now=now,
-                run_seconds=self.run_seconds,
-            )
+            choice = self._earliest_finish(waiting.groups, free, self._later(now), now)
             if choice is not None and not choice.ready:
                 where = ", ".join(f"gpu{self._devices[pos].index}" for pos in choice.placement.positions)
                 reason += f"; it is expected to finish sooner on {where}, free in {choice.start - now:,.0f} s"
@@ -1189,6 +1307,7 @@ class AdmissionCore:
         backfilled: bool,
         owner: str = "",
     ) -> None:
+        self._changed()
         self._lease_counter += 1
         lease_id = f"lease-{self._lease_counter}"
         ram = self._resident.ram_need(found.plan, owner, found.positions)
@@ -1211,7 +1330,7 @@ class AdmissionCore:
         )
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id
-        self._ends = None
+        self._ends.add(lease.end)
         waited = float(max(0.0, now - arrival))
         self._counts["admitted"] += 1
         if backfilled:
