@@ -30,7 +30,7 @@ from vramgate.gate import Gate, open_gate
 from vramgate.hardware import detect
 from vramgate.messages import GenerationRequest
 from vramgate.messages.codec import codec_for
-from vramgate.runners import SimulatedRun, TorchWorkload
+from vramgate.runners import SimulatedRun, TorchWorkload, truth_of
 
 DEMO_GPUS = ("RTX4090-24GB", "H100-80GB")
 
@@ -215,7 +215,7 @@ async def run_demo(
             f"[bold]no GPU found here[/]: running on a simulated {DEMO_GPUS[0]} and a simulated {DEMO_GPUS[1]}; "
             f"time compressed {1 / time_scale:g}x"
         )
-        runner: Callable[[Lease], Awaitable[int]] = SimulatedRun(clock, time_scale=time_scale, min_seconds=0.3)
+        runner: SimulatedRun | TorchWorkload = SimulatedRun(clock, time_scale=time_scale, min_seconds=0.3)
     else:
         console.print(f"running on this machine's GPUs with a torch workload; time compressed {1 / time_scale:g}x")
         # Load torch before the gate detects the devices, so that its allocator figures tell this process's
@@ -224,6 +224,7 @@ async def run_demo(
         runner = TorchWorkload(time_scale=time_scale)
     started = anyio.current_time()
     async with open_gate(config, clock=clock) as gate:
+        runner.truth = truth_of(gate.estimator)  # a stand-in run lasts its time, whatever the gate learns
         demo = DemoRun(gate, runner, burst)
         display = Live(LiveView(demo.snapshot(started)), console=console, refresh_per_second=4) if live else None
         with display if display is not None else contextlib.nullcontext():

@@ -6,21 +6,29 @@
 * :class:`TorchWorkload` - on a real CUDA device: allocates the admitted amount (less a share for what the
   generation would not touch) with torch, holds it for the compressed run time, and frees it.
 
+Both last the time an estimator without learned corrections gives the plan (``truth``: the gate's catalogs and
+calibration), compressed by ``time_scale``: a stand-in run's time is what it is, whatever the gate has learned.
+Lasting the plan's corrected time instead would teach the gate its own corrections back, and any delay in running
+it (a busy event loop) would grow them run after run.
+
 Both are async callables taking a :class:`~vramgate.Lease`, for :meth:`vramgate.gate.Gate.run` or an
 ``async with gate.admit(...)`` block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import TYPE_CHECKING
 
 import anyio
 
 from vramgate.clock import Clock
+from vramgate.errors import VramgateError
 
 if TYPE_CHECKING:
     from vramgate._ticket import Lease
+    from vramgate.policy.estimate import Estimator
 
 _MIB = 1 << 20
 
@@ -31,24 +39,46 @@ def truth_factor(request_id: str, *, low: float = 0.85, high: float = 0.99) -> f
     return low + (high - low) * int.from_bytes(digest[:4], "big") / 0xFFFFFFFF
 
 
+def stand_in_seconds(lease: Lease, truth: Estimator | None, time_scale: float, min_seconds: float) -> float:
+    """How long a stand-in run of ``lease`` lasts: ``truth``'s time for its plan (the plan's own estimate when
+    there is no truth, or the truth does not know the model), times ``time_scale``, at least ``min_seconds``."""
+    plan = lease.plan
+    seconds = plan.requirement.estimated_time_seconds
+    if truth is not None:
+        with contextlib.suppress(VramgateError):  # a model the truth does not know
+            seconds = truth.estimate(plan.params, plan.requirement.gpu or plan.gpu).estimated_time_seconds
+    return max(min_seconds, seconds * time_scale)
+
+
+def truth_of(estimator: Estimator) -> Estimator:
+    """An estimator with ``estimator``'s catalogs and calibration and nothing learned: a stand-in run's truth."""
+    from vramgate.policy.estimate import Estimator
+
+    return Estimator(estimator.models, estimator.gpus, estimator.constants)
+
+
 class SimulatedRun:
     """Run a lease on its simulated GPU: allocate, make progress step by step, free.
 
     ``time_scale`` compresses the plan's estimated seconds (0.01: a 1,000 s run takes 10 s); the run takes at
     least ``min_seconds``. ``clock`` paces the steps (the gate's clock, virtual in tests). The run allocates
     under the lease's id, so on a pinned lease it draws from the pinned block first, and its peak (what the gate
-    reports as observed) is its own allocation, not the pin.
+    reports as observed) is its own allocation, not the pin. ``truth``: see :func:`stand_in_seconds` (``None``:
+    the plan's own estimate, as a test that pins it wants).
     """
 
-    def __init__(self, clock: Clock, *, time_scale: float = 0.01, min_seconds: float = 0.0) -> None:
+    def __init__(
+        self, clock: Clock, *, time_scale: float = 0.01, min_seconds: float = 0.0, truth: Estimator | None = None
+    ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         self.clock = clock
         self.time_scale = time_scale
         self.min_seconds = min_seconds
+        self.truth = truth
 
     def seconds(self, lease: Lease) -> float:
-        return max(self.min_seconds, lease.plan.requirement.estimated_time_seconds * self.time_scale)
+        return stand_in_seconds(lease, self.truth, self.time_scale, self.min_seconds)
 
     async def __call__(self, lease: Lease) -> int:
         """Run; returns the MiB the run held at its peak."""
@@ -75,10 +105,13 @@ class TorchWorkload:
     ``fill`` is the share of the reservation actually allocated (a real run peaks below its reservation).
     """
 
-    def __init__(self, *, time_scale: float = 0.01, fill: float = 0.9, min_seconds: float = 0.5) -> None:
+    def __init__(
+        self, *, time_scale: float = 0.01, fill: float = 0.9, min_seconds: float = 0.5, truth: Estimator | None = None
+    ) -> None:
         self.time_scale = time_scale
         self.fill = fill
         self.min_seconds = min_seconds
+        self.truth = truth
 
     async def __call__(self, lease: Lease) -> int:
         import torch
@@ -91,7 +124,7 @@ class TorchWorkload:
         block = torch.empty(mb * _MIB, dtype=torch.uint8, device=device)
         block.fill_(1)
         steps = lease.params.steps
-        seconds = max(self.min_seconds, lease.plan.requirement.estimated_time_seconds * self.time_scale)
+        seconds = stand_in_seconds(lease, self.truth, self.time_scale, self.min_seconds)
         try:
             for step in range(1, steps + 1):
                 await anyio.sleep(seconds / steps)

@@ -18,7 +18,7 @@ import msgspec
 
 from vramgate.config import GateConfig
 from vramgate.errors import ConfigError
-from vramgate.runners import SimulatedRun, TorchWorkload
+from vramgate.runners import SimulatedRun, TorchWorkload, truth_of
 
 if TYPE_CHECKING:
     from vramgate._ticket import Lease
@@ -89,10 +89,11 @@ def make_runner(
     """The runner called ``kind`` for ``gate`` (``pipeline``: a diffusers pipeline or a local path to one)."""
     if time_scale <= 0:
         raise ConfigError(f"time_scale must be positive, not {time_scale}")
-    simulated = SimulatedRun(gate.clock, time_scale=time_scale, min_seconds=min_seconds)
+    truth = truth_of(gate.estimator)
+    simulated = SimulatedRun(gate.clock, time_scale=time_scale, min_seconds=min_seconds, truth=truth)
     if kind == "simulated":
         return simulated
-    torch = TorchWorkload(time_scale=time_scale, min_seconds=min_seconds)
+    torch = TorchWorkload(time_scale=time_scale, min_seconds=min_seconds, truth=truth)
     if kind == "torch":
         return torch
     if kind == "auto":
