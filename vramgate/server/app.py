@@ -240,10 +240,12 @@ def serve(
     port: int = 8000,
     limits: ServerConfig | None = None,
     log_level: str = "info",
+    access_log: bool = False,
 ) -> None:
     """Run ``app`` under uvicorn until SIGINT or SIGTERM, with the timeouts and connection limit of ``limits``
     (:func:`vramgate.server.connections.uvicorn_config`). A signal drains the server first (queued requests kept
-    for the next start, running ones stopped, event streams ended), so that open streams do not hold it up."""
+    for the next start, running ones stopped, event streams ended), so that open streams do not hold it up.
+    uvicorn's access log (a line per request, at INFO) is off unless ``access_log``."""
     import uvicorn
 
     from vramgate.server.connections import uvicorn_config
@@ -264,6 +266,12 @@ def serve(
     service_settings: ServerSettings | None = getattr(app.state, "settings", None)
     grace = service_settings.shutdown_timeout_s if service_settings is not None else 10.0
     config = uvicorn_config(
-        app, host=host, port=port, limits=limits, log_level=log_level, timeout_graceful_shutdown=int(grace) + 5
+        app,
+        host=host,
+        port=port,
+        limits=limits,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=int(grace) + 5,
     )
     DrainingServer(config).run()
