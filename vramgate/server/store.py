@@ -138,6 +138,10 @@ CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (seq) WHERE state IN 
 _COLUMNS = "seq, request_id, client, idempotency_key, fingerprint, state, request, status"
 _Row = tuple[int, str, str, "str | None", str, str, bytes, "bytes | None"]
 _STATES: frozenset[str] = frozenset({"preflight", "queued", "running"} | TERMINAL)
+#: A request's new state (and final status), unless it had ended.
+_UPDATE = "UPDATE requests SET state = ?, status = ? WHERE request_id = ? AND state NOT IN ({})".format(
+    ", ".join(f"'{state}'" for state in sorted(TERMINAL))
+)
 
 
 class _Call:
@@ -324,11 +328,7 @@ class SqliteStore:
         return msgspec.structs.replace(row, seq=seq)
 
     def _update(self, request_id: str, state: str, status: bytes | None) -> bool:
-        ended = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
-        cursor = self._db.execute(
-            f"UPDATE requests SET state = ?, status = ? WHERE request_id = ? AND state NOT IN ({ended})",
-            (state, status, request_id),
-        )
+        cursor = self._db.execute(_UPDATE, (state, status, request_id))
         changed = cursor.rowcount == 1
         if changed and self.keep_ended is not None and state in TERMINAL:
             self._ended.append(request_id)
