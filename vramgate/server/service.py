@@ -23,6 +23,7 @@ gets the same request back; the same key with another request is :class:`Idempot
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import re
 import secrets
@@ -41,6 +42,7 @@ from vramgate.gate import CANCELLED_RUN, Gate, open_gate
 from vramgate.hardware import DeviceSet
 from vramgate.messages import GenerationRequest, Message, RequestAdmitted, RequestEnded, RequestRejected
 from vramgate.server._records import Record, status
+from vramgate.server._workers import Workers
 from vramgate.server.runners import Runner, RunnerKind, make_runner, timed_config
 from vramgate.server.schema import DevicesBody, GenerationStatus, Health, SampleView, Status
 from vramgate.server.store import MEMORY, RequestStore, StoredRequest, fingerprint, open_store
@@ -125,6 +127,7 @@ class GenerationService:
         self.settings = settings
         self.store = store
         self._tg = task_group
+        self._runs = Workers(task_group)  # a run is handed to a waiting task rather than given a new one
         self.live: dict[str, Record] = {}
         self.finished: collections.OrderedDict[str, Record] = collections.OrderedDict()
         self.closing = False
@@ -335,7 +338,7 @@ class GenerationService:
         ticket = record.ticket
         if type(message) is RequestAdmitted and ticket is not None and not record.driven and self._running:
             record.driven = True
-            self._tg.start_soon(self._drive, record, ticket)  # a kept request's lease is handed back there
+            self._runs.submit(functools.partial(self._drive, record, ticket))  # a kept one's lease is given back there
         if record.kept:  # a kept request is handed over to the next start as it was
             return
         record.push(message)
