@@ -34,7 +34,16 @@ def free_port() -> int:
 class Serve:
     """One ``vramgate serve`` process on a simulated 24 GB card, keeping its requests in ``store``."""
 
-    def __init__(self, directory: Path, *, store: Path, queue_limit: int = 50, min_run_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        store: Path,
+        queue_limit: int = 50,
+        min_run_s: float = 1.0,
+        options: tuple[str, ...] = (),
+    ) -> None:
+        self.options = options
         self.config = directory / "gate.toml"
         self.config.write_text(CONFIG.format(queue_limit=queue_limit))
         self.store = store
@@ -49,7 +58,7 @@ class Serve:
         command = [
             sys.executable, "-m", "vramgate", "serve", "--port", str(port), "--config", str(self.config),
             "--store", str(self.store), "--simulate", "RTX4090-24GB", "--runner", "simulated",
-            "--time-scale", "0.0001", "--min-run-s", str(self.min_run_s),
+            "--time-scale", "0.0001", "--min-run-s", str(self.min_run_s), *self.options,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("VRAMGATE_")}
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)

@@ -97,9 +97,7 @@ async def test_malformed_and_oversized_bodies() -> None:
 
 
 async def test_a_body_without_length_is_cut_at_the_limit() -> None:
-    from starlette.requests import Request
-
-    from vramgate.server.app import BodyTooLarge, read_body
+    from vramgate.server._submit import BodyTooLarge, ClientGone, read_body
 
     sent: list[int] = []
 
@@ -107,9 +105,8 @@ async def test_a_body_without_length_is_cut_at_the_limit() -> None:
         sent.append(100)
         return {"type": "http.request", "body": b"x" * 100, "more_body": True}  # an endless chunked body
 
-    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
     with pytest.raises(BodyTooLarge):
-        await read_body(request, 512)
+        await read_body(receive, 512)
     assert sum(sent) == 600  # read no further than the first chunk past the limit
 
     chunks = iter([b'{"a":', b" 1}", b""])
@@ -118,7 +115,15 @@ async def test_a_body_without_length_is_cut_at_the_limit() -> None:
         chunk = next(chunks)
         return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
 
-    assert await read_body(Request({"type": "http", "method": "POST", "headers": []}, finite), 512) == b'{"a": 1}'
+    assert await read_body(finite, 512) == b'{"a": 1}'
+
+    async def leaves() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(ClientGone):
+        await read_body(leaves, 512)
+    with pytest.raises(BodyTooLarge):  # a declared length over the limit: refused before reading
+        await read_body(leaves, 512, "513")
 
 
 async def test_full_queue_is_429_with_retry_after() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import msgspec
 import pytest
 
 from ._helpers import SMALL
+from ._serve import Serve
 
 pytestmark = pytest.mark.anyio
 
@@ -131,3 +133,19 @@ async def test_serve_answers_only_trusted_hosts_and_json_posts(server: str) -> N
         )
         assert simple.status_code == 415
         assert "application/json" in simple.json()["detail"]
+
+
+@pytest.mark.parametrize("logged", [False, True], ids=["default", "access-log"])
+def test_requests_are_logged_one_line_each_only_with_access_log(tmp_path: Path, logged: bool) -> None:
+    server = Serve(tmp_path, store=tmp_path / "store.sqlite", min_run_s=0.0, options=("--access-log",) * logged)
+    try:
+        url = server.start()
+        for _ in range(3):
+            assert httpx.post(f"{url}/v1/generations", json=SMALL, timeout=10).status_code == 202
+        server.signal(signal.SIGTERM)
+        assert server.wait(30) in (0, -signal.SIGTERM), server.output()
+        lines = [line for line in server.output().splitlines() if '"POST /v1/generations HTTP/1.1" 202' in line]
+        assert len(lines) == (3 if logged else 0), server.output()
+        assert "Uvicorn running on" in server.output()  # the server's own INFO lines are kept either way
+    finally:
+        server.close()

@@ -61,6 +61,12 @@ DEFAULT_SIMULATED = ("RTX4090-24GB",)
     help="Also answer requests whose Host is NAME (repeatable; besides [server] allowed_hosts, loopback by "
     "default; '*' for any). Needed to serve on another address than loopback.",
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="Log every HTTP request (uvicorn's access log, at INFO).",
+)
 def command(
     host: str,
     port: int,
@@ -75,6 +81,7 @@ def command(
     position_timeout_s: float,
     store_path: str,
     allow_hosts: tuple[str, ...],
+    access_log: bool,
 ) -> None:
     """Serve POST /v1/generations, GET /v1/generations/{id}[/events], DELETE, /v1/devices, /healthz, /metrics."""
     from vramgate.config import load_config
@@ -120,7 +127,7 @@ def command(
     warning = host_warning(host, config.server.allowed_hosts)
     if warning is not None:
         click.echo(f"warning: {warning}", err=True)
-    serve(app, host=host, port=port, limits=config.server)
+    serve(app, host=host, port=port, limits=config.server, access_log=access_log)
 
 
 def host_warning(host: str, allowed_hosts: tuple[str, ...]) -> str | None:

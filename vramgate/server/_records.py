@@ -22,7 +22,9 @@ class Record:
 
     __slots__ = (
         "_changed",
+        "_placed",
         "_seq",
+        "driven",
         "error",
         "events",
         "final",
@@ -44,9 +46,12 @@ class Record:
         self.started = False
         #: the server is shutting down and keeps it queued in the store for its next start
         self.kept = False
+        #: a task runs it (from its admission on)
+        self.driven = False
         self._seq = 0
         # Created only when someone waits: most records are never waited on, and each event moves them.
         self._changed: anyio.Event | None = None
+        self._placed: anyio.Event | None = None
 
     def push(self, event: Message) -> None:
         self._seq += 1
@@ -74,11 +79,31 @@ class Record:
     def done(self) -> bool:
         return self.final is not None
 
+    @property
+    def in_preflight(self) -> bool:
+        """The gate has not queued, admitted or ended it yet (nor has the server, shutting down, kept it)."""
+        ticket = self.ticket
+        return ticket is not None and ticket.state == "preflight" and not self.kept
+
     def _notify(self) -> None:
         changed = self._changed
         if changed is not None:
             self._changed = None
             changed.set()
+        placed = self._placed
+        if placed is not None and not self.in_preflight:
+            placed.set()
+
+    async def wait_placed(self) -> None:
+        """Wait until the gate queued, admitted or ended the request (or the server kept it): woken once, not
+        by every event before."""
+        if not self.in_preflight:
+            await anyio.lowlevel.checkpoint()
+            return
+        placed = self._placed
+        if placed is None:
+            placed = self._placed = anyio.Event()
+        await placed.wait()
 
     async def wait_changed(self) -> None:
         """Wait for the next event (at once, once the request ended)."""

@@ -16,38 +16,37 @@ A POST may carry ``Idempotency-Key`` (and ``X-Client-Id``, which scopes the key)
 body answers 200 with the same request; the same key with another body is 422 ``idempotency_key_reused``.
 
 Before any route (:mod:`vramgate.server._security`): 421 when the ``Host`` is not one the server answers to
-(``[server] allowed_hosts``, loopback by default), 415 for a POST that is not ``application/json``.
+(``[server] allowed_hosts``, loopback by default), 415 for a POST that is not ``application/json``. The POST is
+served in plain ASGI (:mod:`vramgate.server._submit`), the other routes by FastAPI.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.requests import ClientDisconnect
 
 from vramgate.actors import Recorder
 from vramgate.clock import Clock
 from vramgate.config import LOOPBACK_HOSTS, GateConfig, ServerConfig
-from vramgate.errors import ActorStopped, BadRequest, DecodeError, InvalidParameter, QueueFull
+from vramgate.errors import BadRequest
 from vramgate.hardware import DeviceSet
-from vramgate.messages import RequestEnded, RequestRejected, RunFinished
+from vramgate.messages import RequestEnded, RunFinished
 from vramgate.policy.learning import open_corrections
 from vramgate.server._public import client_event
 from vramgate.server._records import Record
 from vramgate.server._security import RequestGuard
+from vramgate.server._submit import CLIENT_ID, SubmitRoute
 from vramgate.server.openapi import install_openapi
 from vramgate.server.runners import Runner
-from vramgate.server.schema import TERMINAL, Accepted, ErrorBody, GenerationList, ServerShutdown
-from vramgate.server.service import GenerationService, IdempotencyConflict, ServerSettings, open_service
-from vramgate.server.store import MEMORY, RequestStore, SqliteStore, StoredRequest, StoreError
+from vramgate.server.schema import TERMINAL, ErrorBody, GenerationList, ServerShutdown
+from vramgate.server.service import GenerationService, ServerSettings, open_service
+from vramgate.server.store import MEMORY, RequestStore, SqliteStore, StoredRequest
 
 JSON = "application/json"
 #: ``/healthz`` says ``degraded`` (503) once requests have waited this long with nothing running that could make
@@ -56,16 +55,8 @@ STALLED_AFTER_S = 30.0
 _encode = msgspec.json.Encoder().encode
 
 
-class BodyTooLarge(BadRequest):
-    """The request body is larger than the server accepts."""
-
-
 class BadLastEventId(BadRequest):
     """A reconnecting event stream's ``Last-Event-ID`` is not an id the server sent for that request."""
-
-
-class ClientGone(BadRequest):
-    """The client disconnected before it sent the whole body: nothing was accepted, and nobody reads an answer."""
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -77,58 +68,6 @@ def _error(status: int, error: str, detail: str, **extra: Any) -> Response:
     return _json(ErrorBody(error=error, detail=detail, **extra), status, headers)
 
 
-#: The status of a POST that the gate rejected before it answered, by the rejection's code: the request itself
-#: cannot run here (422, like bad input), the queue had no room (429), or the server cannot take work now (503).
-REJECTED_STATUS: dict[str, int] = {
-    "does_not_fit": 422,
-    "bad_request": 422,
-    "queue_full": 429,
-    "shutting_down": 503,
-    "device_lost": 503,
-}
-
-
-def rejection(rejected: RequestRejected) -> Response:
-    """The answer to a POST whose request the gate rejected: the rejection's code as ``error``, its reason, and
-    what the request would need (VRAM per GPU, host RAM, the smallest GPU it fits). The request is kept: its
-    ``request_id`` answers at ``/v1/generations/{id}`` with the same reason."""
-    requirement = rejected.best_plan.requirement if rejected.best_plan is not None else None
-    headers = None
-    if rejected.code == "queue_full" and rejected.retry_after_s is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(rejected.retry_after_s)))}
-    return _error(
-        REJECTED_STATUS.get(rejected.code, 422),
-        rejected.code,
-        rejected.reason,
-        request_id=rejected.request_id,
-        needed_mb=rejected.needed_mb,
-        needed_ram_mb=requirement.ram_mb if requirement is not None else None,
-        smallest_gpu=rejected.smallest_gpu,
-        retry_after_s=rejected.retry_after_s,
-        headers=headers,
-    )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, read no further than ``limit`` bytes (:class:`BodyTooLarge` beyond; :class:`ClientGone` when the
-    client disconnects before the end)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with aclosing(request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(f"the body is larger than {limit} bytes")
-                chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientGone(f"the client disconnected after {size} bytes of the body") from None
-    return b"".join(chunks)
-
-
 def _service(request: Request) -> GenerationService:
     service: GenerationService = request.app.state.service
     return service
@@ -136,25 +75,6 @@ def _service(request: Request) -> GenerationService:
 
 def _not_found(request_id: str) -> Response:
     return _error(404, "not_found", "no such request (or it ended long ago)")
-
-
-_CLIENT = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-
-
-class BadHeader(BadRequest):
-    """A header the server reads has a value it does not accept."""
-
-
-def _client_and_key(request: Request) -> tuple[str, str | None]:
-    """The ``X-Client-Id`` (``""`` when none) and ``Idempotency-Key`` headers, checked."""
-    client = request.headers.get("x-client-id", "")
-    key = request.headers.get("idempotency-key")
-    if client and not _CLIENT.match(client):
-        raise BadHeader("X-Client-Id must be 1-128 letters, digits or ._:@-")
-    if key is not None and not _KEY.match(key):
-        raise BadHeader("Idempotency-Key must be 1-255 visible ASCII characters")
-    return client, key
 
 
 def create_app(
@@ -191,59 +111,12 @@ def create_app(
 
     app = FastAPI(title="vramgate example server", lifespan=lifespan)
     app.state.settings = settings
+    app.add_middleware(SubmitRoute, max_body_bytes=settings.max_body_bytes)  # POST /v1/generations, in plain ASGI
     app.add_middleware(RequestGuard, allowed_hosts=config.server.allowed_hosts if config else LOOPBACK_HOSTS)
-
-    @app.post("/v1/generations", status_code=202)
-    async def create_generation(request: Request) -> Response:
-        service = _service(request)
-        try:
-            client, key = _client_and_key(request)
-            body = await read_body(request, settings.max_body_bytes)
-            submitted = await service.submit(body, client=client, key=key)
-        except BodyTooLarge as error:
-            return _error(413, "too_large", str(error))
-        except ClientGone as error:
-            return _error(400, "client_gone", str(error))
-        except BadHeader as error:
-            return _error(422, "invalid_header", str(error))
-        except IdempotencyConflict as error:
-            return _error(422, "idempotency_key_reused", str(error))
-        except DecodeError as error:
-            return _error(422, "invalid_request", error.reason, path=error.path)
-        except InvalidParameter as error:
-            return _error(422, "invalid_parameter", str(error), path=f"$.{error.field}")
-        except QueueFull as error:
-            retry = max(1, math.ceil(error.retry_after_s))
-            return _error(
-                429, "queue_full", str(error), retry_after_s=error.retry_after_s, headers={"Retry-After": str(retry)}
-            )
-        except BadRequest as error:
-            return _error(422, "bad_request", str(error))
-        except (ActorStopped, StoreError) as error:
-            return _error(503, "unavailable", str(error))
-        rid = submitted.request_id
-        if submitted.rejected is not None:
-            return rejection(submitted.rejected)
-        state, position = submitted.state, submitted.position
-        if submitted.replayed:
-            entry = await service.find(rid)
-            assert entry is not None  # kept in the store before its first answer
-            current = service.status(entry)
-            state, position = current.state, current.position
-        return _json(
-            Accepted(
-                request_id=rid,
-                state=state,
-                position=position,
-                status_url=f"/v1/generations/{rid}",
-                events_url=f"/v1/generations/{rid}/events",
-            ),
-            200 if submitted.replayed else 202,
-        )
 
     @app.get("/v1/generations")
     async def list_generations(request: Request, client: str = "", limit: str = "100") -> Response:
-        if not _CLIENT.match(client):
+        if not CLIENT_ID.match(client):
             return _error(422, "invalid_parameter", "client must be 1-128 letters, digits or ._:@-", path="client")
         if not (limit.isdigit() and 1 <= int(limit) <= 1000):
             return _error(422, "invalid_parameter", "limit must be a whole number from 1 to 1000", path="limit")
@@ -367,10 +240,12 @@ def serve(
     port: int = 8000,
     limits: ServerConfig | None = None,
     log_level: str = "info",
+    access_log: bool = False,
 ) -> None:
     """Run ``app`` under uvicorn until SIGINT or SIGTERM, with the timeouts and connection limit of ``limits``
     (:func:`vramgate.server.connections.uvicorn_config`). A signal drains the server first (queued requests kept
-    for the next start, running ones stopped, event streams ended), so that open streams do not hold it up."""
+    for the next start, running ones stopped, event streams ended), so that open streams do not hold it up.
+    uvicorn's access log (a line per request, at INFO) is off unless ``access_log``."""
     import uvicorn
 
     from vramgate.server.connections import uvicorn_config
@@ -391,6 +266,12 @@ def serve(
     service_settings: ServerSettings | None = getattr(app.state, "settings", None)
     grace = service_settings.shutdown_timeout_s if service_settings is not None else 10.0
     config = uvicorn_config(
-        app, host=host, port=port, limits=limits, log_level=log_level, timeout_graceful_shutdown=int(grace) + 5
+        app,
+        host=host,
+        port=port,
+        limits=limits,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=int(grace) + 5,
     )
     DrainingServer(config).run()

@@ -1,7 +1,8 @@
 """The example server's OpenAPI document, built from the msgspec types it decodes and encodes.
 
 FastAPI cannot see the bodies (the routes read and write raw bytes through msgspec), so :func:`install_openapi`
-replaces the app's ``openapi()`` with FastAPI's own document plus JSON schemas that msgspec generates from
+replaces the app's ``openapi()`` with FastAPI's own document (plus the POST, which FastAPI does not serve) and the
+JSON schemas that msgspec generates from
 :class:`~vramgate.messages.GenerationRequest` and the response structs in :mod:`vramgate.server.schema`. The
 meaning of each request field is its ``msgspec.Meta(description=...)`` in :mod:`vramgate.messages.requests`;
 :func:`request_table` renders the README's table from the same schema.
@@ -161,14 +162,22 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
 }
 
 
+#: The routes the server answers without FastAPI, and their operation ids.
+PLAIN_ROUTES: dict[tuple[str, str], str] = {("/v1/generations", "post"): "create_generation_v1_generations_post"}
+
+
 def describe(document: Schema) -> Schema:
     """``document`` (FastAPI's OpenAPI document of the app) with every body and answer this module knows."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(components())
+    paths = document.setdefault("paths", {})
     for (path, method), spec in OPERATIONS.items():
-        operation = document.get("paths", {}).get(path, {}).get(method)
+        operation = paths.get(path, {}).get(method)
         if operation is None:
-            continue
+            if (path, method) not in PLAIN_ROUTES:
+                continue
+            # Served in plain ASGI (vramgate.server._submit): FastAPI does not list it.
+            operation = paths.setdefault(path, {})[method] = {"operationId": PLAIN_ROUTES[path, method]}
         spec = copy.deepcopy(spec)
         operation["summary"] = spec["summary"]
         if "requestBody" in spec:

@@ -3,7 +3,8 @@
 :func:`open_service` opens a request store, a gate and a task group; :meth:`GenerationService.submit` decodes a
 request body, gives the request the server's own id (a client's ``request_id`` is ignored), queues it without
 waiting (:class:`~vramgate.errors.QueueFull` when the queue is full), keeps it in the store before the client hears
-its id, and runs it in the task group once admitted: ``async with gate.hold(lease): await runner(lease)``.
+its id, and runs it in the task group once admitted: ``async with gate.hold(lease): await runner(lease)`` (a task
+per run, started by the admission itself; a waiting request holds no task).
 Live requests and the last ``finished_limit`` finished ones are held in memory; every request ever accepted
 answers from the store.
 
@@ -22,6 +23,7 @@ gets the same request back; the same key with another request is :class:`Idempot
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import re
 import secrets
@@ -38,8 +40,9 @@ from vramgate.config import GateConfig
 from vramgate.errors import ActorStopped, BadRequest, QueueFull, VramgateError
 from vramgate.gate import CANCELLED_RUN, Gate, open_gate
 from vramgate.hardware import DeviceSet
-from vramgate.messages import GenerationRequest, Message, RequestEnded, RequestRejected
+from vramgate.messages import GenerationRequest, Message, RequestAdmitted, RequestEnded, RequestRejected
 from vramgate.server._records import Record, status
+from vramgate.server._workers import Workers
 from vramgate.server.runners import Runner, RunnerKind, make_runner, timed_config
 from vramgate.server.schema import DevicesBody, GenerationStatus, Health, SampleView, Status
 from vramgate.server.store import MEMORY, RequestStore, StoredRequest, fingerprint, open_store
@@ -124,12 +127,15 @@ class GenerationService:
         self.settings = settings
         self.store = store
         self._tg = task_group
+        self._runs = Workers(task_group)  # a run is handed to a waiting task rather than given a new one
         self.live: dict[str, Record] = {}
         self.finished: collections.OrderedDict[str, Record] = collections.OrderedDict()
         self.closing = False
         self._keyed = anyio.Lock()
         self._drained: anyio.Event | None = None
         self._shutdown = anyio.Event()
+        #: the task group takes new tasks (runs start in it, from the gate's events)
+        self._running = True
         gate.add_listener(self._on_event)
         task_group.start_soon(self._drain_on_request)
 
@@ -166,14 +172,14 @@ class GenerationService:
                         raise IdempotencyConflict(key, held.request_id)
                     return Submission(request_id=held.request_id, replayed=True)
                 record = await self._accept(request, client, key, digest)
-        if self.settings.position_timeout_s > 0:
+        if self.settings.position_timeout_s > 0 and record.in_preflight:
             with anyio.move_on_after(self.settings.position_timeout_s):
-                while record.ticket is not None and record.ticket.state == "preflight":
-                    await record.wait_changed()
+                await record.wait_placed()
         return standing_of(record)
 
     async def _accept(self, request: GenerationRequest, client: str, key: str | None, digest: str) -> Record:
-        # Shielded: once the gate took the request, it is stored and driven even if the client went away.
+        # Shielded: once the gate took the request, it is stored even if the client went away (its run starts
+        # when the gate admits it: _on_event).
         with anyio.CancelScope(shield=True):
             request = msgspec.structs.replace(request, request_id=self.new_id())
             record, ticket = self._track(request)
@@ -185,7 +191,6 @@ class GenerationService:
             except BaseException:
                 await ticket.cancel("the server could not keep the request")
                 raise
-            self._tg.start_soon(self._drive, record, ticket)
         return record
 
     def _track(self, request: GenerationRequest) -> tuple[Record, Ticket]:
@@ -244,13 +249,11 @@ class GenerationService:
                 await self._end_stored(row, "failed", "interrupted")
                 continue
             try:
-                record, ticket = self._track(row.request)
+                record, _ = self._track(row.request)
             except QueueFull:
                 await self._end_stored(row, "failed", "the queue had no room for it after a restart")
                 continue
-            self._tg.start_soon(self._drive, record, ticket)
-            while record.ticket is not None and record.ticket.state == "preflight":
-                await record.wait_changed()  # the next one queues behind it, as it did before
+            await record.wait_placed()  # the next one queues behind it, as it did before
 
     async def _end_stored(self, row: StoredRequest, state: Status, reason: str) -> None:
         final = GenerationStatus(request_id=row.request_id, state=state, reason=reason)
@@ -293,6 +296,10 @@ class GenerationService:
                     await record.wait_changed()
         self._drained.set()
 
+    def stop_runs(self) -> None:
+        """The task group is closing: no run starts after this (the gate, stopping, ends what is left)."""
+        self._running = False
+
     # ------------------------------------------------------------------ devices and health
 
     def devices(self) -> DevicesBody:
@@ -320,15 +327,31 @@ class GenerationService:
     # ------------------------------------------------------------------ internals
 
     def _on_event(self, message: Message) -> None:
+        """Every message the gate routes: a live request's events; its run starts when it is admitted (a task per
+        run, none while it waits), and a request that ends without a run has its end stored."""
         rid = getattr(message, "request_id", None)
         if not isinstance(rid, str):
             return
         record = self.live.get(rid)
-        if record is None or record.kept:  # a kept request is handed over to the next start as it was
+        if record is None:
+            return
+        ticket = record.ticket
+        if type(message) is RequestAdmitted and ticket is not None and not record.driven and self._running:
+            record.driven = True
+            self._runs.submit(functools.partial(self._drive, record, ticket))  # a kept one's lease is given back there
+        if record.kept:  # a kept request is handed over to the next start as it was
             return
         record.push(message)
         if record.done:
             self._retire(record)
+            if not record.driven and self._running:
+                self._tg.start_soon(self._store_end, record)
+
+    async def _store_end(self, record: Record) -> None:
+        final = record.final
+        assert final is not None
+        with anyio.CancelScope(shield=True):
+            await self.store.set_state(record.request_id, final.state, final)
 
     def _retire(self, record: Record) -> None:
         self.live.pop(record.request_id, None)
@@ -340,13 +363,14 @@ class GenerationService:
             self.finished.popitem(last=False)
 
     async def _drive(self, record: Record, ticket: Ticket) -> None:
+        """Run an admitted request in its lease; then wait for its end and store it."""
         try:
             with anyio.CancelScope() as scope:
                 record.scope = scope
                 try:
                     lease = await ticket.wait_admitted()
                 except VramgateError:
-                    lease = None  # it ended without a run; its events say why
+                    lease = None  # it ended before its run; its events say why
                 if lease is not None and not (lease.released or ticket.abandoned):
                     if self.closing or record.kept:  # admitted while shutting down: it runs after the next start
                         record.kept = True
@@ -425,6 +449,7 @@ async def open_service(
                 with anyio.CancelScope(shield=True):
                     await service.drain()
                 tg.cancel_scope.cancel()
+                service.stop_runs()
 
 
 def standing_of(record: Record) -> Submission:

@@ -7,7 +7,8 @@ while a batch runs) share one transaction, one commit, and each caller hears bac
 batch runs on the event loop, since a commit in WAL mode appends to the log and syncs nothing (a thread hop per
 batch cost more than the batch, and under load the thread waited for a CPU); what syncs the file, copying the log
 into the database (a checkpoint, every :data:`CHECKPOINT_WRITES` writes), runs in a worker thread while the next
-calls wait. ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file; it
+calls wait. ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file (a
+commit there writes nothing, so each call runs at once, and its caller goes on without a task switch); it
 keeps the latest :data:`MEMORY_KEEP_ENDED` requests to end (``keep_ended``), and every one that has not ended, so
 that it does not grow for the life of the process. A store file keeps everything.
 
@@ -137,20 +138,30 @@ CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (seq) WHERE state IN 
 _COLUMNS = "seq, request_id, client, idempotency_key, fingerprint, state, request, status"
 _Row = tuple[int, str, str, "str | None", str, str, bytes, "bytes | None"]
 _STATES: frozenset[str] = frozenset({"preflight", "queued", "running"} | TERMINAL)
+#: A request's new state (and final status), unless it had ended.
+_UPDATE = "UPDATE requests SET state = ?, status = ? WHERE request_id = ? AND state NOT IN ({})".format(
+    ", ".join(f"'{state}'" for state in sorted(TERMINAL))
+)
 
 
 class _Call:
     """One call waiting for its batch, and what it returned or raised; ``event`` is its batch's (set once the
-    batch committed)."""
+    batch committed; ``None`` for a call run at once)."""
 
     __slots__ = ("args", "error", "event", "function", "result")
 
-    def __init__(self, function: Callable[..., object], args: tuple[object, ...], event: anyio.Event) -> None:
+    def __init__(self, function: Callable[..., object], args: tuple[object, ...], event: anyio.Event | None) -> None:
         self.function = function
         self.args = args
         self.result: object = None
         self.error: Exception | None = None
         self.event = event
+
+    def outcome(self) -> object:
+        """What the call returned (its error raised)."""
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class SqliteStore:
@@ -168,6 +179,7 @@ class SqliteStore:
         self._flushing = False
         self._since_checkpoint = 0
         self._batch_done: anyio.Event | None = None  # the pending calls' batch: set once it committed
+        self._immediate = path == MEMORY  # nothing to sync or share a commit for: each call runs at once
         self._request_encoder = msgspec.json.Encoder()
 
     @classmethod
@@ -234,14 +246,20 @@ class SqliteStore:
         with self._lock:
             self._db.close()
 
-    # ------------------------------------------------------------------ in the worker thread
+    # ------------------------------------------------------------------ batches
 
     async def _call(self, function: Callable[..., T], *args: object) -> T:
         """Run ``function(*args)`` in call order, in a batch with the calls made in the same turn of the event
-        loop (and those made while a batch runs): one transaction, one commit for all of them."""
+        loop (and those made while a batch runs): one transaction, one commit for all of them. In memory, where a
+        commit writes nothing, at once: the caller does not wait (no task switch)."""
+        if self._immediate:
+            call = _Call(function, args, None)
+            self._run_batch([call])
+            return cast("T", call.outcome())
         if not self._pending or self._batch_done is None:
             self._batch_done = anyio.Event()
-        call = _Call(function, args, self._batch_done)
+        done = self._batch_done
+        call = _Call(function, args, done)
         self._pending.append(call)
         if not self._flushing:
             self._flushing = True
@@ -251,17 +269,15 @@ class SqliteStore:
                     while self._pending:
                         batch, self._pending = self._pending, []
                         self._run_batch(batch)
-                        batch[0].event.set()
+                        cast("anyio.Event", batch[0].event).set()
                         self._since_checkpoint += len(batch)
-                        if self._since_checkpoint >= CHECKPOINT_WRITES and self.path != MEMORY:
+                        if self._since_checkpoint >= CHECKPOINT_WRITES:
                             self._since_checkpoint = 0
                             await anyio.to_thread.run_sync(self._checkpoint)
             finally:
                 self._flushing = False
-        await call.event.wait()
-        if call.error is not None:
-            raise call.error
-        return cast("T", call.result)
+        await done.wait()
+        return cast("T", call.outcome())
 
     def _run_batch(self, batch: list[_Call]) -> None:
         with self._lock:
@@ -312,11 +328,7 @@ class SqliteStore:
         return msgspec.structs.replace(row, seq=seq)
 
     def _update(self, request_id: str, state: str, status: bytes | None) -> bool:
-        ended = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
-        cursor = self._db.execute(
-            f"UPDATE requests SET state = ?, status = ? WHERE request_id = ? AND state NOT IN ({ended})",
-            (state, status, request_id),
-        )
+        cursor = self._db.execute(_UPDATE, (state, status, request_id))
         changed = cursor.rowcount == 1
         if changed and self.keep_ended is not None and state in TERMINAL:
             self._ended.append(request_id)
