@@ -68,6 +68,12 @@ COUNTS = (
 )
 
 
+#: Messages the gate keeps figures of, whoever they are about.
+_GATE_EVENTS = frozenset({ResourceSample, CleanupReport, EvictModel})
+#: Messages that answer a waiter of the shell's (a quote, a retry decision).
+_ANSWERS = frozenset({RetryDecided, SubmitRequest, RequestRejected})
+
+
 def is_oom(error: BaseException) -> bool:
     """Whether ``error`` is a GPU out-of-memory error (torch's, a CUDA ``RuntimeError``, or a simulated one); a gate
     asks its backend (:meth:`Backend.is_oom <vramgate.hardware.backend.Backend.is_oom>`)."""
@@ -306,60 +312,69 @@ class RequestShell:
     def _route(self, message: Message, now: float) -> list[Lease]:
         """Hand one message to its ticket, the listeners and the counters; the leases to release at once."""
         kind = type(message)
-        if kind is ResourceSample:
-            assert isinstance(message, ResourceSample)
-            self.gate.latest_sample = message
-        elif kind is CleanupReport:
-            assert isinstance(message, CleanupReport)
-            self.counts["cleanups"] += 1
-            self.cleanup_freed_mb += message.freed_mb
-        elif kind is EvictModel:
-            assert isinstance(message, EvictModel)
-            self._evictions.append(message)
-        rid = getattr(message, "request_id", None)
+        if kind in _GATE_EVENTS:
+            if kind is ResourceSample:
+                assert isinstance(message, ResourceSample)
+                self.gate.latest_sample = message
+            elif kind is CleanupReport:
+                assert isinstance(message, CleanupReport)
+                self.counts["cleanups"] += 1
+                self.cleanup_freed_mb += message.freed_mb
+            else:
+                assert isinstance(message, EvictModel)
+                self._evictions.append(message)
+        rid = getattr(message, "request_id", "")
         if not isinstance(rid, str):
             rid = ""
-        answer = self._answers.get(rid)
-        if answer is not None and kind in (RetryDecided, SubmitRequest, RequestRejected):
-            del self._answers[rid]
-            if isinstance(message, RetryDecided):
-                if message.declined != "no_retries":
-                    self.counts["oom_retries"] += 1
-                answer.ticket = self.tickets.get(message.retry_id)
-            answer.message = message
-            answer.event.set()
-            return []
-        if kind is RequestAccepted and rid not in self.tickets:
-            assert isinstance(message, RequestAccepted)  # a retry the request core accepted
-            self.tickets[rid] = Ticket(self.gate, message.request)
-            self.counts["submitted"] += 1
+        if self._answers and kind in _ANSWERS:
+            answer = self._answers.pop(rid, None)
+            if answer is not None:
+                if isinstance(message, RetryDecided):
+                    if message.declined != "no_retries":
+                        self.counts["oom_retries"] += 1
+                    answer.ticket = self.tickets.get(message.retry_id)
+                answer.message = message
+                answer.event.set()
+                return []
         ticket = self.tickets.get(rid)
+        if ticket is None and kind is RequestAccepted:
+            assert isinstance(message, RequestAccepted)  # a retry the request core accepted
+            ticket = self.tickets[rid] = Ticket(self.gate, message.request)
+            self.counts["submitted"] += 1
         if ticket is not None:
             deliver(ticket, message, now)
         for listener in self.listeners:
             listener(message)
         if ticket is None:
             return []
-        if isinstance(message, RequestAdmitted):
-            self.counts["admitted"] += 1
-            self.wait_total_s += message.waited_s
-            self.wait_max_s = max(self.wait_max_s, message.waited_s)
-            lease = Lease(self.gate, ticket, message)
-            hand_lease(ticket, lease)
-            self._wake_submitters()
-            if ticket.abandoned:
-                return [lease]
-            if _pins(self.gate, lease):
-                lease.pin()
-        elif isinstance(message, LeaseShrunk) and ticket.lease is not None:
-            shrink_lease(ticket.lease, message.reservation_mb)  # its weights became resident
-        elif isinstance(message, RequestRejected):
-            self.counts["rejected"] += 1
-        elif isinstance(message, RequestEnded):
+        if kind is RequestAdmitted:
+            assert isinstance(message, RequestAdmitted)
+            return self._admitted(ticket, message)
+        if kind is RequestEnded:
+            assert isinstance(message, RequestEnded)
             self.tickets.pop(rid, None)
             if message.state in ("completed", "failed", "cancelled", "timed_out"):
                 self.counts[message.state] += 1
             self._wake_submitters()
+        elif kind is RequestRejected:
+            self.counts["rejected"] += 1
+        elif kind is LeaseShrunk and ticket.lease is not None:
+            assert isinstance(message, LeaseShrunk)
+            shrink_lease(ticket.lease, message.reservation_mb)  # its weights became resident
+        return []
+
+    def _admitted(self, ticket: Ticket, message: RequestAdmitted) -> list[Lease]:
+        """Hand the ticket its lease (and pin it); the lease to release at once when the client stopped waiting."""
+        self.counts["admitted"] += 1
+        self.wait_total_s += message.waited_s
+        self.wait_max_s = max(self.wait_max_s, message.waited_s)
+        lease = Lease(self.gate, ticket, message)
+        hand_lease(ticket, lease)
+        self._wake_submitters()
+        if ticket.abandoned:
+            return [lease]
+        if _pins(self.gate, lease):
+            lease.pin()
         return []
 
     def _wake_submitters(self) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -319,32 +319,61 @@ def deliver(ticket: Ticket, event: Message, now: float) -> None:
         # Keep the first events (acceptance, plan) and the latest; drop the oldest progress in between.
         del events[2]
         t._dropped += 1
-    if isinstance(event, RequestQueued):
-        t._state = "queued"
-        t._position = event.position
-    elif isinstance(event, PlanOptimized):
-        t._plan = event.plan
-    elif isinstance(event, RequestAdmitted):
-        t._state = "admitted"
-        t._position = None
-        t._admitted = event
-        t._plan = event.plan
-        t._admitted_at = now
-    elif isinstance(event, RequestRejected):
-        t._rejected = event
-    elif isinstance(event, RunProgress):
-        t._progress = event
-        t._progress_at = now
-    elif isinstance(event, RunFinished):
-        t._finished = event
-    elif isinstance(event, RequestEnded):
-        t._state = "ended"
-        t._position = None
-        t._ended = event
+    took = _TAKES.get(type(event))
+    if took is not None:
+        took(t, event, now)
     changed = t._changed
     if changed is not None and (t._wake_on is None or isinstance(event, t._wake_on)):
         t._changed = None
         changed.set()
+
+
+def _queued(t: Ticket, event: Any, now: float) -> None:
+    t._state = "queued"
+    t._position = event.position
+
+
+def _planned(t: Ticket, event: Any, now: float) -> None:
+    t._plan = event.plan
+
+
+def _admitted(t: Ticket, event: Any, now: float) -> None:
+    t._state = "admitted"
+    t._position = None
+    t._admitted = event
+    t._plan = event.plan
+    t._admitted_at = now
+
+
+def _rejected(t: Ticket, event: Any, now: float) -> None:
+    t._rejected = event
+
+
+def _progressed(t: Ticket, event: Any, now: float) -> None:
+    t._progress = event
+    t._progress_at = now
+
+
+def _finished(t: Ticket, event: Any, now: float) -> None:
+    t._finished = event
+
+
+def _ended(t: Ticket, event: Any, now: float) -> None:
+    t._state = "ended"
+    t._position = None
+    t._ended = event
+
+
+#: What each kind of message changes in a ticket (by exact type; each takes a message of its kind).
+_TAKES: dict[type[Message], Callable[[Ticket, Any, float], None]] = {
+    RequestQueued: _queued,
+    PlanOptimized: _planned,
+    RequestAdmitted: _admitted,
+    RequestRejected: _rejected,
+    RunProgress: _progressed,
+    RunFinished: _finished,
+    RequestEnded: _ended,
+}
 
 
 def hand_lease(ticket: Ticket, lease: Lease) -> None:
