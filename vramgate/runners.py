@@ -22,13 +22,17 @@ import hashlib
 from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 
 from vramgate.clock import Clock
 from vramgate.errors import VramgateError
 
 if TYPE_CHECKING:
     from vramgate._ticket import Lease
+    from vramgate.messages import Plan
     from vramgate.policy.estimate import Estimator
+
+_KEY = msgspec.msgpack.Encoder(order="deterministic")
 
 _MIB = 1 << 20
 
@@ -39,22 +43,42 @@ def truth_factor(request_id: str, *, low: float = 0.85, high: float = 0.99) -> f
     return low + (high - low) * int.from_bytes(digest[:4], "big") / 0xFFFFFFFF
 
 
-def stand_in_seconds(lease: Lease, truth: Estimator | None, time_scale: float, min_seconds: float) -> float:
+class RunTruth:
+    """How long a stand-in run lasts before compression: the time an estimator with a gate's catalogs and
+    calibration and nothing learned gives its plan (remembered for the last ``size`` plans: a server sees the same
+    sizes again and again); the plan's own estimate for a model the catalogs do not know."""
+
+    def __init__(self, estimator: Estimator, *, size: int = 1024) -> None:
+        from vramgate.policy.estimate import Estimator
+
+        self.estimator = Estimator(estimator.models, estimator.gpus, estimator.constants)
+        self.size = size
+        self._seconds: dict[bytes, float] = {}
+
+    def seconds(self, plan: Plan) -> float:
+        gpu = plan.requirement.gpu or plan.gpu
+        key = _KEY.encode((plan.params, gpu))
+        seconds = self._seconds.get(key)
+        if seconds is None:
+            seconds = plan.requirement.estimated_time_seconds
+            with contextlib.suppress(VramgateError):  # a model the catalogs do not know
+                seconds = self.estimator.estimate(plan.params, gpu).estimated_time_seconds
+            if len(self._seconds) >= self.size:
+                self._seconds.clear()
+            self._seconds[key] = seconds
+        return seconds
+
+
+def stand_in_seconds(lease: Lease, truth: RunTruth | None, time_scale: float, min_seconds: float) -> float:
     """How long a stand-in run of ``lease`` lasts: ``truth``'s time for its plan (the plan's own estimate when
-    there is no truth, or the truth does not know the model), times ``time_scale``, at least ``min_seconds``."""
-    plan = lease.plan
-    seconds = plan.requirement.estimated_time_seconds
-    if truth is not None:
-        with contextlib.suppress(VramgateError):  # a model the truth does not know
-            seconds = truth.estimate(plan.params, plan.requirement.gpu or plan.gpu).estimated_time_seconds
+    there is none), times ``time_scale``, at least ``min_seconds``."""
+    seconds = truth.seconds(lease.plan) if truth is not None else lease.plan.requirement.estimated_time_seconds
     return max(min_seconds, seconds * time_scale)
 
 
-def truth_of(estimator: Estimator) -> Estimator:
-    """An estimator with ``estimator``'s catalogs and calibration and nothing learned: a stand-in run's truth."""
-    from vramgate.policy.estimate import Estimator
-
-    return Estimator(estimator.models, estimator.gpus, estimator.constants)
+def truth_of(estimator: Estimator) -> RunTruth:
+    """A stand-in run's truth for a gate whose estimator is ``estimator`` (its catalogs and calibration)."""
+    return RunTruth(estimator)
 
 
 class SimulatedRun:
@@ -68,7 +92,7 @@ class SimulatedRun:
     """
 
     def __init__(
-        self, clock: Clock, *, time_scale: float = 0.01, min_seconds: float = 0.0, truth: Estimator | None = None
+        self, clock: Clock, *, time_scale: float = 0.01, min_seconds: float = 0.0, truth: RunTruth | None = None
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
@@ -106,7 +130,7 @@ class TorchWorkload:
     """
 
     def __init__(
-        self, *, time_scale: float = 0.01, fill: float = 0.9, min_seconds: float = 0.5, truth: Estimator | None = None
+        self, *, time_scale: float = 0.01, fill: float = 0.9, min_seconds: float = 0.5, truth: RunTruth | None = None
     ) -> None:
         self.time_scale = time_scale
         self.fill = fill
