@@ -13,7 +13,7 @@ from vramgate.hardware import detect
 from vramgate.messages import GenerationRequest
 from vramgate.policy.estimate import Estimator
 from vramgate.policy.models import ModelCatalog
-from vramgate.runners import RunTruth, SimulatedRun, TorchWorkload, stand_in_seconds, truth_of
+from vramgate.runners import RunTruth, SimulatedRun, TorchWorkload, stand_in_seconds
 from vramgate.server.runners import make_runner
 
 pytestmark = pytest.mark.anyio
@@ -49,11 +49,11 @@ async def test_a_stand_in_run_lasts_its_own_time_whatever_the_gate_learned() -> 
             assert stand_in_seconds(lease, torch.truth, 0.5, 0.0) == pytest.approx(raw * 0.5)
             # without a truth, a stand-in lasts its plan's (corrected) time, and the floor holds either way
             assert SimulatedRun(clock, time_scale=0.5).seconds(lease) == pytest.approx(planned * 0.5)
-            assert stand_in_seconds(lease, truth_of(gate.estimator), 0.5, raw) == raw
+            assert stand_in_seconds(lease, RunTruth(gate.estimator), 0.5, raw) == raw
             # a truth that does not know the model leaves the plan's time
             unknown = RunTruth(Estimator(ModelCatalog(()), gate.estimator.gpus))
             assert stand_in_seconds(lease, unknown, 0.5, 0.0) == pytest.approx(planned * 0.5)
             assert stand_in_seconds(lease, unknown, 0.5, 0.0) == pytest.approx(planned * 0.5)  # as remembered
         # the truth learned nothing from those runs
-        assert truth_of(gate.estimator).estimator.learned.times.runs(GPU) == 0
+        assert RunTruth(gate.estimator).estimator.learned.times.runs(GPU) == 0
         assert gate.estimator.learned.times.runs(GPU) == 3

@@ -30,7 +30,7 @@ from vramgate.gate import Gate, open_gate
 from vramgate.hardware import detect
 from vramgate.messages import GenerationRequest
 from vramgate.messages.codec import codec_for
-from vramgate.runners import SimulatedRun, TorchWorkload, truth_of
+from vramgate.runners import RunTruth, SimulatedRun, TorchWorkload
 
 DEMO_GPUS = ("RTX4090-24GB", "H100-80GB")
 
@@ -224,7 +224,7 @@ async def run_demo(
         runner = TorchWorkload(time_scale=time_scale)
     started = anyio.current_time()
     async with open_gate(config, clock=clock) as gate:
-        runner.truth = truth_of(gate.estimator)  # a stand-in run lasts its time, whatever the gate learns
+        runner.truth = RunTruth(gate.estimator)  # a stand-in run lasts its time, whatever the gate learns
         demo = DemoRun(gate, runner, burst)
         display = Live(LiveView(demo.snapshot(started)), console=console, refresh_per_second=4) if live else None
         with display if display is not None else contextlib.nullcontext():

@@ -76,11 +76,6 @@ def stand_in_seconds(lease: Lease, truth: RunTruth | None, time_scale: float, mi
     return max(min_seconds, seconds * time_scale)
 
 
-def truth_of(estimator: Estimator) -> RunTruth:
-    """A stand-in run's truth for a gate whose estimator is ``estimator`` (its catalogs and calibration)."""
-    return RunTruth(estimator)
-
-
 class SimulatedRun:
     """Run a lease on its simulated GPU: allocate, make progress step by step, free.
 

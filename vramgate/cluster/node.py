@@ -20,7 +20,7 @@ from vramgate.gate import Gate, Ticket, open_gate
 from vramgate.messages import GenerationRequest, Message, RequestAdmitted, decode_json, encode_json
 from vramgate.messages.cluster import NodeAccepted, NodeResult, NodeStatistics
 from vramgate.messages.quote import SubmitDeclined
-from vramgate.runners import SimulatedRun, truth_of
+from vramgate.runners import RunTruth, SimulatedRun
 
 
 class NodeGate:
@@ -150,7 +150,7 @@ class NodeGate:
     async def _run(self, gate: Gate, ticket: Ticket) -> NodeResult:
         rid = ticket.request_id
         runner = SimulatedRun(
-            gate.clock, time_scale=self.time_scale, min_seconds=self.min_run_s, truth=truth_of(gate.estimator)
+            gate.clock, time_scale=self.time_scale, min_seconds=self.min_run_s, truth=RunTruth(gate.estimator)
         )
         ran_s = 0.0
         try:

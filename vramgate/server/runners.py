@@ -18,7 +18,7 @@ import msgspec
 
 from vramgate.config import GateConfig
 from vramgate.errors import ConfigError
-from vramgate.runners import SimulatedRun, TorchWorkload, truth_of
+from vramgate.runners import RunTruth, SimulatedRun, TorchWorkload
 
 if TYPE_CHECKING:
     from vramgate._ticket import Lease
@@ -89,7 +89,7 @@ def make_runner(
     """The runner called ``kind`` for ``gate`` (``pipeline``: a diffusers pipeline or a local path to one)."""
     if time_scale <= 0:
         raise ConfigError(f"time_scale must be positive, not {time_scale}")
-    truth = truth_of(gate.estimator)
+    truth = RunTruth(gate.estimator)
     simulated = SimulatedRun(gate.clock, time_scale=time_scale, min_seconds=min_seconds, truth=truth)
     if kind == "simulated":
         return simulated
