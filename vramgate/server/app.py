@@ -23,6 +23,7 @@ served in plain ASGI (:mod:`vramgate.server._submit`), the other routes by FastA
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -107,7 +108,15 @@ def create_app(
                 from vramgate.metrics import GateMetrics
 
                 app.state.metrics = GateMetrics(service.gate)
-            yield
+            if not settings.freeze_heap:
+                yield
+                return
+            gc.collect()
+            gc.freeze()
+            try:
+                yield
+            finally:
+                gc.unfreeze()
 
     app = FastAPI(title="vramgate example server", lifespan=lifespan)
     app.state.settings = settings

@@ -76,6 +76,10 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     store_path: str | None = None
     #: On a graceful shutdown, how long running requests get to end before the server stops anyway (seconds).
     shutdown_timeout_s: float = 10.0
+    #: Once started, move everything then alive (imported modules, catalogs, the gate, models loaded at startup)
+    #: into the garbage collector's permanent generation (``gc.freeze()``), so that a full collection, such as the
+    #: post-run cleanup's, walks only what was made since; undone (``gc.unfreeze()``) when the server stops.
+    freeze_heap: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "finished_limit", "events_limit"):
