@@ -6,10 +6,12 @@ H100-80GB with a large queue and the simulated runner with near-zero run time (t
 same process). Two server figures: answering at once (``position_timeout_s=0``) and the default, which waits for
 the request's queue position (one admission decision) before answering. Requests are kept in the server's
 in-memory SQLite store, and, in one figure, in a SQLite file (WAL) as ``vramgate serve`` keeps them. The
-figures count until the last answer, except the last one: answering at once, until every accepted request ended
-(its pipeline and run, which a burst of answers leaves behind, included). Each figure is printed per second of
-wall time and per second of the process's CPU time (a shared box's other load moves the first more than the
-second).
+figures count until the last answer, except "until all ended": answering at once, until every accepted request
+ended (its pipeline and run, which a burst of answers leaves behind, included). The last two are the first two
+on runs of the server's default length (``time_scale=0.01``, at least 0.5 s each, as ``vramgate serve`` runs
+them): the burst then queues behind the runs, as it would behind real generations, and a POST that waits answers
+with its place in the queue. Each figure is printed per second of wall time and per second of the process's CPU
+time (a shared box's other load moves the first more than the second).
 
     python bench/server.py [--requests 2000] [--concurrency 32] [--rounds 3]
 """
@@ -55,7 +57,8 @@ def bare_app() -> FastAPI:
     return app
 
 
-def gate_app(position_timeout_s: float, store_path: str | None = None) -> Any:
+def gate_app(position_timeout_s: float, store_path: str | None = None, *, queued: bool = False) -> Any:
+    """The server on a simulated H100-80GB: runs that take no time, or (``queued``) runs of the serve defaults."""
     config = GateConfig(
         devices=DevicesConfig(use_real_gpus=False, simulate=("H100-80GB",)),
         monitor=MonitorConfig(interval_s=0.05),
@@ -63,8 +66,8 @@ def gate_app(position_timeout_s: float, store_path: str | None = None) -> Any:
     )
     settings = ServerSettings(
         runner="simulated",
-        time_scale=1e-6,
-        min_run_s=0.0,
+        time_scale=0.01 if queued else 1e-6,
+        min_run_s=0.5 if queued else 0.0,
         position_timeout_s=position_timeout_s,
         finished_limit=1000,
         store_path=store_path,
@@ -130,14 +133,20 @@ async def main(requests: int, concurrency: int, rounds: int) -> None:
         "vramgate server, at once, until all ended": lambda: measure(
             lambda: gate_app(0.0), requests, concurrency, rounds, until_ended=True
         ),
+        "burst queues behind runs, at once": lambda: measure(
+            lambda: gate_app(0.0, queued=True), requests, concurrency, rounds
+        ),
+        "burst queues behind runs, waits for position": lambda: measure(
+            lambda: gate_app(1.0, queued=True), requests, concurrency, rounds
+        ),
     }
     for name, run in runs.items():
         figures[name] = await run()
     bare, bare_cpu = figures["bare FastAPI endpoint"]
     print(f"in-process httpx over ASGI, {requests} POSTs x {concurrency} concurrent, best of {rounds}")
-    print(f"{'':42s} {'req/s':>8s} {'of bare':>8s}   {'req/CPU-s':>9s} {'of bare':>8s}")
+    print(f"{'':46s} {'req/s':>8s} {'of bare':>8s}   {'req/CPU-s':>9s} {'of bare':>8s}")
     for name, (rate, per_cpu) in figures.items():
-        print(f"{name:42s} {rate:8.0f} {rate / bare:8.2f}   {per_cpu:9.0f} {per_cpu / bare_cpu:8.2f}")
+        print(f"{name:46s} {rate:8.0f} {rate / bare:8.2f}   {per_cpu:9.0f} {per_cpu / bare_cpu:8.2f}")
 
 
 if __name__ == "__main__":

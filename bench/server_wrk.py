@@ -9,7 +9,9 @@ the same JSON body to it (a Lua script) over ``--connections`` keep-alive connec
 * the bare FastAPI endpoint (``bench/server.py``'s ``bare_app``) on uvicorn with uvicorn's defaults;
 * ``vramgate serve`` as it runs by default, on a simulated H100-80GB with the simulated runner and near-zero
   run time, a large queue and a SQLite store file: answering at once (``--position-timeout 0``) and waiting
-  for the queue position (the default).
+  for the queue position (the default);
+* the same two on runs of ``vramgate serve``'s default length (``--time-scale 0.01 --min-run-s 0.5``): the burst
+  queues behind the runs, as it would behind real generations.
 
 Only 202 answers count as accepted (wrk's "Non-2xx" count is taken off). Printed: each rate and its ratio to the
 bare endpoint.
@@ -87,9 +89,10 @@ def start(kind: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
         config.write_text(CONFIG)
         store = workdir / f"store-{port}.sqlite"
         timeout = "0" if kind.endswith("at once") else "1"
+        runs = ("0.01", "0.5") if "queues" in kind else ("1e-6", "0")
         argv = [
             *(python, "-m", "vramgate", "serve", "--port", str(port), "--config", str(config)),
-            *("--simulate", "H100-80GB", "--runner", "simulated", "--time-scale", "1e-6", "--min-run-s", "0"),
+            *("--simulate", "H100-80GB", "--runner", "simulated", "--time-scale", runs[0], "--min-run-s", runs[1]),
             *("--store", str(store), "--position-timeout", timeout),
         ]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
@@ -120,7 +123,10 @@ def wrk(port: int, script: Path, seconds: float, connections: int) -> tuple[floa
 def main(seconds: float, connections: int, rounds: int) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("this bench needs wrk: apt-get install -y wrk")
-    kinds = ["raw ASGI", "bare FastAPI", "vramgate serve, at once", "vramgate serve, waits for position"]
+    kinds = [
+        *("raw ASGI", "bare FastAPI", "vramgate serve, at once", "vramgate serve, waits for position"),
+        *("burst queues behind runs, at once", "burst queues behind runs, waits"),
+    ]
     best = dict.fromkeys(kinds, 0.0)
     with tempfile.TemporaryDirectory(prefix="vramgate-wrk-") as tmp:
         workdir = Path(tmp)
