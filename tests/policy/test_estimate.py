@@ -331,3 +331,23 @@ def test_host_runtime_ram_is_the_process_and_the_decoded_video() -> None:
     assert b.ram_runtime - a.ram_runtime == pytest.approx(12.0 * 1280 * 720 * 40)
     four = msgspec.structs.replace(long, options=FSDP4)
     assert estimator.breakdown(four, "H100").ram_runtime == pytest.approx(4 * host + 12.0 * 1280 * 720 * 81)
+
+
+def test_an_estimate_follows_a_profile_registered_again_and_new_constants() -> None:
+    """Estimates of the same run are remembered, but never past a change of what they are computed from."""
+    catalog = ModelCatalog()
+    est = Estimator(catalog)
+    params = est.resolve(GenerationRequest(model="ti2v-5B", width=1280, height=704, frames=121, steps=50))
+    first = est.estimate(params, "H100-80GB")
+    assert est.estimate(params, "H100-80GB") == first
+    assert est.breakdown(params, "H100-80GB").vram == est.breakdown(params, "H100-80GB").vram
+    profile = catalog.get("ti2v-5B")
+    bigger = msgspec.structs.replace(profile, dit=msgspec.structs.replace(profile.dit, dim=profile.dit.dim * 2))
+    catalog.register(bigger)
+    second = est.estimate(params, "H100-80GB")
+    assert second.vram_mb > first.vram_mb
+    cal = est.constants
+    est.constants = msgspec.structs.replace(cal, safety_margin_fraction=cal.safety_margin_fraction)  # equal values
+    assert est.estimate(params, "H100-80GB") == second
+    est.constants = msgspec.structs.replace(cal, runtime_overhead_mb=cal.runtime_overhead_mb * 4)
+    assert est.estimate(params, "H100-80GB").vram_mb > second.vram_mb

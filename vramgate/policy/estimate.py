@@ -23,6 +23,8 @@ from vramgate.policy.models import DEFAULT_MODEL_CATALOG, ModelCatalog, ModelPro
 
 #: Largest token count the calibration data covers; beyond it confidence drops.
 _CALIBRATED_TOKENS = 120_000
+#: How many (run, GPU) physics results an estimator remembers (all are forgotten past it).
+_COMPUTED_KEPT = 4096
 #: GPU architectures the calibration data covers.
 _CALIBRATED_ARCHITECTURES = frozenset({"hopper", "ampere", "ada"})
 
@@ -59,6 +61,8 @@ class Estimator:
         self.learned = learned if learned is not None else LearnedCorrections()
         self._derived: dict[str, tuple[ModelProfile, Derived]] = {}
         self._gpu_cache: dict[str, GpuSpec] = {}
+        # the physics of each (run, GPU) seen: a server prices and learns from the same few runs again and again
+        self._computed: dict[tuple[RunParams, str], tuple[Derived, GpuSpec, Calibration, Breakdown]] = {}
 
     # ---------------------------------------------------------------- lookups
 
@@ -128,7 +132,21 @@ class Estimator:
     def breakdown(self, params: RunParams, gpu: GpuSpec | str) -> Breakdown:
         """The raw model numbers (bytes, seconds) without learned correction; no validation."""
         _, derived = self._profile_derived(params.model)
-        return compute(params, derived, self._gpu(gpu), self.constants)
+        return self._compute(params, derived, self._gpu(gpu))
+
+    def _compute(self, params: RunParams, derived: Derived, spec: GpuSpec) -> Breakdown:
+        """:func:`compute`, remembered until the profile, the GPU or the constants it came from are replaced (the
+        result is shared: read it, never change it)."""
+        key = (params, spec.name)
+        seen = self._computed.get(key)
+        constants = self.constants
+        if seen is not None and seen[0] is derived and seen[1] is spec and seen[2] is constants:
+            return seen[3]
+        b = compute(params, derived, spec, constants)
+        if len(self._computed) >= _COMPUTED_KEPT:
+            self._computed.clear()
+        self._computed[key] = (derived, spec, constants, b)
+        return b
 
     def estimate(
         self, params: RunParams, gpu: GpuSpec | str, *, level: OptimizationLevel = "none"
@@ -137,7 +155,7 @@ class Estimator:
         profile, derived = self._profile_derived(params.model)
         validate_params(params, profile)
         spec = self._gpu(gpu)
-        b = compute(params, derived, spec, self.constants)
+        b = self._compute(params, derived, spec)
         factor = self.learned.factor(profile.name, spec.name)
         raw_vram = b.vram
         phase = b.peak_phase
