@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,7 +21,8 @@ import msgspec
 
 from vramgate._ticket import Lease, Ticket, abandon, deliver, hand_lease, mark_released, shrink_lease
 from vramgate.actors import ActorRef, Send
-from vramgate.errors import ActorStopped, DoesNotFit, InvalidParameter, QueueFull
+from vramgate.actors._backend import Event
+from vramgate.errors import ActorStopped, DoesNotFit, InvalidParameter, MailboxFull, QueueFull
 from vramgate.hardware.backend import is_oom as any_oom
 from vramgate.messages import (
     CleanupReport,
@@ -133,13 +135,21 @@ class RequestShell:
         if core.room() - self._unhandled <= 0:
             raise QueueFull(core.retry_after(self.gate.clock.now()), queue_length=core.waiting + self._unhandled)
         request = self._with_id(request)
-        ticket = Ticket(self.gate, request)
+        ticket = Ticket(self.gate, request, event=self._event())
         self._tell_budgets_nowait(ref)
         ref.tell_nowait(RequestAccepted(request_id=request.request_id, request=request), sender=CLIENT)
         self.tickets[request.request_id] = ticket
         self._unhandled += 1
         self.counts["submitted"] += 1
         return ticket
+
+    async def submit(self, request: GenerationRequest) -> Ticket:
+        """Like :meth:`submit_nowait`, but wait for room while the request core has none (backpressure)."""
+        while True:
+            try:
+                return self.submit_nowait(request)
+            except QueueFull:
+                await self.wait_room()
 
     async def wait_room(self) -> None:
         """Wait until a request leaves the core's care (admitted or ended), or the gate closes."""
@@ -214,6 +224,13 @@ class RequestShell:
 
     async def finish(self, lease: Lease, error: BaseException | None) -> None:
         """Report the run's end: its outcome, what it observed."""
+        finished = self.finish_nowait(lease, error)
+        if finished is not None:
+            await self.send_finished(finished)
+
+    def finish_nowait(self, lease: Lease, error: BaseException | None) -> RunFinished | None:
+        """Report the run's end without waiting; the ``RunFinished`` still to send (:meth:`send_finished`) when the
+        request actor's mailbox has no room now."""
         outcome: Outcome
         if error is None:
             outcome = lease.reported_outcome or "ok"
@@ -231,14 +248,22 @@ class RequestShell:
             text = CANCELLED_RUN
         else:
             text = f"{type(error).__name__}: {error}" if error is not None else ""
-        await self.release(lease, outcome, text)
+        return self.release_nowait(lease, outcome, text)
 
     async def release(self, lease: Lease, outcome: Outcome, error: str) -> None:
         """Tell the request core the run ended (it teaches, cleans up and releases the reservation)."""
+        finished = self.release_nowait(lease, outcome, error)
+        if finished is not None:
+            await self.send_finished(finished)
+
+    def release_nowait(self, lease: Lease, outcome: Outcome, error: str) -> RunFinished | None:
+        """Like :meth:`release` without waiting: the run's end is told at once when the request actor's mailbox
+        has room (no checkpoint: a lease block ends without yielding), else returned to :meth:`send_finished`."""
         pinned = lease.unpin() > 0  # on every exit: the run is over, its block goes back first
         system = self.gate.system
-        if lease.released or self.ref is None or system is None or system.state != "running":
-            return
+        ref = self.ref
+        if lease.released or ref is None or system is None or system.state != "running":
+            return None
         mark_released(lease)
         observed = _observed(self.gate, lease, pinned=pinned)
         now = self.gate.clock.now()
@@ -255,8 +280,19 @@ class RequestShell:
             if len(self.estimate_ratios) >= 10_000:
                 del self.estimate_ratios[: len(self.estimate_ratios) // 2]
             self.estimate_ratios.append(best / lease.plan.requirement.vram_mb)
-        await self.ref.tell(finished, sender=CLIENT)
+        try:
+            ref.tell_nowait(finished, sender=CLIENT)
+        except MailboxFull:  # its turn comes after the senders waiting for room
+            return finished
         self._route(finished, now)
+        return None
+
+    async def send_finished(self, finished: RunFinished) -> None:
+        """Tell the request core a run's end that :meth:`release_nowait` could not tell at once, waiting for room."""
+        ref = self.ref
+        assert ref is not None
+        await ref.tell(finished, sender=CLIENT)
+        self._route(finished, self.gate.clock.now())
 
     async def close(self) -> None:
         """End every request still waiting (shutting down) before the actors stop."""
@@ -339,7 +375,7 @@ class RequestShell:
         ticket = self.tickets.get(rid)
         if ticket is None and kind is RequestAccepted:
             assert isinstance(message, RequestAccepted)  # a retry the request core accepted
-            ticket = self.tickets[rid] = Ticket(self.gate, message.request)
+            ticket = self.tickets[rid] = Ticket(self.gate, message.request, event=self._event())
             self.counts["submitted"] += 1
         if ticket is not None:
             deliver(ticket, message, now)
@@ -377,6 +413,11 @@ class RequestShell:
             lease.pin()
         return []
 
+    def _event(self) -> Callable[[], Event]:
+        """What a ticket's waiters wait on: the running loop's own event (anyio's before the system runs)."""
+        system = self.gate.system
+        return system.primitives.event if system is not None else anyio.Event
+
     def _wake_submitters(self) -> None:
         room, self._room = self._room, None
         if room is not None:
@@ -406,6 +447,43 @@ class RequestShell:
         if budgets != self._budgets:
             ref.tell_nowait(budgets, sender=CLIENT)
             self._budgets = budgets
+
+
+class LeaseBlock:
+    """``async with gate.admit(request) as lease`` / ``async with gate.hold(lease)``: wait for admission (with a
+    request), hold the lease for the block and release it on every exit path. An exception in the block is
+    reported as the run's outcome (``oom`` for a GPU out-of-memory error, ``cancelled`` for a cancellation, else
+    ``error``) and re-raised.
+
+    The release is told at once when the request actor's mailbox has room: the block ends without a checkpoint
+    (nothing can cancel it half-way); only when the mailbox is full does it wait, shielded from cancellation."""
+
+    __slots__ = ("_lease", "_request", "_shell")
+
+    def __init__(self, shell: RequestShell, request: GenerationRequest | None, lease: Lease | None) -> None:
+        self._shell = shell
+        self._request = request
+        self._lease = lease
+
+    async def __aenter__(self) -> Lease:
+        request = self._request
+        if request is not None:
+            shell = self._shell
+            ticket = await shell.submit(request)
+            self._lease = await shell.wait_admitted(ticket)
+        lease = self._lease
+        assert lease is not None
+        return lease
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lease = self._lease
+        assert lease is not None
+        finished = self._shell.finish_nowait(lease, exc)
+        if finished is not None:
+            with anyio.CancelScope(shield=True):
+                await self._shell.send_finished(finished)
 
 
 # ====================================================================== effects at the edge
