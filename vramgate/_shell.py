@@ -11,7 +11,7 @@ admission sends after it took the lease back).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -312,13 +312,16 @@ class RequestShell:
 
     # ================================================================== what the core decides
 
-    async def observe(self, message: Message, outputs: Sequence[Send]) -> None:
-        """The request actor took ``message`` and decided ``outputs``: hand them to tickets, count, release."""
+    def observe(self, message: Message, outputs: Sequence[Send]) -> Awaitable[None] | None:
+        """The request actor took ``message`` and decided ``outputs``: hand them to tickets, count; what is left to
+        do that waits (release leases nobody waits for, evictions, saving lessons), else ``None``."""
         now = self.gate.clock.now()
-        if type(message) is RequestAccepted:
-            self._unhandled -= 1
+        kind = type(message)
         released: list[Lease] = []
-        if type(message) is RequestEnded:
+        if kind is RequestAccepted:
+            self._unhandled -= 1
+        elif kind is RequestEnded:
+            assert isinstance(message, RequestEnded)
             ticket = self.tickets.get(message.request_id)
             lease = ticket.lease if ticket is not None else None
             if lease is not None:  # admission ended it after its release
@@ -328,25 +331,36 @@ class RequestShell:
                 )
                 self._route(freed, now)
         # A run's end reached its ticket when the client reported it (see `release`).
-        if type(message) is not RunFinished:
-            released += self._route(message, now)
+        if kind is not RunFinished:
+            lease = self._route(message, now)
+            if lease is not None:
+                released.append(lease)
         for send in outputs:
             sent = send.message
+            lease = None
             if send.to == CLIENT:
-                released += self._route(sent, now)
+                lease = self._route(sent, now)
             elif type(sent) is SubmitRequest:
                 plan = self.core.plan(sent.request_id)
                 if plan is not None:  # the plan it publishes
-                    released += self._route(PlanOptimized(request_id=sent.request_id, plan=plan), now)
+                    lease = self._route(PlanOptimized(request_id=sent.request_id, plan=plan), now)
+            if lease is not None:
+                released.append(lease)
+        if released or self._evictions or kind is CorrectionLearned:
+            return self._after(released, learned=kind is CorrectionLearned)
+        return None
+
+    async def _after(self, released: list[Lease], *, learned: bool) -> None:
+        """What :meth:`observe` left to do that waits."""
         for lease in released:
             await self.release(lease, "cancelled", "the client stopped waiting")
         while self._evictions:
             await self.gate.residency.carry_out(self._evictions.pop(0))
-        if type(message) is CorrectionLearned:
+        if learned:
             await self.gate.save_learned()
 
-    def _route(self, message: Message, now: float) -> list[Lease]:
-        """Hand one message to its ticket, the listeners and the counters; the leases to release at once."""
+    def _route(self, message: Message, now: float) -> Lease | None:
+        """Hand one message to its ticket, the listeners and the counters; a lease to release at once."""
         kind = type(message)
         if kind in _GATE_EVENTS:
             if kind is ResourceSample:
@@ -371,7 +385,7 @@ class RequestShell:
                     answer.ticket = self.tickets.get(message.retry_id)
                 answer.message = message
                 answer.event.set()
-                return []
+                return None
         ticket = self.tickets.get(rid)
         if ticket is None and kind is RequestAccepted:
             assert isinstance(message, RequestAccepted)  # a retry the request core accepted
@@ -382,7 +396,7 @@ class RequestShell:
         for listener in self.listeners:
             listener(message)
         if ticket is None:
-            return []
+            return None
         if kind is RequestAdmitted:
             assert isinstance(message, RequestAdmitted)
             return self._admitted(ticket, message)
@@ -397,9 +411,9 @@ class RequestShell:
         elif kind is LeaseShrunk and ticket.lease is not None:
             assert isinstance(message, LeaseShrunk)
             shrink_lease(ticket.lease, message.reservation_mb)  # its weights became resident
-        return []
+        return None
 
-    def _admitted(self, ticket: Ticket, message: RequestAdmitted) -> list[Lease]:
+    def _admitted(self, ticket: Ticket, message: RequestAdmitted) -> Lease | None:
         """Hand the ticket its lease (and pin it); the lease to release at once when the client stopped waiting."""
         self.counts["admitted"] += 1
         self.wait_total_s += message.waited_s
@@ -408,10 +422,10 @@ class RequestShell:
         hand_lease(ticket, lease)
         self._wake_submitters()
         if ticket.abandoned:
-            return [lease]
+            return lease
         if _pins(self.gate, lease):
             lease.pin()
-        return []
+        return None
 
     def _event(self) -> Callable[[], Event]:
         """What a ticket's waiters wait on: the running loop's own event (anyio's before the system runs)."""
