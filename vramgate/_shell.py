@@ -41,7 +41,7 @@ from vramgate.messages import (
     RunFinished,
     RunProgress,
 )
-from vramgate.messages.admission import CancelRequest, SubmitRequest
+from vramgate.messages.admission import CancelRequest, DeviceLedgerStatistics, SubmitRequest
 from vramgate.messages.estimation import CorrectionLearned
 from vramgate.messages.optimization import ShrinkPlan
 from vramgate.messages.planning import DeviceBudgets, QuoteRequest, RetryDecided
@@ -118,6 +118,7 @@ class RequestShell:
         self._room: anyio.Event | None = None
         self._answers: dict[str, _Answer] = {}
         self._budgets: DeviceBudgets | None = None
+        self._offered: tuple[DeviceLedgerStatistics, ...] | None = None  # what the budgets were made of
         self._evictions: list[EvictModel] = []  # admission's eviction orders, for the server to carry out
 
     # ================================================================== what the client sends
@@ -457,7 +458,11 @@ class RequestShell:
         if admission is None:
             budgets = DeviceBudgets(now={}, attainable={}, ram_budget_mb=gate.ram_budget_mb)
         else:
-            budgets = device_budgets(admission.offered(), gate.ram_budget_mb)
+            offered = admission.offered()
+            if offered is self._offered and self._budgets is not None:
+                return  # the same figures as last time (taken anew only after a sample): the budgets it has
+            self._offered = offered
+            budgets = device_budgets(offered, gate.ram_budget_mb)
         if budgets != self._budgets:
             ref.tell_nowait(budgets, sender=CLIENT)
             self._budgets = budgets
