@@ -111,7 +111,9 @@ class ActorContext(Generic[M]):
                 mailbox = self._mailboxes[target] = self._host.lookup(target).mailbox
         else:
             mailbox = self._resolve(target).mailbox
-        await self._post.send(mailbox, message, self.name, None, checkpoint=False)
+        post = self._post
+        if not post.send_now(mailbox, message, self.name):
+            await post.send(mailbox, message, self.name, None, checkpoint=False)
 
     def send_nowait(self, target: ActorRef[Any] | str, message: Message) -> None:
         """Tell ``target`` ``message`` now, or raise :class:`~vramgate.errors.MailboxFull`."""
