@@ -488,7 +488,10 @@ class LeaseBlock:
         request = self._request
         if request is not None:
             shell = self._shell
-            ticket = await shell.submit(request)
+            try:
+                ticket = shell.submit_nowait(request)
+            except QueueFull:
+                ticket = await shell.submit(request)
             self._lease = await shell.wait_admitted(ticket)
         lease = self._lease
         assert lease is not None

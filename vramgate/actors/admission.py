@@ -115,7 +115,7 @@ class AdmissionShell:
             if self.rebuild is not None:
                 self._rebuild(now)
             raise
-        self._track(message, events, max(now, self._now))
+        self._track(message, events, self._now if self._now > now else now)
         if self._owed:
             events = [*self._owed, *events]
             self._owed = []

@@ -339,7 +339,8 @@ class RequestCore:
 
     def handle(self, message: Message, now: float) -> list[Send]:
         """Take one message at time ``now``; return what to send where, in order."""
-        self._now = max(self._now, now)
+        if now > self._now:
+            self._now = now
         out: list[Send] = []
         if self._deadlines:
             self._expire(now, out)
