@@ -210,6 +210,30 @@ async def test_every_exit_path_releases_the_lease() -> None:
         assert stats.ooms == 1
 
 
+async def test_a_release_waits_its_turn_when_the_request_actors_mailbox_is_full() -> None:
+    # The run's end is told at once while the mailbox has room; when it is full (here with advisory progress), the
+    # block waits for room, shielded from a cancellation, and the lease is still released, once.
+    async with _gate(queue_limit=2) as (gate, _):
+        events = _Events(gate)
+        assert gate.system is not None
+        mailbox = gate.system.actor_statistics("gate").mailbox_capacity
+        for cancel in (False, True):
+            with anyio.CancelScope() as scope:
+                async with gate.admit(SMALL) as lease:
+                    for step in range(mailbox + 10):  # dropped once the mailbox is full
+                        lease.progress_nowait(step, mailbox + 10)
+                    assert gate.system.actor_statistics("gate").mailbox_size == mailbox
+                    if cancel:
+                        scope.cancel()
+            assert lease.released
+        await gate.wait_idle()
+        stats = gate.statistics()
+        assert stats.devices[0].ledger.reserved_mb == 0
+        assert stats.running == 0
+        assert [e.outcome for e in events.events if isinstance(e, RunFinished)] == ["ok", "ok"]
+        assert sorted(s for states in events.ended().values() for s in states) == ["completed", "completed"]
+
+
 async def test_retry_on_oom_replans_with_less_memory() -> None:
     import torch
 

@@ -11,8 +11,9 @@ admission sends after it took the lease back).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,7 +21,8 @@ import msgspec
 
 from vramgate._ticket import Lease, Ticket, abandon, deliver, hand_lease, mark_released, shrink_lease
 from vramgate.actors import ActorRef, Send
-from vramgate.errors import ActorStopped, DoesNotFit, InvalidParameter, QueueFull
+from vramgate.actors._backend import Event
+from vramgate.errors import ActorStopped, DoesNotFit, InvalidParameter, MailboxFull, QueueFull
 from vramgate.hardware.backend import is_oom as any_oom
 from vramgate.messages import (
     CleanupReport,
@@ -39,7 +41,7 @@ from vramgate.messages import (
     RunFinished,
     RunProgress,
 )
-from vramgate.messages.admission import CancelRequest, SubmitRequest
+from vramgate.messages.admission import CancelRequest, DeviceLedgerStatistics, SubmitRequest
 from vramgate.messages.estimation import CorrectionLearned
 from vramgate.messages.optimization import ShrinkPlan
 from vramgate.messages.planning import DeviceBudgets, QuoteRequest, RetryDecided
@@ -116,6 +118,7 @@ class RequestShell:
         self._room: anyio.Event | None = None
         self._answers: dict[str, _Answer] = {}
         self._budgets: DeviceBudgets | None = None
+        self._offered: tuple[DeviceLedgerStatistics, ...] | None = None  # what the budgets were made of
         self._evictions: list[EvictModel] = []  # admission's eviction orders, for the server to carry out
 
     # ================================================================== what the client sends
@@ -133,13 +136,21 @@ class RequestShell:
         if core.room() - self._unhandled <= 0:
             raise QueueFull(core.retry_after(self.gate.clock.now()), queue_length=core.waiting + self._unhandled)
         request = self._with_id(request)
-        ticket = Ticket(self.gate, request)
+        ticket = Ticket(self.gate, request, event=self._event())
         self._tell_budgets_nowait(ref)
         ref.tell_nowait(RequestAccepted(request_id=request.request_id, request=request), sender=CLIENT)
         self.tickets[request.request_id] = ticket
         self._unhandled += 1
         self.counts["submitted"] += 1
         return ticket
+
+    async def submit(self, request: GenerationRequest) -> Ticket:
+        """Like :meth:`submit_nowait`, but wait for room while the request core has none (backpressure)."""
+        while True:
+            try:
+                return self.submit_nowait(request)
+            except QueueFull:
+                await self.wait_room()
 
     async def wait_room(self) -> None:
         """Wait until a request leaves the core's care (admitted or ended), or the gate closes."""
@@ -214,6 +225,13 @@ class RequestShell:
 
     async def finish(self, lease: Lease, error: BaseException | None) -> None:
         """Report the run's end: its outcome, what it observed."""
+        finished = self.finish_nowait(lease, error)
+        if finished is not None:
+            await self.send_finished(finished)
+
+    def finish_nowait(self, lease: Lease, error: BaseException | None) -> RunFinished | None:
+        """Report the run's end without waiting; the ``RunFinished`` still to send (:meth:`send_finished`) when the
+        request actor's mailbox has no room now."""
         outcome: Outcome
         if error is None:
             outcome = lease.reported_outcome or "ok"
@@ -231,14 +249,22 @@ class RequestShell:
             text = CANCELLED_RUN
         else:
             text = f"{type(error).__name__}: {error}" if error is not None else ""
-        await self.release(lease, outcome, text)
+        return self.release_nowait(lease, outcome, text)
 
     async def release(self, lease: Lease, outcome: Outcome, error: str) -> None:
         """Tell the request core the run ended (it teaches, cleans up and releases the reservation)."""
+        finished = self.release_nowait(lease, outcome, error)
+        if finished is not None:
+            await self.send_finished(finished)
+
+    def release_nowait(self, lease: Lease, outcome: Outcome, error: str) -> RunFinished | None:
+        """Like :meth:`release` without waiting: the run's end is told at once when the request actor's mailbox
+        has room (no checkpoint: a lease block ends without yielding), else returned to :meth:`send_finished`."""
         pinned = lease.unpin() > 0  # on every exit: the run is over, its block goes back first
         system = self.gate.system
-        if lease.released or self.ref is None or system is None or system.state != "running":
-            return
+        ref = self.ref
+        if lease.released or ref is None or system is None or system.state != "running":
+            return None
         mark_released(lease)
         observed = _observed(self.gate, lease, pinned=pinned)
         now = self.gate.clock.now()
@@ -255,8 +281,19 @@ class RequestShell:
             if len(self.estimate_ratios) >= 10_000:
                 del self.estimate_ratios[: len(self.estimate_ratios) // 2]
             self.estimate_ratios.append(best / lease.plan.requirement.vram_mb)
-        await self.ref.tell(finished, sender=CLIENT)
+        try:
+            ref.tell_nowait(finished, sender=CLIENT)
+        except MailboxFull:  # its turn comes after the senders waiting for room
+            return finished
         self._route(finished, now)
+        return None
+
+    async def send_finished(self, finished: RunFinished) -> None:
+        """Tell the request core a run's end that :meth:`release_nowait` could not tell at once, waiting for room."""
+        ref = self.ref
+        assert ref is not None
+        await ref.tell(finished, sender=CLIENT)
+        self._route(finished, self.gate.clock.now())
 
     async def close(self) -> None:
         """End every request still waiting (shutting down) before the actors stop."""
@@ -276,13 +313,16 @@ class RequestShell:
 
     # ================================================================== what the core decides
 
-    async def observe(self, message: Message, outputs: Sequence[Send]) -> None:
-        """The request actor took ``message`` and decided ``outputs``: hand them to tickets, count, release."""
+    def observe(self, message: Message, outputs: Sequence[Send]) -> Awaitable[None] | None:
+        """The request actor took ``message`` and decided ``outputs``: hand them to tickets, count; what is left to
+        do that waits (release leases nobody waits for, evictions, saving lessons), else ``None``."""
         now = self.gate.clock.now()
-        if type(message) is RequestAccepted:
-            self._unhandled -= 1
+        kind = type(message)
         released: list[Lease] = []
-        if type(message) is RequestEnded:
+        if kind is RequestAccepted:
+            self._unhandled -= 1
+        elif kind is RequestEnded:
+            assert isinstance(message, RequestEnded)
             ticket = self.tickets.get(message.request_id)
             lease = ticket.lease if ticket is not None else None
             if lease is not None:  # admission ended it after its release
@@ -292,25 +332,36 @@ class RequestShell:
                 )
                 self._route(freed, now)
         # A run's end reached its ticket when the client reported it (see `release`).
-        if type(message) is not RunFinished:
-            released += self._route(message, now)
+        if kind is not RunFinished:
+            lease = self._route(message, now)
+            if lease is not None:
+                released.append(lease)
         for send in outputs:
             sent = send.message
+            lease = None
             if send.to == CLIENT:
-                released += self._route(sent, now)
+                lease = self._route(sent, now)
             elif type(sent) is SubmitRequest:
                 plan = self.core.plan(sent.request_id)
                 if plan is not None:  # the plan it publishes
-                    released += self._route(PlanOptimized(request_id=sent.request_id, plan=plan), now)
+                    lease = self._route(PlanOptimized(request_id=sent.request_id, plan=plan), now)
+            if lease is not None:
+                released.append(lease)
+        if released or self._evictions or kind is CorrectionLearned:
+            return self._after(released, learned=kind is CorrectionLearned)
+        return None
+
+    async def _after(self, released: list[Lease], *, learned: bool) -> None:
+        """What :meth:`observe` left to do that waits."""
         for lease in released:
             await self.release(lease, "cancelled", "the client stopped waiting")
         while self._evictions:
             await self.gate.residency.carry_out(self._evictions.pop(0))
-        if type(message) is CorrectionLearned:
+        if learned:
             await self.gate.save_learned()
 
-    def _route(self, message: Message, now: float) -> list[Lease]:
-        """Hand one message to its ticket, the listeners and the counters; the leases to release at once."""
+    def _route(self, message: Message, now: float) -> Lease | None:
+        """Hand one message to its ticket, the listeners and the counters; a lease to release at once."""
         kind = type(message)
         if kind in _GATE_EVENTS:
             if kind is ResourceSample:
@@ -335,18 +386,18 @@ class RequestShell:
                     answer.ticket = self.tickets.get(message.retry_id)
                 answer.message = message
                 answer.event.set()
-                return []
+                return None
         ticket = self.tickets.get(rid)
         if ticket is None and kind is RequestAccepted:
             assert isinstance(message, RequestAccepted)  # a retry the request core accepted
-            ticket = self.tickets[rid] = Ticket(self.gate, message.request)
+            ticket = self.tickets[rid] = Ticket(self.gate, message.request, event=self._event())
             self.counts["submitted"] += 1
         if ticket is not None:
             deliver(ticket, message, now)
         for listener in self.listeners:
             listener(message)
         if ticket is None:
-            return []
+            return None
         if kind is RequestAdmitted:
             assert isinstance(message, RequestAdmitted)
             return self._admitted(ticket, message)
@@ -361,9 +412,9 @@ class RequestShell:
         elif kind is LeaseShrunk and ticket.lease is not None:
             assert isinstance(message, LeaseShrunk)
             shrink_lease(ticket.lease, message.reservation_mb)  # its weights became resident
-        return []
+        return None
 
-    def _admitted(self, ticket: Ticket, message: RequestAdmitted) -> list[Lease]:
+    def _admitted(self, ticket: Ticket, message: RequestAdmitted) -> Lease | None:
         """Hand the ticket its lease (and pin it); the lease to release at once when the client stopped waiting."""
         self.counts["admitted"] += 1
         self.wait_total_s += message.waited_s
@@ -372,10 +423,15 @@ class RequestShell:
         hand_lease(ticket, lease)
         self._wake_submitters()
         if ticket.abandoned:
-            return [lease]
+            return lease
         if _pins(self.gate, lease):
             lease.pin()
-        return []
+        return None
+
+    def _event(self) -> Callable[[], Event]:
+        """What a ticket's waiters wait on: the running loop's own event (anyio's before the system runs)."""
+        system = self.gate.system
+        return system.primitives.event if system is not None else anyio.Event
 
     def _wake_submitters(self) -> None:
         room, self._room = self._room, None
@@ -402,10 +458,54 @@ class RequestShell:
         if admission is None:
             budgets = DeviceBudgets(now={}, attainable={}, ram_budget_mb=gate.ram_budget_mb)
         else:
-            budgets = device_budgets(admission.offered(), gate.ram_budget_mb)
+            offered = admission.offered()
+            if offered is self._offered and self._budgets is not None:
+                return  # the same figures as last time (taken anew only after a sample): the budgets it has
+            self._offered = offered
+            budgets = device_budgets(offered, gate.ram_budget_mb)
         if budgets != self._budgets:
             ref.tell_nowait(budgets, sender=CLIENT)
             self._budgets = budgets
+
+
+class LeaseBlock:
+    """``async with gate.admit(request) as lease`` / ``async with gate.hold(lease)``: wait for admission (with a
+    request), hold the lease for the block and release it on every exit path. An exception in the block is
+    reported as the run's outcome (``oom`` for a GPU out-of-memory error, ``cancelled`` for a cancellation, else
+    ``error``) and re-raised.
+
+    The release is told at once when the request actor's mailbox has room: the block ends without a checkpoint
+    (nothing can cancel it half-way); only when the mailbox is full does it wait, shielded from cancellation."""
+
+    __slots__ = ("_lease", "_request", "_shell")
+
+    def __init__(self, shell: RequestShell, request: GenerationRequest | None, lease: Lease | None) -> None:
+        self._shell = shell
+        self._request = request
+        self._lease = lease
+
+    async def __aenter__(self) -> Lease:
+        request = self._request
+        if request is not None:
+            shell = self._shell
+            try:
+                ticket = shell.submit_nowait(request)
+            except QueueFull:
+                ticket = await shell.submit(request)
+            self._lease = await shell.wait_admitted(ticket)
+        lease = self._lease
+        assert lease is not None
+        return lease
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lease = self._lease
+        assert lease is not None
+        finished = self._shell.finish_nowait(lease, exc)
+        if finished is not None:
+            with anyio.CancelScope(shield=True):
+                await self._shell.send_finished(finished)
 
 
 # ====================================================================== effects at the edge

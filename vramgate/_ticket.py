@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from vramgate.actors._backend import Event
 from vramgate.errors import (
     ActorStopped,
     BadRequest,
@@ -57,6 +58,7 @@ class Ticket:
     :class:`~vramgate.messages.RequestEnded`. Progress messages beyond the last ``history`` events are dropped
     from the replay buffer (the state and progress fields always hold the latest). ``position`` is where the
     request was queued (its :class:`~vramgate.messages.RequestQueued`); :meth:`standing` says where it is now.
+    ``event`` makes what its waiters wait on (the gate gives its running loop's own).
     """
 
     __slots__ = (
@@ -67,6 +69,7 @@ class Ticket:
         "_changed",
         "_dropped",
         "_ended",
+        "_event",
         "_events",
         "_finished",
         "_gate",
@@ -83,8 +86,16 @@ class Ticket:
         "_wake_on",
     )
 
-    def __init__(self, gate: TicketGate[Lease], request: GenerationRequest, *, history: int = 256) -> None:
+    def __init__(
+        self,
+        gate: TicketGate[Lease],
+        request: GenerationRequest,
+        *,
+        history: int = 256,
+        event: Callable[[], Event] = anyio.Event,
+    ) -> None:
         self._gate = gate
+        self._event = event
         self._request = request
         self._state: State = "preflight"
         self._position: int | None = None
@@ -102,7 +113,7 @@ class Ticket:
         self._history = history
         self._dropped = 0
         # Created only when someone waits: a queue of 100,000 tickets should not hold 100,000 events.
-        self._changed: anyio.Event | None = None
+        self._changed: Event | None = None
         #: the messages that wake the tasks waiting on ``_changed`` (``None``: any message)
         self._wake_on: tuple[type[Message], ...] | None = ()
         self._abandoned = False
@@ -246,7 +257,7 @@ class Ticket:
         kinds, or its end)."""
         changed = self._changed
         if changed is None:
-            changed = self._changed = anyio.Event()
+            changed = self._changed = self._event()
             self._wake_on = ()
         wake_on = self._wake_on
         if not kinds:

@@ -28,7 +28,7 @@ import msgspec
 from vramgate import compat
 from vramgate._quote import quote, submit_or_decline
 from vramgate._residency import EvictHandler, GateResidency
-from vramgate._shell import CANCELLED_RUN, RequestShell, is_oom
+from vramgate._shell import CANCELLED_RUN, LeaseBlock, RequestShell, is_oom
 from vramgate._ticket import Lease, RequestCancelled, RequestFailed, Ticket
 from vramgate.actors import ActorSystem, Recorder
 from vramgate.actors.admission import AdmissionActor, admission_actor
@@ -39,7 +39,6 @@ from vramgate.actors.optimizer import optimizer_actor
 from vramgate.actors.requests import ClientInbox, request_actor
 from vramgate.clock import Clock, MonotonicClock
 from vramgate.config import GateConfig, parse_size_mb
-from vramgate.errors import QueueFull
 from vramgate.hardware import DeviceSet, SimulatedGpu, detect
 from vramgate.hardware.backend import Backend, select_backend
 from vramgate.messages import (
@@ -158,36 +157,21 @@ class Gate:
 
     async def submit(self, request: GenerationRequest) -> Ticket:
         """Like :meth:`submit_nowait`, but wait for room while the request core has none (backpressure)."""
-        while True:
-            try:
-                return self.submit_nowait(request)
-            except QueueFull:
-                await self.shell.wait_room()
+        return await self.shell.submit(request)
 
-    @asynccontextmanager
-    async def admit(self, request: GenerationRequest) -> AsyncIterator[Lease]:
-        """Wait for admission and hold the lease for the block; it is released on every exit path.
+    def admit(self, request: GenerationRequest) -> LeaseBlock:
+        """``async with gate.admit(request) as lease``: wait for admission and hold the lease for the block; it is
+        released on every exit path.
 
         An exception in the block is reported as the run's outcome (``oom`` for a GPU out-of-memory error,
         ``cancelled`` for a cancellation, else ``error``) and re-raised.
         """
-        ticket = await self.submit(request)
-        lease = await self.shell.wait_admitted(ticket)
-        async with self.hold(lease) as held:
-            yield held
+        return LeaseBlock(self.shell, request, None)
 
-    @asynccontextmanager
-    async def hold(self, lease: Lease) -> AsyncIterator[Lease]:
-        """Hold a lease (from :meth:`Ticket.wait_admitted`) for the block; release it on every exit path."""
-        try:
-            yield lease
-        except BaseException as error:
-            with anyio.CancelScope(shield=True):
-                await self.shell.finish(lease, error)
-            raise
-        else:
-            with anyio.CancelScope(shield=True):
-                await self.shell.finish(lease, None)
+    def hold(self, lease: Lease) -> LeaseBlock:
+        """``async with gate.hold(lease)``: hold a lease (from :meth:`Ticket.wait_admitted`) for the block; release
+        it on every exit path."""
+        return LeaseBlock(self.shell, None, lease)
 
     async def run(self, request: GenerationRequest, runner: Callable[[Lease], Awaitable[T]]) -> T:
         """Admit ``request``, await ``runner(lease)`` inside the lease, and return its result.

@@ -147,6 +147,8 @@ class Cell:
             env = retry.envelope
             if env is not None:
                 retry.envelope = None
+            elif mailbox.queue:
+                env = mailbox.take()  # no checkpoint while envelopes are queued (see Mailbox.get)
             else:
                 env = await mailbox.get()
                 if env is None:

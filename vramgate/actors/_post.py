@@ -117,7 +117,11 @@ class Mailbox:
                 return None
             ready = self._ready = self._post.primitives.event()
             await ready.wait()
-        envelope = queue.popleft()
+        return self.take()
+
+    def take(self) -> Envelope:
+        """The next envelope, which is queued (the caller checked ``queue``); waiting senders' messages move in."""
+        envelope = self.queue.popleft()
         if self.waiting:
             self.hand_over()
         return envelope
@@ -238,6 +242,15 @@ class Post:
             if mailbox.state != "running":
                 raise mailbox.stopped_error()
             raise MailboxFull(f"mailbox of actor {mailbox.name!r} is full ({mailbox.capacity} messages)")
+
+    def send_now(self, mailbox: Mailbox, message: Message, sender: str) -> bool:
+        """Deliver now when the mailbox runs, has room and no sender waits for room; ``False``: nothing happened
+        (:meth:`send` without ``checkpoint`` delivers the same, waiting when it must)."""
+        return (
+            mailbox.state == "running"
+            and not mailbox.waiting
+            and self.post(mailbox, sender, mailbox.name, message) is not None
+        )
 
     async def send(
         self, mailbox: Mailbox, message: Message, sender: str, correlation_id: int | None, *, checkpoint: bool = True

@@ -6,7 +6,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
-from vramgate.actors._post import Post
+from vramgate.actors._post import Mailbox, Post
 from vramgate.actors.envelope import TIMER, Envelope
 from vramgate.actors.ref import ActorRef
 from vramgate.clock import Clock
@@ -77,11 +77,13 @@ class ActorContext(Generic[M]):
     Available as ``self.context`` from :meth:`Actor.on_start` on.
     """
 
-    __slots__ = ("_host", "_post", "name")
+    __slots__ = ("_host", "_mailboxes", "_post", "name")
 
     def __init__(self, host: ActorHost) -> None:
         self._host = host
         self._post = host.post
+        #: the mailboxes of the actors this one sent to by name (an actor's mailbox is its own for good)
+        self._mailboxes: dict[str, Mailbox] = {}
         #: This actor's name.
         self.name: str = host.name
 
@@ -103,7 +105,15 @@ class ActorContext(Generic[M]):
         """Tell ``target`` (a ref or an actor name) ``message``, as this actor; waits while its mailbox is full.
         A message its mailbox has room for is delivered without yielding (the actor yields when its own mailbox is
         empty)."""
-        await self._post.send(self._resolve(target).mailbox, message, self.name, None, checkpoint=False)
+        if type(target) is str:
+            mailbox = self._mailboxes.get(target)
+            if mailbox is None:
+                mailbox = self._mailboxes[target] = self._host.lookup(target).mailbox
+        else:
+            mailbox = self._resolve(target).mailbox
+        post = self._post
+        if not post.send_now(mailbox, message, self.name):
+            await post.send(mailbox, message, self.name, None, checkpoint=False)
 
     def send_nowait(self, target: ActorRef[Any] | str, message: Message) -> None:
         """Tell ``target`` ``message`` now, or raise :class:`~vramgate.errors.MailboxFull`."""

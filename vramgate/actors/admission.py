@@ -115,14 +115,14 @@ class AdmissionShell:
             if self.rebuild is not None:
                 self._rebuild(now)
             raise
-        self._track(message, events, max(now, self._now))
+        self._track(message, events, self._now if self._now > now else now)
         if self._owed:
             events = [*self._owed, *events]
             self._owed = []
-        if not self.release_events:
-            events = [event for event in events if type(event) is not LeaseReleased]
         to = self.events_to
-        return [Send(to, event) for event in events]
+        if self.release_events:
+            return [Send(to, event) for event in events]
+        return [Send(to, event) for event in events if type(event) is not LeaseReleased]
 
     def snapshot(self) -> AdmissionSnapshot:
         """The core's state as its events told it: what a rebuilt core starts from."""
@@ -137,29 +137,38 @@ class AdmissionShell:
     def _track(self, message: Message, events: Sequence[Message], now: float) -> None:
         """Mirror a message handled in full: its input, then the events it caused, in order."""
         self._now = now
-        if isinstance(message, SubmitRequest):
+        kind = type(message)
+        if kind is SubmitRequest:
+            assert isinstance(message, SubmitRequest)
             self._waiting[message.request_id] = (message, message.arrival if message.arrival is not None else now)
-        elif isinstance(message, ResourceSample):
+        elif kind is ResourceSample:
+            assert isinstance(message, ResourceSample)
             self._sample = message
-        elif isinstance(message, CancelRequest):
+        elif kind is CancelRequest:
+            assert isinstance(message, CancelRequest)
             lease_id = self._lease_of.get(message.request_id)
             if lease_id is not None:
                 self._leases[lease_id].cancel_requested = True
-        elif isinstance(message, DeviceLost):
+        elif kind is DeviceLost:
+            assert isinstance(message, DeviceLost)
             self._lost.append(message)
         waiting, leases, lease_of = self._waiting, self._leases, self._lease_of
         for event in events:
-            if isinstance(event, RequestAdmitted):
+            kind = type(event)
+            if kind is RequestAdmitted:
+                assert isinstance(event, RequestAdmitted)
                 waiting.pop(event.request_id, None)
                 leases[event.lease_id] = _Held(event, max(0.0, now))
                 lease_of[event.request_id] = event.lease_id
                 number = event.lease_id.rpartition("-")[2]
                 if number.isdigit():
                     self._counter = max(self._counter, int(number))
-            elif isinstance(event, LeaseReleased):
+            elif kind is LeaseReleased:
+                assert isinstance(event, LeaseReleased)
                 leases.pop(event.lease_id, None)
                 lease_of.pop(event.request_id, None)
-            elif isinstance(event, (RequestEnded, RequestRejected)):
+            elif kind is RequestEnded or kind is RequestRejected:
+                assert isinstance(event, RequestEnded | RequestRejected)
                 waiting.pop(event.request_id, None)
                 lease_id = lease_of.pop(event.request_id, None)
                 if lease_id is not None:

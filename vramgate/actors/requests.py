@@ -26,7 +26,8 @@ from vramgate.replay import register_core_kind
 #: The core kind written into recorded log headers.
 KIND = "request"
 
-Observer = Callable[[Message, Sequence[Send]], Awaitable[None]]
+#: Sees a message and the core's outputs for it; returns what is left to do that waits, or ``None``.
+Observer = Callable[[Message, Sequence[Send]], Awaitable[None] | None]
 
 
 class RequestActor(CoreActor):
@@ -39,11 +40,15 @@ class RequestActor(CoreActor):
 
     async def receive(self, message: Message, envelope: Envelope) -> None:
         outputs = self.requests.handle(message, envelope.at)
-        if self.observe is not None:
-            await self.observe(message, outputs)
-        context = self.context
-        for output in outputs:
-            await context.send(output.to, output.message)
+        observe = self.observe
+        if observe is not None:
+            after = observe(message, outputs)
+            if after is not None:
+                await after
+        if outputs:
+            context = self.context
+            for output in outputs:
+                await context.send(output.to, output.message)
 
 
 class ClientInbox(Actor[Message]):

@@ -12,7 +12,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from vramgate._version import __version__
-from vramgate.actors._backend import current
+from vramgate.actors._backend import Primitives, current
 from vramgate.actors._cell import ActorFactory, Cell
 from vramgate.actors._post import Mailbox, Post
 from vramgate.actors.actor import Actor
@@ -116,6 +116,12 @@ class ActorSystem:
     def state(self) -> str:
         """``new``, ``running``, ``stopping`` or ``stopped``."""
         return self._state
+
+    @property
+    def primitives(self) -> Primitives:
+        """The running event loop's own checkpoint and event (anyio's before the system starts), for tasks that
+        wait on the system's messages."""
+        return self._post.primitives
 
     @property
     def dead_letters(self) -> tuple[DeadLetter, ...]:

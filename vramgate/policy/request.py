@@ -31,8 +31,8 @@ import enum
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -130,6 +130,10 @@ TRANSITIONS: Mapping[tuple[RequestState, Event], RequestState] = {
     (_S.RELEASING, _E.CANCEL): _S.RELEASING,
     (_S.RELEASING, _E.ENDED): _S.ENDED,
 }
+#: The same table by state, then event (one lookup each, by identity).
+_NEXT: Mapping[RequestState, Mapping[Event, RequestState]] = {
+    state: {event: new for (old, event), new in TRANSITIONS.items() if old is state} for state in RequestState
+}
 #: States in which a request counts against the queue limit.
 WAITING = frozenset({_S.PREFLIGHT, _S.PLANNING, _S.QUEUED})
 _ASKING = frozenset({_S.PREFLIGHT, _S.PLANNING})
@@ -138,7 +142,7 @@ _ASKING = frozenset({_S.PREFLIGHT, _S.PLANNING})
 def next_state(request_id: str, state: RequestState, event: Event) -> RequestState:
     """The state ``event`` moves a request in ``state`` to; :class:`~vramgate.errors.RequestStateError` when the
     table does not allow it."""
-    new = TRANSITIONS.get((state, event))
+    new = _NEXT[state].get(event)
     if new is None:
         raise RequestStateError(request_id, state.value, event.value)
     return new
@@ -335,52 +339,51 @@ class RequestCore:
 
     def handle(self, message: Message, now: float) -> list[Send]:
         """Take one message at time ``now``; return what to send where, in order."""
-        self._now = max(self._now, now)
+        if now > self._now:
+            self._now = now
         out: list[Send] = []
-        self._expire(now, out)
+        if self._deadlines:
+            self._expire(now, out)
         kind = type(message)
-        if kind is RequestAccepted:
-            assert isinstance(message, RequestAccepted)
-            self._accept(message.request_id, message.request, now, out, attempt=0, root=message.request_id)
-        elif kind is DeviceBudgets:
-            assert isinstance(message, DeviceBudgets)
-            self._budgets = message
-        elif kind is QuoteRequest:
-            assert isinstance(message, QuoteRequest)
-            self._quote(message, now, out)
-        elif kind in (RequirementEstimated, PlanOptimized, PlanDoesNotFit) or (
-            kind is RequestRejected and getattr(message, "request_id", "").startswith(QUESTION)
-        ):
-            self._answer(message, out)
-        elif kind is RequestQueued:
-            assert isinstance(message, RequestQueued)
-            self._move(message.request_id, Event.QUEUED)
-        elif kind is RequestRejected:
-            assert isinstance(message, RequestRejected)
-            self._move(message.request_id, Event.REJECTED)
-        elif kind is RequestAdmitted:
-            assert isinstance(message, RequestAdmitted)
-            self._admitted(message, now)
-        elif kind is RequestEnded:
-            assert isinstance(message, RequestEnded)
-            record = self._requests.get(message.request_id)
-            if record is not None:
-                self._transition(record, Event.ENDED)
-        elif kind is CancelRequest:
-            assert isinstance(message, CancelRequest)
-            self._cancel(message, out)
-        elif kind is RunFinished:
-            assert isinstance(message, RunFinished)
-            self._finished(message, out)
-        elif kind is ShrinkPlan:
-            assert isinstance(message, ShrinkPlan)
-            self._retry(message, out)
-        elif kind is CorrectionLearned:
-            assert isinstance(message, CorrectionLearned)
-            self._learned(message)
-        elif kind not in (ResourceSample, CleanupReport, LeaseReleased, RunProgress, EvictModel, LeaseShrunk):
+        take = _TAKES.get(kind)
+        if take is not None:
+            take(self, message, now, out)
+        elif kind not in _PASSED_BY:
             raise TypeError(f"the request core does not handle {kind.__name__}")
         return out
+
+    def _on_accepted(self, message: RequestAccepted, now: float, out: list[Send]) -> None:
+        self._accept(message.request_id, message.request, now, out, attempt=0, root=message.request_id)
+
+    def _on_budgets(self, message: DeviceBudgets, now: float, out: list[Send]) -> None:
+        self._budgets = message
+
+    def _on_answer(self, message: Message, now: float, out: list[Send]) -> None:
+        self._answer(message, out)
+
+    def _on_rejected(self, message: RequestRejected, now: float, out: list[Send]) -> None:
+        if message.request_id.startswith(QUESTION):
+            self._answer(message, out)
+        else:
+            self._move(message.request_id, Event.REJECTED)
+
+    def _on_queued(self, message: RequestQueued, now: float, out: list[Send]) -> None:
+        self._move(message.request_id, Event.QUEUED)
+
+    def _on_ended(self, message: RequestEnded, now: float, out: list[Send]) -> None:
+        self._move(message.request_id, Event.ENDED)
+
+    def _on_cancel(self, message: CancelRequest, now: float, out: list[Send]) -> None:
+        self._cancel(message, out)
+
+    def _on_finished(self, message: RunFinished, now: float, out: list[Send]) -> None:
+        self._finished(message, out)
+
+    def _on_shrink(self, message: ShrinkPlan, now: float, out: list[Send]) -> None:
+        self._retry(message, out)
+
+    def _on_learned(self, message: CorrectionLearned, now: float, out: list[Send]) -> None:
+        self._learned(message)
 
     # ================================================================== transitions
 
@@ -601,7 +604,7 @@ class RequestCore:
 
     # ================================================================== admission, the run, cancellation
 
-    def _admitted(self, message: RequestAdmitted, now: float) -> None:
+    def _admitted(self, message: RequestAdmitted, now: float, out: list[Send]) -> None:
         record = self._requests.get(message.request_id)
         if record is None:
             return
@@ -712,3 +715,24 @@ class RequestCore:
             self._corrections = {key: (factor, factor) for key, (factor, _) in self._corrections.items()}
             self._answers.clear()
             self._generation += 1  # questions asked before it are not joined, nor their answers kept
+
+
+#: What the core does with each kind of message it takes (by exact type; each takes a message of its kind).
+_TAKES: dict[type[Message], Callable[[RequestCore, Any, float, list[Send]], None]] = {
+    RequestAccepted: RequestCore._on_accepted,
+    DeviceBudgets: RequestCore._on_budgets,
+    QuoteRequest: RequestCore._quote,
+    RequirementEstimated: RequestCore._on_answer,
+    PlanOptimized: RequestCore._on_answer,
+    PlanDoesNotFit: RequestCore._on_answer,
+    RequestRejected: RequestCore._on_rejected,
+    RequestQueued: RequestCore._on_queued,
+    RequestAdmitted: RequestCore._admitted,
+    RequestEnded: RequestCore._on_ended,
+    CancelRequest: RequestCore._on_cancel,
+    RunFinished: RequestCore._on_finished,
+    ShrinkPlan: RequestCore._on_shrink,
+    CorrectionLearned: RequestCore._on_learned,
+}
+#: What the core takes and leaves to the gate (samples, cleanups, releases, progress, residency).
+_PASSED_BY = frozenset({ResourceSample, CleanupReport, LeaseReleased, RunProgress, EvictModel, LeaseShrunk})
