@@ -32,6 +32,9 @@ def cleanup_memory(
 ) -> CleanupReport:
     """Run gc and empty the devices' caches; report what was freed and what could not be done.
 
+    The collection covers every generation, except after a run (``trigger="post_run"``, not ``aggressive``)
+    on a device without a cache that Python objects hold (simulated, or no CUDA): then the young generations only.
+
     ``aggressive`` adds several gc passes (for reference cycles that hold tensors) and, on torch,
     ``torch.cuda.ipc_collect()`` and resetting the peak statistics. ``device`` is the device index (all devices
     when ``None``). ``backend`` empties the caches (by default :class:`~vramgate.hardware.backend.TorchBackend`,
@@ -46,9 +49,16 @@ def cleanup_memory(
 
     collected = 0
     passes = 3 if aggressive else 1
-    for _ in range(passes):
-        collected += gc.collect()
-    actions.append(f"gc.collect x{passes} ({collected} objects)")
+    if aggressive or trigger != "post_run" or before.devices:
+        for _ in range(passes):
+            collected += gc.collect()
+        actions.append(f"gc.collect x{passes} ({collected} objects)")
+    else:
+        # No caching allocator here holds device memory for Python objects (a simulated device frees what a run
+        # frees; no CUDA): a full collection would give no device anything back, and walks the whole heap (every
+        # waiting request's objects) holding the interpreter. The young generations hold what the run left.
+        collected = gc.collect(1)
+        actions.append(f"gc.collect x1 of the young generations ({collected} objects): no device cache here")
 
     after = before
     if before.devices:
