@@ -32,6 +32,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from vramgate.actors import Recorder
@@ -179,6 +180,8 @@ class GenerationService:
         if self.settings.position_timeout_s > 0 and record.in_preflight:
             with anyio.move_on_after(self.settings.position_timeout_s):
                 await record.wait_placed()
+        else:  # a checkpoint still: a caller that submits in a loop must not hold the gate's pipeline up
+            await anyio.lowlevel.checkpoint()
         return standing_of(record)
 
     async def _accept(self, request: GenerationRequest, client: str, key: str | None, digest: str) -> Record:
