@@ -12,11 +12,23 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vramgate.errors import ConfigError, DecodeError
 from vramgate.messages import GenerationRequest
 from vramgate.server.schema import GenerationStatus
-from vramgate.server.store import MEMORY, MEMORY_KEEP_ENDED, SqliteStore, StoredRequest, fingerprint, open_store
+from vramgate.server.store import (
+    MEMORY,
+    MEMORY_KEEP_ENDED,
+    MemoryStore,
+    RequestStore,
+    SqliteStore,
+    StoredRequest,
+    StoreError,
+    fingerprint,
+    open_store,
+)
 
 pytestmark = pytest.mark.anyio
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -63,8 +75,9 @@ async def test_a_request_is_kept_across_reopening_and_ends_once(tmp_path: Path) 
         assert not await store.set_state("g3", "running")
 
 
-async def test_idempotency_keys_are_per_client_and_lists_are_newest_first() -> None:
-    async with open_store(MEMORY) as store:
+@pytest.mark.parametrize("in_memory", [False, True], ids=["file", "memory"])
+async def test_idempotency_keys_are_per_client_and_lists_are_newest_first(tmp_path: Path, in_memory: bool) -> None:
+    async with open_store(MEMORY if in_memory else tmp_path / "store.sqlite") as store:
         await store.put(row("a1", client="alice", key="k"))
         await store.put(row("b1", client="bob", key="k"))  # the same key from another client is another request
         await store.put(row("a2", client="alice"))
@@ -196,8 +209,11 @@ def test_serve_with_a_file_that_is_not_a_store_exits_2_with_one_line(tmp_path: P
     assert str(junk) in lines[0]
 
 
-async def test_a_bounded_store_keeps_the_latest_ended_requests_and_every_unfinished_one() -> None:
-    async with open_store(MEMORY, keep_ended=3) as store:
+@pytest.mark.parametrize("in_memory", [False, True], ids=["file", "memory"])
+async def test_a_bounded_store_keeps_the_latest_ended_requests_and_every_unfinished_one(
+    tmp_path: Path, in_memory: bool
+) -> None:
+    async with open_store(MEMORY if in_memory else tmp_path / "store.sqlite", keep_ended=3) as store:
         for number in range(7):
             await store.put(row(f"g{number}"))
         assert await store.set_state("g1", "running")
@@ -212,8 +228,24 @@ async def test_a_bounded_store_keeps_the_latest_ended_requests_and_every_unfinis
         assert (await store.get("g0")) is not None
 
 
+@pytest.mark.parametrize("in_memory", [False, True], ids=["file", "memory"])
+async def test_a_request_dropped_from_a_bounded_store_frees_its_idempotency_key(
+    tmp_path: Path, in_memory: bool
+) -> None:
+    async with open_store(MEMORY if in_memory else tmp_path / "store.sqlite", keep_ended=1) as store:
+        await store.put(row("g1", client="alice", key="k"))
+        await store.put(row("g2", client="alice"))
+        assert await store.set_state("g1", "completed", ended("g1"))
+        assert (await store.put(row("g3", client="alice", key="k"))).request_id == "g1"  # still held
+        assert await store.set_state("g2", "completed", ended("g2"))  # g1 is dropped
+        assert await store.find_key("alice", "k") is None
+        assert (await store.put(row("g4", client="alice", key="k"))).request_id == "g4"
+        assert [r.request_id for r in await store.list_client("alice")] == ["g4", "g2"]
+
+
 async def test_the_in_memory_store_is_bounded_by_default_and_a_file_keeps_everything(tmp_path: Path) -> None:
     async with open_store() as store:
+        assert isinstance(store, MemoryStore)
         assert store.keep_ended == MEMORY_KEEP_ENDED
     async with open_store(tmp_path / "store.sqlite") as store:
         assert store.keep_ended is None  # every id a server accepted answers after a restart
@@ -223,6 +255,8 @@ async def test_the_in_memory_store_is_bounded_by_default_and_a_file_keeps_everyt
         assert all([await store.get(f"g{number}") is not None for number in range(5)])
     with pytest.raises(ValueError, match="keep_ended"):
         SqliteStore.connect(MEMORY, keep_ended=0)
+    with pytest.raises(ValueError, match="keep_ended"):
+        MemoryStore(keep_ended=0)
 
 
 async def test_a_store_file_copies_its_log_into_the_database_as_it_goes(
@@ -244,3 +278,66 @@ async def test_a_store_file_copies_its_log_into_the_database_as_it_goes(
         assert wal.stat().st_size <= 2 * log_size
     async with open_store(path) as store:
         assert len(await store.unfinished()) == 800
+
+
+# ---------------------------------------------------------------- the store in memory answers as SQLite does
+
+_IDS = st.sampled_from([f"g{n}" for n in range(8)])
+_CLIENTS = st.sampled_from(["", "alice", "bob"])
+_KEYS = st.sampled_from([None, "k1", "k2"])
+_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), _IDS, _CLIENTS, _KEYS, st.integers(0, 3)),
+        st.tuples(st.just("set"), _IDS, st.sampled_from(["running", "completed", "failed", "cancelled"])),
+        st.tuples(st.just("get"), _IDS),
+        st.tuples(st.just("find"), _CLIENTS, st.sampled_from(["k1", "k2"])),
+        st.tuples(st.just("list"), _CLIENTS, st.integers(1, 5)),
+        st.tuples(st.just("unfinished")),
+    ),
+    max_size=40,
+)
+
+
+async def _answers(store: RequestStore, operations: list[tuple[object, ...]]) -> list[object]:
+    """What ``store`` answers to each operation (an error by its type and whether it names the duplicate)."""
+    answers: list[object] = []
+    for operation in operations:
+        try:
+            match operation:
+                case ("put", str(rid), str(client), (None | str()) as key, int(priority)):
+                    answers.append(await store.put(row(rid, client=client, key=key, priority=priority)))
+                case ("set", str(rid), "running"):
+                    answers.append(await store.set_state(rid, "running"))
+                case ("set", str(rid), ("completed" | "failed" | "cancelled") as state):
+                    answers.append(await store.set_state(rid, state, ended(rid, state)))
+                case ("get", str(rid)):
+                    answers.append(await store.get(rid))
+                case ("find", str(client), str(key)):
+                    answers.append(await store.find_key(client, key))
+                case ("list", str(client), int(limit)):
+                    answers.append(await store.list_client(client, limit=limit))
+                case ("unfinished",):
+                    answers.append(await store.unfinished())
+                case _:
+                    raise AssertionError(f"unknown operation {operation!r}")
+        except StoreError as error:
+            answers.append(("StoreError", "already" in str(error) or "UNIQUE" in str(error)))
+    return answers
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=150, deadline=None)
+@given(operations=_OPERATIONS, keep=st.sampled_from([None, 1, 3]))
+def test_the_store_in_memory_answers_every_call_as_the_sqlite_store_does(
+    backend: str, operations: list[tuple[object, ...]], keep: int | None
+) -> None:
+    async def both() -> tuple[list[object], list[object]]:
+        sqlite = SqliteStore.connect(MEMORY, keep_ended=keep)
+        try:
+            expected = await _answers(sqlite, operations)
+        finally:
+            sqlite.close()
+        return expected, await _answers(MemoryStore(keep_ended=keep), operations)
+
+    expected, got = anyio.run(both, backend=backend)
+    assert got == expected

@@ -46,7 +46,7 @@ from vramgate.server._records import Record, status
 from vramgate.server._workers import Workers
 from vramgate.server.runners import Runner, RunnerKind, make_runner, timed_config
 from vramgate.server.schema import DevicesBody, GenerationStatus, Health, SampleView, Status
-from vramgate.server.store import MEMORY, RequestStore, StoredRequest, fingerprint, open_store
+from vramgate.server.store import MEMORY, MemoryStore, RequestStore, StoredRequest, fingerprint, open_store
 
 if TYPE_CHECKING:
     from vramgate._ticket import Ticket
@@ -131,6 +131,8 @@ class GenerationService:
         self.runner = runner
         self.settings = settings
         self.store = store
+        #: A store in memory keeps a row without waiting: nothing can cancel a request between the gate and it.
+        self._put_now = store.put_now if isinstance(store, MemoryStore) else None
         self._tg = task_group
         self._runs = Workers(task_group)  # a run is handed to a waiting task rather than given a new one
         self.live: dict[str, Record] = {}
@@ -185,19 +187,23 @@ class GenerationService:
         return standing_of(record)
 
     async def _accept(self, request: GenerationRequest, client: str, key: str | None, digest: str) -> Record:
-        # Shielded: once the gate took the request, it is stored even if the client went away (its run starts
-        # when the gate admits it: _on_event).
-        with anyio.CancelScope(shield=True):
-            request = msgspec.structs.replace(request, request_id=self.new_id())
-            record, ticket = self._track(request)
-            row = StoredRequest(
-                request_id=record.request_id, request=request, client=client, idempotency_key=key, fingerprint=digest
-            )
-            try:
-                await self.store.put(row)
-            except BaseException:
+        request = msgspec.structs.replace(request, request_id=self.new_id())
+        record, ticket = self._track(request)
+        row = StoredRequest(
+            request_id=record.request_id, request=request, client=client, idempotency_key=key, fingerprint=digest
+        )
+        # Once the gate took the request, it is stored even if the client went away (its run starts when the gate
+        # admits it: _on_event). A store in memory takes it without waiting, so nothing can come between the two.
+        try:
+            if self._put_now is not None:
+                self._put_now(row)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self.store.put(row)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
                 await ticket.cancel("the server could not keep the request")
-                raise
+            raise
         return record
 
     def _track(self, request: GenerationRequest) -> tuple[Record, Ticket]:

@@ -7,15 +7,15 @@ while a batch runs) share one transaction, one commit, and each caller hears bac
 batch runs on the event loop, since a commit in WAL mode appends to the log and syncs nothing (a thread hop per
 batch cost more than the batch, and under load the thread waited for a CPU); what syncs the file, copying the log
 into the database (a checkpoint, every :data:`CHECKPOINT_WRITES` writes), runs in a worker thread while the next
-calls wait. ``":memory:"`` keeps the same tables in memory, for tests and for servers that want no file (a
-commit there writes nothing, so each call runs at once, and its caller goes on without a task switch); it
-keeps the latest :data:`MEMORY_KEEP_ENDED` requests to end (``keep_ended``), and every one that has not ended, so
-that it does not grow for the life of the process. A store file keeps everything.
+calls wait. ``":memory:"`` is a :class:`MemoryStore`, for tests and for servers that want no file: the same
+answers from dictionaries, with nothing to sync, so each call answers at once and its caller goes on without a
+task switch. It keeps the latest :data:`MEMORY_KEEP_ENDED` requests to end (``keep_ended``), and every one that
+has not ended, so that it does not grow for the life of the process. A store file keeps everything.
 
 A request is stored when it is accepted (before the client hears its id), marked ``running`` just before its run
-starts, and given its final status once when it ends; an ended request never changes again. Rows read back are
-decoded and validated like any outside input: a damaged row is a :class:`~vramgate.errors.DecodeError` naming the
-store and the request.
+starts, and given its final status once when it ends; an ended request never changes again. Rows a file gives
+back are decoded and validated like any outside input: a damaged row is a :class:`~vramgate.errors.DecodeError`
+naming the store and the request.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import itertools
 import logging
 import sqlite3
 import threading
@@ -223,10 +224,7 @@ class SqliteStore:
         return rows[0] if rows else None
 
     async def set_state(self, request_id: str, state: Status, final: GenerationStatus | None = None) -> bool:
-        if state not in _STATES:
-            raise ValueError(f"unknown state {state!r}")
-        if (state in TERMINAL) != (final is not None):
-            raise ValueError("a terminal state needs its final status, and only a terminal state has one")
+        _check_state(state, final)
         status = msgspec.json.encode(final) if final is not None else None
         return await self._call(self._update, request_id, state, status)
 
@@ -360,6 +358,90 @@ class SqliteStore:
             raise DecodeError(f"malformed row: {error}", source=source) from None
 
 
+class MemoryStore:
+    """:class:`RequestStore` in this process's memory (``":memory:"``): nothing survives the process.
+
+    It answers as a :class:`SqliteStore` would, from dictionaries: each call at once, without a task switch, and
+    :meth:`put_now` keeps a row for a caller that must not wait at all. It keeps the latest ``keep_ended``
+    requests to end (every one, with ``None``) and every request that has not ended."""
+
+    def __init__(self, *, keep_ended: int | None = MEMORY_KEEP_ENDED) -> None:
+        _check_keep(keep_ended)
+        self.path = MEMORY
+        #: At most this many ended requests are kept (those that ended last).
+        self.keep_ended = keep_ended
+        self._rows: dict[str, StoredRequest] = {}  # in the order they were accepted
+        self._keys: dict[tuple[str, str], str] = {}  # (client, idempotency key) -> request id
+        self._by_client: dict[str, dict[str, None]] = {}  # each client's request ids, in the order accepted
+        self._ended: collections.deque[str] = collections.deque()
+        self._seq = 0
+
+    def put_now(self, row: StoredRequest) -> StoredRequest:
+        """:meth:`put`, answered without waiting."""
+        key = row.idempotency_key
+        if key is not None:
+            held = self._keys.get((row.client, key))
+            if held is not None:
+                return self._rows[held]
+        if row.request_id in self._rows:
+            raise StoreError(f"{MEMORY}: a request with id {row.request_id} is already kept")
+        self._seq += 1
+        row = msgspec.structs.replace(row, seq=self._seq)
+        self._rows[row.request_id] = row
+        if key is not None:
+            self._keys[(row.client, key)] = row.request_id
+        self._by_client.setdefault(row.client, {})[row.request_id] = None
+        return row
+
+    async def put(self, row: StoredRequest) -> StoredRequest:
+        return self.put_now(row)
+
+    async def get(self, request_id: str) -> StoredRequest | None:
+        return self._rows.get(request_id)
+
+    async def find_key(self, client: str, key: str) -> StoredRequest | None:
+        held = self._keys.get((client, key))
+        return self._rows[held] if held is not None else None
+
+    async def set_state(self, request_id: str, state: Status, final: GenerationStatus | None = None) -> bool:
+        _check_state(state, final)
+        row = self._rows.get(request_id)
+        if row is None or row.ended:
+            return False
+        self._rows[request_id] = msgspec.structs.replace(row, state=state, status=final)
+        if final is not None and self.keep_ended is not None:
+            self._ended.append(request_id)
+            while len(self._ended) > self.keep_ended:
+                self._drop(self._ended.popleft())
+        return True
+
+    async def list_client(self, client: str, *, limit: int = 100) -> list[StoredRequest]:
+        ids = self._by_client.get(client, {})
+        return [self._rows[rid] for rid in itertools.islice(reversed(ids), max(0, int(limit)))]
+
+    async def unfinished(self) -> list[StoredRequest]:
+        return [row for row in self._rows.values() if not row.ended]
+
+    async def aclose(self) -> None:
+        return None
+
+    def _drop(self, request_id: str) -> None:
+        row = self._rows.pop(request_id)
+        if row.idempotency_key is not None:
+            del self._keys[(row.client, row.idempotency_key)]
+        ids = self._by_client[row.client]
+        del ids[request_id]
+        if not ids:
+            del self._by_client[row.client]
+
+
+def _check_state(state: str, final: GenerationStatus | None) -> None:
+    if state not in _STATES:
+        raise ValueError(f"unknown state {state!r}")
+    if (state in TERMINAL) != (final is not None):
+        raise ValueError("a terminal state needs its final status, and only a terminal state has one")
+
+
 def _check_keep(keep_ended: int | None) -> None:
     if keep_ended is not None and keep_ended < 1:
         raise ValueError(f"keep_ended must be at least 1 (or None: keep every ended request), not {keep_ended}")
@@ -382,13 +464,17 @@ def _prepare(db: sqlite3.Connection, where: str) -> None:
 
 
 @asynccontextmanager
-async def open_store(path: str | Path = MEMORY, *, keep_ended: int | None = None) -> AsyncIterator[SqliteStore]:
-    """Open the SQLite store at ``path`` (``":memory:"``: in memory) for the block; close it after.
+async def open_store(
+    path: str | Path = MEMORY, *, keep_ended: int | None = None
+) -> AsyncIterator[SqliteStore | MemoryStore]:
+    """Open the SQLite store file at ``path`` (``":memory:"``: a :class:`MemoryStore`) for the block; close it
+    after.
 
     ``keep_ended`` bounds the ended requests kept (default: :data:`MEMORY_KEEP_ENDED` in memory, every one in a
     file)."""
-    if keep_ended is None and str(path) == MEMORY:
-        keep_ended = MEMORY_KEEP_ENDED
+    if str(path) == MEMORY:
+        yield MemoryStore(keep_ended=MEMORY_KEEP_ENDED if keep_ended is None else keep_ended)
+        return
     store = await anyio.to_thread.run_sync(functools.partial(SqliteStore.connect, path, keep_ended=keep_ended))
     try:
         yield store
