@@ -2,10 +2,11 @@
 
 Both apps are driven in-process by httpx over the ASGI transport (no sockets), ``CONCURRENCY`` clients at a time,
 ``REQUESTS`` POSTs each, best of ``ROUNDS``, in the same run. The server runs a real gate on a simulated
-H100-80GB with a large queue and the simulated runner with near-zero run time (the runs still happen, in the
+H100-80GB with a large queue, the monitor's default sampling interval (as ``vramgate serve`` and
+``bench/server_wrk.py`` run it) and the simulated runner with near-zero run time (the runs still happen, in the
 same process). Two server figures: answering at once (``position_timeout_s=0``) and the default, which waits for
 the request's queue position (one admission decision) before answering. Requests are kept in the server's
-in-memory SQLite store, and, in one figure, in a SQLite file (WAL) as ``vramgate serve`` keeps them. The
+store in memory, and, in one figure, in a SQLite file (WAL) as ``vramgate serve`` keeps them. The
 figures count until the last answer, except "until all ended": answering at once, until every accepted request
 ended (its pipeline and run, which a burst of answers leaves behind, included). The last two are the first two
 on runs of the server's default length (``time_scale=0.01``, at least 0.5 s each, as ``vramgate serve`` runs
@@ -31,7 +32,7 @@ import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig, MonitorConfig
+from vramgate.config import AdmissionSettings, DevicesConfig, GateConfig
 from vramgate.messages import GenerationRequest, RunOptions
 from vramgate.server import ServerSettings, create_app
 
@@ -61,7 +62,6 @@ def gate_app(position_timeout_s: float, store_path: str | None = None, *, queued
     """The server on a simulated H100-80GB: runs that take no time, or (``queued``) runs of the serve defaults."""
     config = GateConfig(
         devices=DevicesConfig(use_real_gpus=False, simulate=("H100-80GB",)),
-        monitor=MonitorConfig(interval_s=0.05),
         admission=AdmissionSettings(queue_limit=1_000_000, ram_budget="4TiB"),
     )
     settings = ServerSettings(
