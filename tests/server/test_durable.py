@@ -15,9 +15,10 @@ import pytest
 from vramgate.messages import GenerationRequest, Message, RequestAdmitted
 from vramgate.server import ServerSettings, open_service
 from vramgate.server._records import Record
-from vramgate.server.store import StoredRequest, fingerprint, open_store
+from vramgate.server.service import GenerationService
+from vramgate.server.store import MemoryStore, StoredRequest, fingerprint, open_store
 
-from ._helpers import SMALL, app_for, parse_sse, serving, sim_config, wait_state
+from ._helpers import FAST, SMALL, app_for, parse_sse, serving, sim_config, wait_state
 from .test_app import HeldRun
 
 pytestmark = pytest.mark.anyio
@@ -154,3 +155,71 @@ async def test_a_graceful_shutdown_keeps_the_queued_and_ends_streams(tmp_path: P
         for rid in queued:
             assert (await wait_state(client, rid, {"completed"}))["outcome"] == "ok"
         assert (await client.get(f"/v1/generations/{running}")).json()["state"] == "cancelled"
+
+
+# ---------------------------------------------------------------- a POST cancelled while its row is written
+
+BODY = msgspec.json.encode(SMALL)
+
+
+class _WriteStuck(MemoryStore):
+    """A store whose writes never finish: before the row is kept (``keep_first=False``) or after."""
+
+    def __init__(self, *, keep_first: bool) -> None:
+        super().__init__()
+        self.keep_first = keep_first
+        self.writing = anyio.Event()
+
+    async def put(self, row: StoredRequest) -> StoredRequest:
+        if self.keep_first:
+            await super().put(row)
+        self.writing.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def _cancel_while_writing(service: GenerationService, writing: anyio.Event) -> Record:
+    """Submit a request, cancel the caller while its row is written; the gate's record of it."""
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.submit, BODY)
+            await writing.wait()
+            (record,) = service.live.values()
+            scope.cancel()
+    return record
+
+
+@pytest.mark.parametrize("keep_first", [True, False], ids=["kept", "not kept"])
+async def test_a_post_cancelled_while_its_row_is_written_runs_exactly_when_the_store_kept_it(keep_first: bool) -> None:
+    store = _WriteStuck(keep_first=keep_first)
+    async with open_service(sim_config(), settings=FAST, store=store) as service:
+        record = await _cancel_while_writing(service, store.writing)
+        with anyio.fail_after(10):
+            final = await record.wait_ended()
+        kept = await store.get(record.request_id)
+        if keep_first:
+            assert (final.state, final.outcome) == ("completed", "ok")  # the client went away; the kept row runs
+            assert kept is not None
+        else:
+            assert final.state == "cancelled"  # kept nowhere: it must not run
+            assert "could not keep" in final.reason
+            assert kept is None
+
+
+async def test_posts_cancelled_while_their_batch_commits_are_kept_and_run(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    async with open_service(sim_config(), settings=settings_for(path)) as service:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):  # one batch: the first writes it, the other two wait for its commit
+                    tg.start_soon(service.submit, BODY)
+                while len(service.live) < 3:  # each took its place in the gate and queued its row
+                    await anyio.lowlevel.checkpoint()
+                records = list(service.live.values())
+                scope.cancel()
+        with anyio.fail_after(10):
+            finals = [await record.wait_ended() for record in records]
+        assert [final.outcome for final in finals] == ["ok"] * 3
+    async with open_store(path) as store:
+        assert len(await store.list_client("")) == 3
+        assert await store.unfinished() == []

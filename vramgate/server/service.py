@@ -46,7 +46,7 @@ from vramgate.server._records import Record, status
 from vramgate.server._workers import Workers
 from vramgate.server.runners import Runner, RunnerKind, make_runner, timed_config
 from vramgate.server.schema import DevicesBody, GenerationStatus, Health, SampleView, Status
-from vramgate.server.store import MEMORY, MemoryStore, RequestStore, StoredRequest, fingerprint, open_store
+from vramgate.server.store import MEMORY, RequestStore, StoredRequest, fingerprint, open_store
 
 if TYPE_CHECKING:
     from vramgate._ticket import Ticket
@@ -131,8 +131,6 @@ class GenerationService:
         self.runner = runner
         self.settings = settings
         self.store = store
-        #: A store in memory keeps a row without waiting: nothing can cancel a request between the gate and it.
-        self._put_now = store.put_now if isinstance(store, MemoryStore) else None
         self._tg = task_group
         self._runs = Workers(task_group)  # a run is handed to a waiting task rather than given a new one
         self.live: dict[str, Record] = {}
@@ -193,18 +191,28 @@ class GenerationService:
             request_id=record.request_id, request=request, client=client, idempotency_key=key, fingerprint=digest
         )
         # Once the gate took the request, it is stored even if the client went away (its run starts when the gate
-        # admits it: _on_event). A store in memory takes it without waiting, so nothing can come between the two.
+        # admits it: _on_event). No scope shields the write: a caller cancelled while it waits for the store keeps
+        # the request if the store kept it (a store in memory answers at once, so nothing can come between).
         try:
-            if self._put_now is not None:
-                self._put_now(row)
-            else:
-                with anyio.CancelScope(shield=True):
-                    await self.store.put(row)
+            await self.store.put(row)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._settle(ticket)
+            raise
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await ticket.cancel("the server could not keep the request")
             raise
         return record
+
+    async def _settle(self, ticket: Ticket) -> None:
+        """After a write the caller stopped waiting for: keep the request if the store holds it, else cancel it."""
+        try:
+            kept = await self.store.get(ticket.request_id) is not None
+        except Exception:
+            kept = False
+        if not kept:
+            await ticket.cancel("the server could not keep the request")
 
     def _track(self, request: GenerationRequest) -> tuple[Record, Ticket]:
         """Queue ``request`` (with its id) in the gate and hold its record."""

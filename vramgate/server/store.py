@@ -89,7 +89,8 @@ class RequestStore(Protocol):
 
     async def put(self, row: StoredRequest) -> StoredRequest:
         """Keep a newly accepted request and return it. When its client already used its idempotency key, keep
-        nothing and return the request that holds the key."""
+        nothing and return the request that holds the key. A caller cancelled while it waits may leave the row
+        kept or not: a :meth:`get` made after it tells which."""
         ...
 
     async def get(self, request_id: str) -> StoredRequest | None: ...
@@ -361,8 +362,8 @@ class SqliteStore:
 class MemoryStore:
     """:class:`RequestStore` in this process's memory (``":memory:"``): nothing survives the process.
 
-    It answers as a :class:`SqliteStore` would, from dictionaries: each call at once, without a task switch, and
-    :meth:`put_now` keeps a row for a caller that must not wait at all. It keeps the latest ``keep_ended``
+    It answers as a :class:`SqliteStore` would, from dictionaries: each call at once, without a task switch. It
+    keeps the latest ``keep_ended``
     requests to end (every one, with ``None``) and every request that has not ended."""
 
     def __init__(self, *, keep_ended: int | None = MEMORY_KEEP_ENDED) -> None:
@@ -376,8 +377,7 @@ class MemoryStore:
         self._ended: collections.deque[str] = collections.deque()
         self._seq = 0
 
-    def put_now(self, row: StoredRequest) -> StoredRequest:
-        """:meth:`put`, answered without waiting."""
+    async def put(self, row: StoredRequest) -> StoredRequest:
         key = row.idempotency_key
         if key is not None:
             held = self._keys.get((row.client, key))
@@ -392,9 +392,6 @@ class MemoryStore:
             self._keys[(row.client, key)] = row.request_id
         self._by_client.setdefault(row.client, {})[row.request_id] = None
         return row
-
-    async def put(self, row: StoredRequest) -> StoredRequest:
-        return self.put_now(row)
 
     async def get(self, request_id: str) -> StoredRequest | None:
         return self._rows.get(request_id)
