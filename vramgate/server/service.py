@@ -131,6 +131,9 @@ class GenerationService:
         self.runner = runner
         self.settings = settings
         self.store = store
+        system = gate.system
+        #: The running loop's own checkpoint (anyio's looks the backend up on every call).
+        self._checkpoint = system.primitives.checkpoint if system is not None else anyio.lowlevel.checkpoint
         self._tg = task_group
         self._runs = Workers(task_group)  # a run is handed to a waiting task rather than given a new one
         self.live: dict[str, Record] = {}
@@ -181,7 +184,7 @@ class GenerationService:
             with anyio.move_on_after(self.settings.position_timeout_s):
                 await record.wait_placed()
         else:  # a checkpoint still: a caller that submits in a loop must not hold the gate's pipeline up
-            await anyio.lowlevel.checkpoint()
+            await self._checkpoint()
         return standing_of(record)
 
     async def _accept(self, request: GenerationRequest, client: str, key: str | None, digest: str) -> Record:
