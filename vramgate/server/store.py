@@ -187,6 +187,8 @@ class SqliteStore:
     @classmethod
     def connect(cls, path: str | Path, *, keep_ended: int | None = None) -> SqliteStore:
         """Open (or create) the store at ``path``; a file that is not a store of this version is a ConfigError.
+        ``":memory:"`` opens a SQLite database in memory whose calls run at once (:func:`open_store` gives a
+        :class:`MemoryStore` for that path).
         With ``keep_ended``, a request that ends drops the one that ended longest ago beyond that many."""
         _check_keep(keep_ended)
         where = str(path)
@@ -363,8 +365,8 @@ class MemoryStore:
     """:class:`RequestStore` in this process's memory (``":memory:"``): nothing survives the process.
 
     It answers as a :class:`SqliteStore` would, from dictionaries: each call at once, without a task switch. It
-    keeps the latest ``keep_ended``
-    requests to end (every one, with ``None``) and every request that has not ended."""
+    keeps the latest ``keep_ended`` requests to end (every one, with ``None``) and every request that has not
+    ended."""
 
     def __init__(self, *, keep_ended: int | None = MEMORY_KEEP_ENDED) -> None:
         _check_keep(keep_ended)
