@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from vramgate.simulate import compare, load_trace, parse_devices
+from vramgate.simulate import compare, load_trace, parse_devices, simulate
 from vramgate.simulate.bound import fractional_makespan
 from vramgate.simulate.trace import Trace
 
@@ -48,3 +49,15 @@ def test_the_speed_aware_bound_bounds_the_simulated_makespans() -> None:
     for result in results:
         assert result.completed == 30
         assert 0 < result.speed_bound_makespan_s <= result.makespan_s
+
+
+def test_a_run_without_the_bound_measures_the_rest_the_same() -> None:
+    trace = load_trace(TRACES / "mixed-hetero.jsonl")
+    trace = Trace(arrivals=trace.arrivals[:20], outside=trace.outside)
+    devices = parse_devices("1xH100-80GB,1xRTX4090-24GB")
+    with_bound, _ = simulate(trace, devices, "vramgate", seed=3)
+    without, _ = simulate(trace, devices, "vramgate", seed=3, bound=False)
+    assert with_bound.speed_bound_makespan_s > 0
+    assert without.speed_bound_makespan_s == 0.0
+    same = {"wall_s": 0.0, "speed_bound_makespan_s": 0.0}
+    assert msgspec.structs.replace(without, **same) == msgspec.structs.replace(with_bound, **same)

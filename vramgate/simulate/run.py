@@ -72,8 +72,10 @@ def simulate(
     truth: Truth | None = None,
     placement: Placement | None = None,
     host: SimulatedHost | None = None,
+    bound: bool = True,
 ) -> tuple[PolicyResult, Simulation]:
-    """Run one policy; returns its metrics and the finished simulation (for plots and checks)."""
+    """Run one policy; returns its metrics and the finished simulation (for plots and checks). ``bound``: compute
+    the speed-aware makespan bound (see :func:`~vramgate.simulate.metrics.collect`)."""
     estimator = estimator or Estimator()
     sim = Simulation(
         trace,
@@ -90,7 +92,7 @@ def simulate(
     )
     started = time.perf_counter()
     sim.run()
-    return collect(sim, wall_s=time.perf_counter() - started), sim
+    return collect(sim, wall_s=time.perf_counter() - started, bound=bound), sim
 
 
 def compare(
