@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
 
@@ -60,9 +61,8 @@ Placement = tuple[int | None, bool]  # (resident_blocks, sequential_offload)
 EstimateFn = Callable[[RunParams], ResourceRequirement]
 
 
-@dataclass(frozen=True, slots=True)
-class Quality:
-    """A quality point: steps, frames and size."""
+class Quality(NamedTuple):
+    """A quality point: steps, frames and size (a tuple: the search's memo hashes it for every evaluation)."""
 
     steps: int
     frames: int
@@ -176,6 +176,8 @@ class Result:
 
 
 Key = tuple[Quality, int, int]
+#: How close a configuration comes to fitting (smaller is closer): see :func:`_closeness`.
+Closeness = tuple[int, int, int, float, float, int]
 
 
 @dataclass(slots=True)
@@ -188,6 +190,8 @@ class Search:
     levels: dict[Quality, dict[int, int]] = field(default_factory=dict)
     closest: Candidate | None = None
     closest_at: dict[Quality, Candidate] = field(default_factory=dict)  # the closest at each quality point
+    closest_key: Closeness | None = None  # how close ``closest`` comes (see _closeness)
+    closest_at_key: dict[Quality, Closeness] = field(default_factory=dict)
     full_masks: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ evaluation
@@ -223,11 +227,13 @@ class Search:
         self.memo[key] = found
         if found is not None:
             cand = Candidate(q, mask, placement, found, self.space.loss(q))
-            if self.closest is None or _closeness(cand, self.budget) < _closeness(self.closest, self.budget):
-                self.closest = cand
-            there = self.closest_at.get(q)
-            if there is None or _closeness(cand, self.budget) < _closeness(there, self.budget):
+            closeness = _closeness(cand, self.budget)
+            if self.closest_key is None or closeness < self.closest_key:
+                self.closest, self.closest_key = cand, closeness
+            there = self.closest_at_key.get(q)
+            if there is None or closeness < there:
                 self.closest_at[q] = cand
+                self.closest_at_key[q] = closeness
         return found
 
     def candidate(self, q: Quality, mask: int, placement: int) -> Candidate | None:
@@ -419,7 +425,7 @@ class Search:
         return best
 
 
-def _closeness(c: Candidate, budget: Budget) -> tuple[int, int, int, float, float, int]:
+def _closeness(c: Candidate, budget: Budget) -> Closeness:
     """How close a configuration comes to fitting: least excess, then least VRAM, then least loss and time."""
     r = c.requirement
     return (budget.excess(r), r.vram_mb, r.ram_mb, round(c.loss, 9), round(r.estimated_time_seconds, 6), c.mask)

@@ -9,6 +9,8 @@ published figures by ``python -m vramgate.policy.fit``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from vramgate.errors import InvalidParameter
 from vramgate.messages.lifecycle import RunFinished
 from vramgate.messages.plans import Component, Plan, ResolvedOptions, ResourceRequirement, RunParams
@@ -40,6 +42,22 @@ def nearest_frames(duration_s: float, fps: int, multiple: int) -> int:
     return multiple * k + 1
 
 
+class _Priced(NamedTuple):
+    """What an estimate takes from the physics alone (the learned corrections go on top), and what it came from."""
+
+    derived: Derived
+    spec: GpuSpec
+    constants: Calibration
+    breakdown: Breakdown
+    #: the components before any learned correction
+    components: tuple[Component, ...]
+    vram_mb: int
+    ram_mb: int
+    #: the confidence before anything was learned
+    confidence: float
+    load_time_s: float
+
+
 class Estimator:
     """Prices runs of registered models on catalog GPUs; learns per (model, GPU) corrections from runs."""
 
@@ -62,7 +80,7 @@ class Estimator:
         self._derived: dict[str, tuple[ModelProfile, Derived]] = {}
         self._gpu_cache: dict[str, GpuSpec] = {}
         # the physics of each (run, GPU) seen: a server prices and learns from the same few runs again and again
-        self._computed: dict[tuple[RunParams, str], tuple[Derived, GpuSpec, Calibration, Breakdown]] = {}
+        self._computed: dict[tuple[RunParams, str], _Priced] = {}
 
     # ---------------------------------------------------------------- lookups
 
@@ -131,33 +149,18 @@ class Estimator:
 
     def breakdown(self, params: RunParams, gpu: GpuSpec | str) -> Breakdown:
         """The raw model numbers (bytes, seconds) without learned correction; no validation."""
-        _, derived = self._profile_derived(params.model)
-        return self._compute(params, derived, self._gpu(gpu))
+        profile, derived = self._profile_derived(params.model)
+        return self._priced(params, profile, derived, self._gpu(gpu)).breakdown
 
-    def _compute(self, params: RunParams, derived: Derived, spec: GpuSpec) -> Breakdown:
-        """:func:`compute`, remembered until the profile, the GPU or the constants it came from are replaced (the
-        result is shared: read it, never change it)."""
+    def _priced(self, params: RunParams, profile: ModelProfile, derived: Derived, spec: GpuSpec) -> _Priced:
+        """:func:`compute` and the parts of a requirement that follow from it alone, remembered until the profile,
+        the GPU or the constants they came from are replaced (shared: read them, never change them)."""
         key = (params, spec.name)
         seen = self._computed.get(key)
         constants = self.constants
-        if seen is not None and seen[0] is derived and seen[1] is spec and seen[2] is constants:
-            return seen[3]
+        if seen is not None and seen.derived is derived and seen.spec is spec and seen.constants is constants:
+            return seen
         b = compute(params, derived, spec, constants)
-        if len(self._computed) >= _COMPUTED_KEPT:
-            self._computed.clear()
-        self._computed[key] = (derived, spec, constants, b)
-        return b
-
-    def estimate(
-        self, params: RunParams, gpu: GpuSpec | str, *, level: OptimizationLevel = "none"
-    ) -> ResourceRequirement:
-        """Peak VRAM per GPU (world size ``params.options.gpus``), peak host RAM and seconds, with components."""
-        profile, derived = self._profile_derived(params.model)
-        validate_params(params, profile)
-        spec = self._gpu(gpu)
-        b = self._compute(params, derived, spec)
-        factor = self.learned.factor(profile.name, spec.name)
-        raw_vram = b.vram
         phase = b.peak_phase
         components = [
             Component(name="dit_weights", vram_mb=_mb(b.dit_weights), ram_mb=_mb(b.ram_weights), note=phase),
@@ -180,39 +183,69 @@ class Estimator:
             components.append(Component(name="interconnect", seconds=b.t_comm, note="Ulysses all-to-alls"))
         if b.lora:
             components.insert(1, Component(name="lora", vram_mb=_mb(b.lora)))
-        vram_mb = sum(c.vram_mb for c in components)
+        priced = _Priced(
+            derived,
+            spec,
+            constants,
+            b,
+            tuple(components),
+            sum(c.vram_mb for c in components),
+            _mb(b.ram_weights + b.ram_runtime),
+            self._confidence(profile, spec, b),
+            cold_load_seconds(derived),
+        )
+        if len(self._computed) >= _COMPUTED_KEPT:
+            self._computed.clear()
+        self._computed[key] = priced
+        return priced
+
+    def estimate(
+        self, params: RunParams, gpu: GpuSpec | str, *, level: OptimizationLevel = "none"
+    ) -> ResourceRequirement:
+        """Peak VRAM per GPU (world size ``params.options.gpus``), peak host RAM and seconds, with components."""
+        profile, derived = self._profile_derived(params.model)
+        validate_params(params, profile)
+        spec = self._gpu(gpu)
+        priced = self._priced(params, profile, derived, spec)
+        learned = self.learned
+        factor = learned.factor(profile.name, spec.name)
+        components = priced.components
+        vram_mb = priced.vram_mb
         if factor != 1.0:
-            corrected = _mb(raw_vram * factor)
-            components.append(
-                Component(name="learned_correction", vram_mb=max(0, corrected - vram_mb), note=f"x{factor:.3f}")
+            corrected = _mb(priced.breakdown.vram * factor)
+            correction = Component(
+                name="learned_correction", vram_mb=max(0, corrected - vram_mb), note=f"x{factor:.3f}"
             )
+            components = (*components, correction)
             vram_mb = max(vram_mb, corrected)
         requirement = ResourceRequirement(
             vram_mb=vram_mb,
-            ram_mb=_mb(b.ram_weights + b.ram_runtime),
-            estimated_time_seconds=b.seconds,
+            ram_mb=priced.ram_mb,
+            estimated_time_seconds=priced.breakdown.seconds,
             optimization_level=level,
-            components=tuple(components),
+            components=components,
             gpu=spec.name,
             world_size=params.options.gpus,
-            confidence=self._confidence(profile, spec, b),
+            confidence=learned.confidence(profile.name, spec.name, priced.confidence),
             correction=factor,
-            load_time_s=cold_load_seconds(derived) if self.prices_loads else 0.0,
+            load_time_s=priced.load_time_s if self.prices_loads else 0.0,
         )
-        return self.learned.times.apply(requirement, profile.name)  # the time corrected, with its interval
+        return learned.times.apply(requirement, profile.name)  # the time corrected, with its interval
 
     def fits(self, requirement: ResourceRequirement, gpu: GpuSpec | str) -> bool:
         """Whether ``requirement`` fits ``gpu`` with the calibrated safety margin kept free."""
         spec = self._gpu(gpu)
         return requirement.vram_mb <= spec.memory_mib * (1.0 - self.constants.safety_margin_fraction)
 
-    def _confidence(self, profile: ModelProfile, gpu: GpuSpec, b: Breakdown) -> float:
+    @staticmethod
+    def _confidence(profile: ModelProfile, gpu: GpuSpec, b: Breakdown) -> float:
+        """The confidence of a run's estimate before anything was learned about its (model, GPU)."""
         base = 0.8 if profile.name in ("t2v-A14B", "i2v-A14B", "ti2v-5B") else 0.55
         if gpu.architecture not in _CALIBRATED_ARCHITECTURES:
             base -= 0.1
         if b.tokens > _CALIBRATED_TOKENS:
             base -= 0.1
-        return self.learned.confidence(profile.name, gpu.name, base)
+        return base
 
     # ---------------------------------------------------------------- learning
 
