@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server as bench  # the in-process server and drive
-from server_wrk import BODY, CONFIG, ROOT, free_port, wait_listening, wrk
+from server_wrk import CONFIG, ROOT, free_port, post_script, stop, wait_listening, wrk
 
 from vramgate.server.app import SERVE_GEN0_THRESHOLD
 
@@ -93,12 +92,7 @@ def rate(kind: str, threshold: int | None, workdir: Path, script: Path, seconds:
         wrk(port, script, 1.0, 32)  # warm up
         accepted, _, _ = wrk(port, script, seconds, 32)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
     return accepted
 
 
@@ -115,11 +109,7 @@ def main(args: argparse.Namespace) -> None:
     rates: dict[tuple[str, int | None], list[float]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory(prefix="vramgate-gc-") as tmp:
         workdir = Path(tmp)
-        script = workdir / "post.lua"
-        body = msgspec.json.encode(BODY.decode())
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.body = {body.decode()}\nwrk.headers["Content-Type"] = "application/json"\n'
-        )
+        script = post_script(workdir)
         for _ in range(args.rounds):
             for variant in variants:
                 rates[variant].append(rate(*variant, workdir, script, args.seconds))

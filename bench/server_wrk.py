@@ -104,6 +104,26 @@ def start(kind: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server process (SIGTERM, then SIGKILL after 30 s)."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def post_script(workdir: Path) -> Path:
+    """A wrk Lua script in ``workdir`` that POSTs the bench's JSON body."""
+    script = workdir / "post.lua"
+    body = msgspec.json.encode(BODY.decode())
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = {body.decode()}\nwrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return script
+
+
 def wrk(port: int, script: Path, seconds: float, connections: int) -> tuple[float, int, int]:
     """``(accepted per second, requests, non-2xx answers)``."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script)]
@@ -130,11 +150,7 @@ def main(seconds: float, connections: int, rounds: int) -> None:
     best = dict.fromkeys(kinds, 0.0)
     with tempfile.TemporaryDirectory(prefix="vramgate-wrk-") as tmp:
         workdir = Path(tmp)
-        script = workdir / "post.lua"
-        body = msgspec.json.encode(BODY.decode())
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.body = {body.decode()}\nwrk.headers["Content-Type"] = "application/json"\n'
-        )
+        script = post_script(workdir)
         for _ in range(rounds):
             for kind in kinds:
                 port = free_port()
@@ -143,12 +159,7 @@ def main(seconds: float, connections: int, rounds: int) -> None:
                     wrk(port, script, 1.0, connections)  # warm up (imports, caches, the first plans)
                     rate, requests, rejected = wrk(port, script, seconds, connections)
                 finally:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+                    stop(process)
                 if rejected:
                     print(f"  {kind}: {rejected} of {requests} answers were not 2xx", file=sys.stderr)
                 best[kind] = max(best[kind], rate)
