@@ -408,6 +408,24 @@ class Lease:
     it releases the lease. :attr:`pinned_mb` is what is pinned on each device now (0: nothing).
     """
 
+    __slots__ = (
+        "_gate",
+        "_released",
+        "devices",
+        "lease_id",
+        "pin_error",
+        "pinned_mb",
+        "plan",
+        "reported_error",
+        "reported_outcome",
+        "reported_peak",
+        "request_id",
+        "reservation_mb",
+        "started_at",
+        "ticket",
+        "waited_s",
+    )
+
     def __init__(self, gate: TicketGate[Lease], ticket: Ticket, admitted: RequestAdmitted) -> None:
         self._gate = gate
         self.ticket = ticket

@@ -166,6 +166,23 @@ def test_without_a_reoptimizer_fallback_uses_a_given_plan_that_fits_as_it_is() -
     assert admitted.reservation_mb == 18000
 
 
+def test_requests_under_the_same_plan_names_each_run_their_own_plans_and_a_fallback_still_falls_back() -> None:
+    small = DeviceConfig(index=0, gpu="RTX4090-24GB", capacity_mb=24564)
+    d = Driver(AdmissionCore([small, h100(1)], AdmissionConfig(stale_after_s=None, placement="spread")))
+    names = ("H100-80GB", "A100-40GB")
+    # Without a fallback the small card has no plan: every request under these names goes to the H100.
+    for i, mb in enumerate((30000, 20000)):
+        plans = {names[0]: plan(mb, gpu=names[0]), names[1]: plan(18000 + i, gpu=names[1])}
+        [admitted] = d.send(SubmitRequest(request_id=f"n{i}", plans=plans, fallback=False), 0.0)
+        assert isinstance(admitted, RequestAdmitted)
+        assert (admitted.devices, admitted.reservation_mb, admitted.plan) == ((1,), mb, plans[names[0]])
+    # The same names with a fallback: the small card runs the given plan that fits it (spread: it is emptier).
+    plans = {names[0]: plan(25000, gpu=names[0]), names[1]: plan(17000, gpu=names[1])}
+    [admitted] = d.send(SubmitRequest(request_id="f", plans=plans, fallback=True), 0.0)
+    assert isinstance(admitted, RequestAdmitted)
+    assert (admitted.devices, admitted.plan) == ((0,), plans[names[1]])
+
+
 def test_a_request_that_fits_no_device_is_rejected_with_what_it_would_take() -> None:
     d = Driver(AdmissionCore([DeviceConfig(index=0, gpu="L4", capacity_mb=23034)], AdmissionConfig()))
     rejected, ended = d.send(submit("a", 40000), 0.0)

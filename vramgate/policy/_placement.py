@@ -218,6 +218,20 @@ def earliest_finish(
     then it starts now, on the device where it is expected to finish first among those it fits now (and the
     choice's ``preferred`` is where it would have waited).
     """
+    if len(groups) == 1 and groups[0].world == 1:
+        # The common case, one plan on one GPU: when it fits somewhere now, it starts now where it fits best.
+        group = groups[0]
+        need = group.need_mb
+        best_pos, best_slack = -1, 0
+        for pos in group.positions:
+            slack = avail[pos] - need
+            if slack >= 0 and (best_pos < 0 or slack < best_slack or (slack == best_slack and pos < best_pos)):
+                best_pos, best_slack = pos, slack
+        if best_pos >= 0:
+            finish = now + run_seconds(group.seconds)
+            return Choice(
+                Placement((best_pos,), group.plan, need, group.extra_s), now, finish, {best_pos: best_slack}, True
+            )
     best: tuple[Group, list[_Option]] | None = None
     best_score: _Score | None = None
     # Each group's options that fit now: where the liveness rule may start it when the best choice waits.

@@ -30,12 +30,50 @@ class PlanResolver:
         self._reoptimize = reoptimize
         self._keys: dict[str, str] = {}
         self._gpu_keys = [self._gpu_key(d.gpu) for d in self._devices]
+        #: For the names a request's plans came under: the name each device's plan is under, when every device
+        #: has one or none without a fallback (which devices' names match never changes).
+        self._routes: dict[tuple[str, ...], tuple[str | None, ...]] = {}
 
     def resolve(self, message: SubmitRequest) -> tuple[Plan | None, ...]:
         """The plan each device would run, by index, GPU name, ``*``, then (with ``fallback``) another GPU's."""
         plans = message.plans
         if len(plans) == 1 and ANY_DEVICE in plans:  # one plan for every device
             return (plans[ANY_DEVICE],) * len(self._devices)
+        names = tuple(plans)
+        route = self._routes.get(names)
+        if route is None:
+            route = self._route(names)
+            if None in route and message.fallback:
+                return self._resolve(message)  # a fallback depends on what the devices can take now
+            if len(self._routes) >= 4096:  # names come from requests: keep the memo bounded
+                self._routes.clear()
+            self._routes[names] = route
+        elif None in route and message.fallback:
+            return self._resolve(message)
+        return tuple([None if name is None else plans[name] for name in route])
+
+    def _route(self, names: tuple[str, ...]) -> tuple[str | None, ...]:
+        """The name each device's plan is under (by index, GPU name, then ``*``), ``None`` where there is none."""
+        by_index: dict[int, str] = {}
+        by_gpu: dict[str, str] = {}
+        anywhere: str | None = None
+        for name in names:
+            if name == ANY_DEVICE:
+                anywhere = name
+            elif name.isdigit():
+                by_index[int(name)] = name
+            else:
+                by_gpu[self._gpu_key(name)] = name
+        route: list[str | None] = []
+        for pos, device in enumerate(self._devices):
+            under = by_index.get(device.index)
+            if under is None:
+                under = by_gpu.get(self._gpu_keys[pos], anywhere)
+            route.append(under)
+        return tuple(route)
+
+    def _resolve(self, message: SubmitRequest) -> tuple[Plan | None, ...]:
+        """:meth:`resolve` from scratch, with fallbacks."""
         by_index: dict[int, Plan] = {}
         by_gpu: dict[str, Plan] = {}
         anywhere: Plan | None = None

@@ -215,6 +215,7 @@ class _Request:
 
     __slots__ = (
         "accepted_at",
+        "anonymous",
         "answers",
         "attempt",
         "closest",
@@ -236,6 +237,8 @@ class _Request:
         self, request: GenerationRequest, now: float, budgets: DeviceBudgets, *, quote: bool, attempt: int, root: str
     ) -> None:
         self.request = request
+        #: the request without what does not change its estimate or plan (the questions it asks are about it)
+        self.anonymous = anonymous(request)
         self.request_id = request.request_id
         self.state = RequestState.PREFLIGHT
         self.accepted_at = now
@@ -388,8 +391,11 @@ class RequestCore:
     # ================================================================== transitions
 
     def _transition(self, record: _Request, event: Event) -> RequestState:
-        new = next_state(record.request_id, record.state, event)
-        old, record.state = record.state, new
+        old = record.state
+        new = _NEXT[old].get(event)  # (next_state, inline)
+        if new is None:
+            raise RequestStateError(record.request_id, old.value, event.value)
+        record.state = new
         if old in WAITING and new not in WAITING and not record.quote:
             self.waiting -= 1
         if new is RequestState.ENDED:
@@ -478,12 +484,12 @@ class RequestCore:
         if not budgets:
             self._reject(record, Event.NO_PLAN, "does_not_fit", "the gate manages no usable GPU", out)
             return
-        largest = max(budgets.items(), key=lambda item: (item[1], item[0]))[0]
-        self._ask(ESTIMATOR, EstimateRequirement(request=anonymous(record.request), gpu=largest), record, "", out)
+        largest = next(iter(budgets)) if len(budgets) == 1 else max(budgets.items(), key=lambda i: (i[1], i[0]))[0]
+        self._ask(ESTIMATOR, EstimateRequirement(request=record.anonymous, gpu=largest), record, "", out)
 
     def _plan_pass(self, record: _Request, out: list[Send]) -> None:
         record.answers = {}
-        request = anonymous(record.request)
+        request = record.anonymous
         for gpu, budget in sorted(record.passes[record.pass_index].items()):
             if record.state is not RequestState.PLANNING:
                 return  # a cached answer ended it
@@ -556,7 +562,7 @@ class RequestCore:
         """Every answer of a pass is in: submit its plans, plan the next pass, or reject with the closest miss."""
         rid = record.request_id
         plans: dict[str, Plan] = {}
-        for gpu in sorted(budgets):
+        for gpu in budgets if len(budgets) == 1 else sorted(budgets):
             answer = record.answers[gpu]
             if isinstance(answer, PlanOptimized):
                 plans[gpu] = msgspec.structs.replace(answer.plan, request_id=rid)
@@ -565,7 +571,9 @@ class RequestCore:
             ):
                 record.closest = answer
         if plans:
-            record.plan = plans[max(plans, key=lambda g: (budgets[g], g))]
+            record.plan = (
+                next(iter(plans.values())) if len(plans) == 1 else plans[max(plans, key=lambda g: (budgets[g], g))]
+            )
             request = record.request
             submit = SubmitRequest(
                 request_id=rid,
