@@ -30,8 +30,7 @@ class PlanResolver:
         self._reoptimize = reoptimize
         self._keys: dict[str, str] = {}
         self._gpu_keys = [self._gpu_key(d.gpu) for d in self._devices]
-        #: For the names a request's plans came under: the name each device's plan is under, when every device
-        #: has one or none without a fallback (which devices' names match never changes).
+        #: For the names a request's plans came under: the name each device's plan is under (``None``: none).
         self._routes: dict[tuple[str, ...], tuple[str | None, ...]] = {}
 
     def resolve(self, message: SubmitRequest) -> tuple[Plan | None, ...]:
@@ -42,15 +41,21 @@ class PlanResolver:
         names = tuple(plans)
         route = self._routes.get(names)
         if route is None:
-            route = self._route(names)
-            if None in route and message.fallback:
-                return self._resolve(message)  # a fallback depends on what the devices can take now
             if len(self._routes) >= 4096:  # names come from requests: keep the memo bounded
                 self._routes.clear()
-            self._routes[names] = route
-        elif None in route and message.fallback:
-            return self._resolve(message)
-        return tuple([None if name is None else plans[name] for name in route])
+            route = self._routes[names] = self._route(names)
+        resolved = [None if name is None else plans[name] for name in route]
+        if message.fallback and None in route:
+            # A fallback depends on what the device can take now: worked out anew, once per kind of GPU.
+            fallbacks: dict[str, Plan | None] = {}
+            given = tuple(plans.values())
+            for pos, name in enumerate(route):
+                if name is None:
+                    gpu = self._gpu_keys[pos]
+                    if gpu not in fallbacks:
+                        fallbacks[gpu] = self._fallback(given, pos)
+                    resolved[pos] = fallbacks[gpu]
+        return tuple(resolved)
 
     def _route(self, names: tuple[str, ...]) -> tuple[str | None, ...]:
         """The name each device's plan is under (by index, GPU name, then ``*``), ``None`` where there is none."""
@@ -71,30 +76,6 @@ class PlanResolver:
                 under = by_gpu.get(self._gpu_keys[pos], anywhere)
             route.append(under)
         return tuple(route)
-
-    def _resolve(self, message: SubmitRequest) -> tuple[Plan | None, ...]:
-        """:meth:`resolve` from scratch, with fallbacks."""
-        by_index: dict[int, Plan] = {}
-        by_gpu: dict[str, Plan] = {}
-        anywhere: Plan | None = None
-        for name, given in message.plans.items():
-            if name == ANY_DEVICE:
-                anywhere = given
-            elif name.isdigit():
-                by_index[int(name)] = given
-            else:
-                by_gpu[self._gpu_key(name)] = given
-        fallbacks: dict[str, Plan | None] = {}
-        resolved: list[Plan | None] = []
-        for pos, device in enumerate(self._devices):
-            gpu = self._gpu_keys[pos]
-            plan: Plan | None = (by_index and by_index.get(device.index)) or by_gpu.get(gpu) or anywhere
-            if plan is None and message.fallback:
-                if gpu not in fallbacks:
-                    fallbacks[gpu] = self._fallback(tuple(message.plans.values()), pos)
-                plan = fallbacks[gpu]
-            resolved.append(plan)
-        return tuple(resolved)
 
     def _fallback(self, plans: tuple[Plan, ...], pos: int) -> Plan | None:
         device = self._devices[pos]

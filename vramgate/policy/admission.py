@@ -619,8 +619,7 @@ class AdmissionCore:
 
     def handle(self, message: Message, now: float) -> list[Message]:
         """Handle one message at time ``now``; return the events it caused, in order."""
-        if now < self._now:
-            now = self._now
+        now = max(now, self._now)
         self._now = now
         out: list[Message] = []
         dirty = self._expire(now, out)
@@ -1317,9 +1316,6 @@ class AdmissionCore:
         for pos in found.positions:
             self._ledgers[pos].reserve(lease_id, found.need_mb, now)
         resident_mb = self._resident.use(lease_id, found.plan, owner, found.positions, found.need_mb, now)
-        requirement = found.plan.requirement
-        high_s = requirement.time_high_s
-        scale, floor = self.time_scale, self.min_run_s  # (the run_seconds of the times, inline)
         lease = _Lease(
             lease_id,
             request_id,
@@ -1327,21 +1323,20 @@ class AdmissionCore:
             now,
             self._lease_counter,
             self._lease_devices(found),
-            max(floor, (requirement.estimated_time_seconds + found.extra_s) * scale),
-            max(floor, ((requirement.estimated_time_seconds if high_s is None else high_s) + found.extra_s) * scale),
+            self.run_seconds(found.seconds),
+            self.run_seconds(time_high_s(found.plan.requirement) + found.extra_s),
             owner,
             ram,
         )
         self._leases[lease_id] = lease
         self._lease_of_request[request_id] = lease_id
         self._ends.add(lease.end)
-        waited = float(now - arrival) if now > arrival else 0.0
+        waited = float(max(0.0, now - arrival))
         self._counts["admitted"] += 1
         if backfilled:
             self._counts["backfilled"] += 1
         self._wait_total += waited
-        if waited > self._wait_max:
-            self._wait_max = waited
+        self._wait_max = max(self._wait_max, waited)
         out.append(
             RequestAdmitted(
                 request_id=request_id,

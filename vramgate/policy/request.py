@@ -391,11 +391,8 @@ class RequestCore:
     # ================================================================== transitions
 
     def _transition(self, record: _Request, event: Event) -> RequestState:
-        old = record.state
-        new = _NEXT[old].get(event)  # (next_state, inline)
-        if new is None:
-            raise RequestStateError(record.request_id, old.value, event.value)
-        record.state = new
+        new = next_state(record.request_id, record.state, event)
+        old, record.state = record.state, new
         if old in WAITING and new not in WAITING and not record.quote:
             self.waiting -= 1
         if new is RequestState.ENDED:
@@ -484,7 +481,7 @@ class RequestCore:
         if not budgets:
             self._reject(record, Event.NO_PLAN, "does_not_fit", "the gate manages no usable GPU", out)
             return
-        largest = next(iter(budgets)) if len(budgets) == 1 else max(budgets.items(), key=lambda i: (i[1], i[0]))[0]
+        largest = max(budgets.items(), key=lambda item: (item[1], item[0]))[0]
         self._ask(ESTIMATOR, EstimateRequirement(request=record.anonymous, gpu=largest), record, "", out)
 
     def _plan_pass(self, record: _Request, out: list[Send]) -> None:
@@ -562,7 +559,7 @@ class RequestCore:
         """Every answer of a pass is in: submit its plans, plan the next pass, or reject with the closest miss."""
         rid = record.request_id
         plans: dict[str, Plan] = {}
-        for gpu in budgets if len(budgets) == 1 else sorted(budgets):
+        for gpu in sorted(budgets):
             answer = record.answers[gpu]
             if isinstance(answer, PlanOptimized):
                 plans[gpu] = msgspec.structs.replace(answer.plan, request_id=rid)
@@ -571,9 +568,7 @@ class RequestCore:
             ):
                 record.closest = answer
         if plans:
-            record.plan = (
-                next(iter(plans.values())) if len(plans) == 1 else plans[max(plans, key=lambda g: (budgets[g], g))]
-            )
+            record.plan = plans[max(plans, key=lambda g: (budgets[g], g))]
             request = record.request
             submit = SubmitRequest(
                 request_id=rid,
